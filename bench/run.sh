@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Runs every benchmark (or the ones named) in release mode and prints the table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bins
+exec cargo run --release -q -p crated-bench -- "$@"

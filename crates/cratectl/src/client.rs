@@ -1,0 +1,59 @@
+//! A gRPC channel over the daemon's unix socket, with the namespace header on every call.
+
+use anyhow::Context;
+use crated_api::containerd::services::introspection::v1::introspection_client::IntrospectionClient;
+use crated_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
+use crated_api::containerd::services::version::v1::version_client::VersionClient;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub struct Connection {
+    channel: Channel,
+    namespace: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Connection {
+    pub async fn connect(address: &str, namespace: &str) -> anyhow::Result<Self> {
+        let path = address
+            .strip_prefix("unix://")
+            .unwrap_or(address)
+            .to_owned();
+        // The URI is required by tonic but unused: the connector dials the socket.
+        let channel =
+            Endpoint::try_from("http://[::]:0")?
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
+                }))
+                .await
+                .with_context(|| format!("failed to dial {address:?}"))?;
+        let namespace = namespace
+            .parse()
+            .context("namespace is not valid header text")?;
+        Ok(Connection { channel, namespace })
+    }
+
+    /// A request carrying the namespace header.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.metadata_mut()
+            .insert("containerd-namespace", self.namespace.clone());
+        req
+    }
+
+    pub fn version(&self) -> VersionClient<Channel> {
+        VersionClient::new(self.channel.clone())
+    }
+
+    pub fn introspection(&self) -> IntrospectionClient<Channel> {
+        IntrospectionClient::new(self.channel.clone())
+    }
+
+    pub fn namespaces(&self) -> NamespacesClient<Channel> {
+        NamespacesClient::new(self.channel.clone())
+    }
+}

@@ -1,0 +1,101 @@
+//! `cratectl`: crated's client. Talks to any containerd-compatible socket (crated or containerd)
+//! and prints what `ctr` prints.
+
+mod client;
+mod namespaces;
+mod plugins;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cratectl",
+    version,
+    about = "Command-line client for crated (and containerd)"
+)]
+struct Cli {
+    /// Address of the daemon's socket.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "CONTAINERD_ADDRESS",
+        default_value = "/run/crated/crated.sock"
+    )]
+    address: String,
+    /// Namespace to work in.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "CONTAINERD_NAMESPACE",
+        default_value = "default"
+    )]
+    namespace: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect the daemon's plugins.
+    #[command(alias = "plugin")]
+    Plugins {
+        #[command(subcommand)]
+        command: plugins::PluginsCommand,
+    },
+    /// Print client and server versions.
+    Version,
+    /// Manage namespaces.
+    #[command(alias = "namespace", alias = "ns")]
+    Namespaces {
+        #[command(subcommand)]
+        command: namespaces::NamespacesCommand,
+    },
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let conn = client::Connection::connect(&cli.address, &cli.namespace).await?;
+    match cli.command {
+        Command::Plugins { command } => plugins::run(&conn, command).await,
+        Command::Namespaces { command } => namespaces::run(&conn, command).await,
+        Command::Version => {
+            let mut version = conn.version();
+            let server = version.version(conn.request(())).await?.into_inner();
+            println!("Client:");
+            println!("  Version:  {}", env!("CARGO_PKG_VERSION"));
+            println!();
+            println!("Server:");
+            println!("  Version:  {}", server.version);
+            println!("  Revision: {}", server.revision);
+            if let Ok(info) = conn.introspection().server(conn.request(())).await {
+                println!("  UUID: {}", info.into_inner().uuid);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cratectl: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!("cratectl: {}", status.message()),
+                None => eprintln!("cratectl: {e:#}"),
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

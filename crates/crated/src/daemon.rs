@@ -1,0 +1,216 @@
+//! Start-up, serving and shutdown.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use crated_config::Config;
+use crated_plugin::{graph, init_all, types, Environment, Registration, Status};
+use crated_services::GrpcService;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::{lock, plugins, Cli, DEFAULT_CONFIG};
+
+type Decoded = HashMap<String, Box<dyn Any + Send + Sync>>;
+
+/// Reads the config (file, imports, flags), checks every plugin name and decodes every plugin
+/// section, so that any mistake stops the daemon before a single plugin starts.
+pub fn load_config(cli: &Cli) -> anyhow::Result<(Config, Vec<Registration>, Decoded)> {
+    let mut config = match &cli.config {
+        Some(path) => crated_config::load(path, cli.lenient)?,
+        None if Path::new(DEFAULT_CONFIG).exists() => {
+            crated_config::load(Path::new(DEFAULT_CONFIG), cli.lenient)?
+        }
+        None => Config::default(),
+    };
+    if let Some(root) = &cli.root {
+        config.root = root.clone();
+    }
+    if let Some(state) = &cli.state {
+        config.state = state.clone();
+    }
+    if let Some(address) = &cli.address {
+        config.grpc.address = address.clone();
+    }
+    if let Some(level) = &cli.log_level {
+        config.debug.level = level.clone();
+    }
+    let regs = plugins::registrations();
+    config.resolve_plugins(&plugins::known(&regs), cli.lenient)?;
+    let mut decoded = HashMap::new();
+    for reg in &regs {
+        if let Some(value) = reg.decode_config(config.plugins.get(&reg.uri()))? {
+            decoded.insert(reg.uri(), value);
+        }
+    }
+    for (name, proxy) in &config.proxy_plugins {
+        if !matches!(proxy.plugin_type.as_str(), "snapshot" | "content" | "diff") {
+            bail!(
+                "proxy_plugins.{name}: unsupported type {:?} (snapshot, content or diff)",
+                proxy.plugin_type
+            );
+        }
+        tracing::warn!(
+            "proxy_plugins.{name}: proxy plugins are parsed but not served by this version"
+        );
+    }
+    Ok((config, regs, decoded))
+}
+
+type LevelHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn filter(level: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    let level = if level.is_empty() { "info" } else { level };
+    tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("invalid log level {level:?}"))
+}
+
+/// Logging starts before the config is read (so config warnings are seen); the config's
+/// `[debug] level` is applied once known.
+fn init_logging(level: &str) -> anyhow::Result<LevelHandle> {
+    use tracing_subscriber::prelude::*;
+    let (layer, handle) = tracing_subscriber::reload::Layer::new(filter(level)?);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = tracing_subscriber::registry()
+        .with(layer)
+        .with(fmt)
+        .try_init();
+    Ok(handle)
+}
+
+pub fn run(cli: &Cli) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let logging = init_logging(cli.log_level.as_deref().unwrap_or("info"))?;
+    let (config, regs, decoded) = load_config(cli)?;
+    logging.reload(filter(&config.debug.level)?)?;
+    let ordered = graph(regs, &config.disabled_plugins)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config, ordered, decoded, started))
+}
+
+fn make_dir(path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("setting permissions of {}", path.display()))
+}
+
+/// Binds the socket, removing a stale one left by a daemon that died, but never one in use.
+fn bind(address: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = address.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    if address.exists() {
+        if std::os::unix::net::UnixStream::connect(address).is_ok() {
+            bail!("{} is in use by another process", address.display());
+        }
+        std::fs::remove_file(address)
+            .with_context(|| format!("removing stale {}", address.display()))?;
+    }
+    let listener = UnixListener::bind(address)
+        .with_context(|| format!("listening on {}", address.display()))?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
+        _ = int.recv() => tracing::info!("received SIGINT, shutting down"),
+    }
+}
+
+async fn serve(
+    config: Config,
+    ordered: Vec<Registration>,
+    decoded: Decoded,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let root = PathBuf::from(&config.root);
+    let state = PathBuf::from(&config.state);
+    make_dir(&root)?;
+    make_dir(&state)?;
+    let _lock = lock::lock_root(&root)?;
+    let address = PathBuf::from(&config.grpc.address);
+    let ttrpc_address = if config.ttrpc.address.is_empty() {
+        format!("{}.ttrpc", config.grpc.address)
+    } else {
+        config.ttrpc.address.clone()
+    };
+    let env = Environment {
+        root: &root,
+        state: &state,
+        grpc_address: &config.grpc.address,
+        ttrpc_address: &ttrpc_address,
+    };
+    let set = init_all(ordered, decoded, config.disabled_plugins.clone(), &env).await;
+
+    for required in &config.required_plugins {
+        match set.get(required).map(|r| r.status.clone()) {
+            Some(Status::Ok) => {}
+            Some(status) => {
+                set.close_all().await;
+                bail!(
+                    "required plugin {required} is not ok: {}",
+                    status.error_message().unwrap_or_default()
+                );
+            }
+            None => {
+                set.close_all().await;
+                bail!("required plugin {required} not included");
+            }
+        }
+    }
+
+    let services = set.instances::<GrpcService>(types::GRPC);
+    let mut routes = tonic::service::RoutesBuilder::default();
+    for (_, service) in &services {
+        service.register(&mut routes);
+    }
+    let listener = match bind(&address) {
+        Ok(l) => l,
+        Err(e) => {
+            set.close_all().await;
+            return Err(e);
+        }
+    };
+    let server = tonic::transport::Server::builder()
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal());
+    let server = tokio::spawn(server);
+    for (_, service) in &services {
+        service.serving().await;
+    }
+    tracing::info!(
+        address = %address.display(),
+        "crated successfully booted in {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
+    let result = server.await;
+    let _ = std::fs::remove_file(&address);
+    set.close_all().await;
+    tracing::info!("crated stopped");
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e).context("serving gRPC"),
+        Err(e) => Err(e).context("gRPC server task"),
+    }
+}

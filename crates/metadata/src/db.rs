@@ -1,0 +1,67 @@
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::MetadataError;
+
+/// The schema this build writes. Older databases are migrated on open; newer ones refused.
+pub const SCHEMA_VERSION: u64 = 1;
+
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// name -> JSON of the namespace's labels.
+pub(crate) const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("namespaces");
+
+/// Tables holding namespaced records, keyed `<namespace>/<id>`. A namespace can be deleted only
+/// when none of them has a key under it.
+pub(crate) const RESOURCE_TABLES: &[(&str, TableDefinition<&str, &[u8]>)] = &[
+    ("images", TableDefinition::new("images")),
+    ("blobs", TableDefinition::new("content")),
+    ("containers", TableDefinition::new("containers")),
+    ("leases", TableDefinition::new("leases")),
+    ("snapshots", TableDefinition::new("snapshots")),
+    ("sandboxes", TableDefinition::new("sandboxes")),
+];
+
+type Migration = fn(&redb::WriteTransaction) -> Result<(), MetadataError>;
+
+/// Steps from version N to N+1, in order; index 0 upgrades version 0 (an empty file) to 1.
+const MIGRATIONS: &[Migration] = &[|_tx| Ok(())];
+
+/// The metadata database. Cheap to share behind an `Arc`; redb serialises writers.
+pub struct MetadataStore {
+    pub(crate) db: Database,
+}
+
+impl MetadataStore {
+    /// Opens (or creates) `path`, creating the tables and migrating an older schema.
+    pub fn open(path: &Path) -> Result<Self, MetadataError> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get("schema_version")?.map(|v| v.value()).unwrap_or(0);
+            if found > SCHEMA_VERSION {
+                return Err(MetadataError::FailedPrecondition(format!(
+                    "metadata schema version {found} is newer than this daemon's ({SCHEMA_VERSION})"
+                )));
+            }
+            for (from, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+                tracing::info!(from, to = from + 1, "migrating metadata schema");
+                step(&tx)?;
+            }
+            meta.insert("schema_version", SCHEMA_VERSION)?;
+        }
+        tx.open_table(NAMESPACES)?;
+        for (_, table) in RESOURCE_TABLES {
+            tx.open_table(*table)?;
+        }
+        tx.commit()?;
+        Ok(MetadataStore { db })
+    }
+
+    pub fn schema_version(&self) -> Result<u64, MetadataError> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        Ok(meta.get("schema_version")?.map(|v| v.value()).unwrap_or(0))
+    }
+}

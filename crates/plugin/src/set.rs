@@ -1,0 +1,223 @@
+use std::any::Any;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+
+use crated_errdefs::Kind;
+
+use crate::context::{InitContext, LookupError, Meta};
+use crate::registration::{PluginError, Registration};
+
+/// A failed init as introspection reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitError {
+    pub kind: Kind,
+    pub message: String,
+    /// The plugin (and its message) whose failure made this one fail, when it is another.
+    pub root_cause: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Not usable on this host, with the reason.
+    Skipped(String),
+    Failed(InitError),
+}
+
+impl Status {
+    /// The `init_err` message containerd would report (a skip carries `skip plugin`).
+    pub fn error_message(&self) -> Option<String> {
+        match self {
+            Status::Ok => None,
+            Status::Skipped(reason) => Some(PluginError::Skip(reason.clone()).to_string()),
+            Status::Failed(e) => Some(e.message.clone()),
+        }
+    }
+}
+
+type CloseFn = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+/// One plugin after its init.
+pub struct PluginRecord {
+    pub plugin_type: String,
+    pub id: String,
+    pub requires: Vec<String>,
+    pub meta: Meta,
+    pub status: Status,
+    pub init_time: Duration,
+    pub(crate) instance: Option<Arc<dyn Any + Send + Sync>>,
+    close: Mutex<Option<CloseFn>>,
+}
+
+impl PluginRecord {
+    pub fn uri(&self) -> String {
+        format!("{}.{}", self.plugin_type, self.id)
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.status == Status::Ok
+    }
+}
+
+impl std::fmt::Debug for PluginRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRecord")
+            .field("uri", &self.uri())
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    records: Vec<Arc<PluginRecord>>,
+    disabled: Vec<String>,
+}
+
+/// The plugins of this daemon in init order; cheap to clone, shared by everyone.
+#[derive(Clone, Default)]
+pub struct PluginSet {
+    inner: Arc<RwLock<Inner>>,
+}
+
+impl PluginSet {
+    pub fn records(&self) -> Vec<Arc<PluginRecord>> {
+        self.read().records.clone()
+    }
+
+    /// URIs disabled by the config: they never started and are not listed.
+    pub fn disabled(&self) -> Vec<String> {
+        self.read().disabled.clone()
+    }
+
+    pub fn get(&self, uri: &str) -> Option<Arc<PluginRecord>> {
+        self.read().records.iter().find(|r| r.uri() == uri).cloned()
+    }
+
+    /// The ready plugins of a type whose instance is a `T`, by id, in init order.
+    pub fn instances<T: Any + Send + Sync>(&self, plugin_type: &str) -> Vec<(String, Arc<T>)> {
+        self.read()
+            .records
+            .iter()
+            .filter(|r| r.plugin_type == plugin_type)
+            .filter_map(|r| {
+                let value = r.instance.clone()?.downcast::<T>().ok()?;
+                Some((r.id.clone(), value))
+            })
+            .collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, record: PluginRecord) {
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .records
+            .push(Arc::new(record));
+    }
+
+    /// Runs the close hooks in reverse init order.
+    pub async fn close_all(&self) {
+        for record in self.records().iter().rev() {
+            let hook = record
+                .close
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(hook) = hook {
+                tracing::debug!(plugin = %record.uri(), "closing plugin");
+                hook().await;
+            }
+        }
+    }
+}
+
+/// Addresses and directories shared by every plugin's context.
+pub struct Environment<'a> {
+    pub root: &'a Path,
+    pub state: &'a Path,
+    pub grpc_address: &'a str,
+    pub ttrpc_address: &'a str,
+}
+
+/// Initialises `ordered` (from [`crate::graph`]) one after another, each with its decoded
+/// config from `configs` (by URI), and records every outcome.
+pub async fn init_all(
+    ordered: Vec<Registration>,
+    mut configs: HashMap<String, Box<dyn Any + Send + Sync>>,
+    disabled: Vec<String>,
+    env: &Environment<'_>,
+) -> PluginSet {
+    let set = PluginSet::default();
+    set.inner
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .disabled = disabled;
+    for reg in ordered {
+        let uri = reg.uri();
+        let started = Instant::now();
+        let meta = Arc::new(Mutex::new(Meta::default()));
+        let plugin_root = env.root.join(&uri);
+        let plugin_state = env.state.join(&uri);
+        let dirs = std::fs::create_dir_all(&plugin_root)
+            .and_then(|_| std::fs::create_dir_all(&plugin_state));
+        let ctx = InitContext {
+            root: plugin_root,
+            state: plugin_state,
+            grpc_address: env.grpc_address.to_owned(),
+            ttrpc_address: env.ttrpc_address.to_owned(),
+            config: configs.remove(&uri),
+            meta: meta.clone(),
+            set: set.clone(),
+        };
+        let result = match dirs {
+            Ok(()) => (reg.init)(ctx).await,
+            Err(e) => Err(PluginError::failed(format!(
+                "creating plugin directories: {e}"
+            ))),
+        };
+        let init_time = started.elapsed();
+        let (status, instance, close) = match result {
+            Ok(i) => (Status::Ok, Some(i.value), i.close),
+            Err(PluginError::Skip(reason)) => {
+                tracing::info!(plugin = %uri, "skip loading plugin: {reason}");
+                (Status::Skipped(reason), None, None)
+            }
+            Err(err) => {
+                let root_cause = match &err {
+                    PluginError::Lookup(LookupError::Failed { uri, root, message }) => {
+                        Some((root.clone().unwrap_or_else(|| uri.clone()), message.clone()))
+                    }
+                    _ => None,
+                };
+                tracing::warn!(plugin = %uri, "failed to load plugin: {err}");
+                let failed = InitError {
+                    kind: err.kind(),
+                    message: err.to_string(),
+                    root_cause,
+                };
+                (Status::Failed(failed), None, None)
+            }
+        };
+        tracing::debug!(plugin = %uri, ?init_time, "plugin init finished");
+        let meta = meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        set.push(PluginRecord {
+            plugin_type: reg.plugin_type,
+            id: reg.id,
+            requires: reg.requires,
+            meta,
+            status,
+            init_time,
+            instance,
+            close: Mutex::new(close),
+        });
+    }
+    set
+}

@@ -1,0 +1,59 @@
+//! The service edge: library errors become gRPC statuses here, and nowhere else.
+
+use crated_errdefs::{HasKind, Kind};
+use tonic::{Code, Status};
+
+/// The gRPC header carrying the namespace of a call.
+pub const NAMESPACE_HEADER: &str = "containerd-namespace";
+/// The gRPC header carrying the lease new resources are put under.
+pub const LEASE_HEADER: &str = "containerd-lease";
+
+pub fn code(kind: Kind) -> Code {
+    match kind {
+        Kind::Unknown => Code::Unknown,
+        Kind::InvalidArgument => Code::InvalidArgument,
+        Kind::NotFound => Code::NotFound,
+        Kind::AlreadyExists => Code::AlreadyExists,
+        Kind::FailedPrecondition => Code::FailedPrecondition,
+        Kind::Unavailable => Code::Unavailable,
+        Kind::NotImplemented => Code::Unimplemented,
+        Kind::Canceled => Code::Cancelled,
+        Kind::DeadlineExceeded => Code::DeadlineExceeded,
+        Kind::ResourceExhausted => Code::ResourceExhausted,
+    }
+}
+
+/// A library error as containerd's `errdefs.ToGRPC` would send it: its code, and its text.
+pub fn status<E: HasKind + ?Sized>(err: &E) -> Status {
+    Status::new(code(err.kind()), err.to_string())
+}
+
+/// A filter that does not parse is InvalidArgument, with containerd's text shape.
+pub fn filter_status(err: &crated_filters::ParseError) -> Status {
+    Status::invalid_argument(format!("filters: parse error: {err}: invalid argument"))
+}
+
+/// The namespace a call is for (`default` when the client sends none).
+pub fn namespace<T>(request: &tonic::Request<T>) -> Result<String, Status> {
+    let Some(value) = request.metadata().get(NAMESPACE_HEADER) else {
+        return Ok("default".into());
+    };
+    let ns = value.to_str().map_err(|_| {
+        Status::invalid_argument("namespace header is not valid text: invalid argument")
+    })?;
+    crated_metadata::validate::identifier(ns).map_err(|e| status(&e))?;
+    Ok(ns.to_owned())
+}
+
+/// Runs blocking store work off the async threads.
+pub async fn blocking<T, E, F>(f: F) -> Result<T, Status>
+where
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: HasKind + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(|e| status(&e)),
+        Err(join) => Err(Status::internal(format!("blocking task failed: {join}"))),
+    }
+}

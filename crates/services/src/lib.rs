@@ -1,0 +1,23 @@
+//! containerd's services as plugins: each service is a pair, `io.containerd.service.v1.<name>`
+//! (the implementation, returning library errors) and `io.containerd.grpc.v1.<name>` (the gRPC
+//! front-end, which maps those errors to status codes in one place, [`edge`]).
+
+pub mod edge;
+pub mod grpc;
+pub mod healthcheck;
+pub mod introspection;
+pub mod metadata;
+pub mod namespaces;
+pub mod version;
+
+pub use grpc::GrpcService;
+
+/// The registrations of every service this crate provides, in containerd's order.
+pub fn registrations() -> Vec<crated_plugin::Registration> {
+    let mut regs = vec![metadata::registration()];
+    regs.extend(namespaces::registrations());
+    regs.extend(introspection::registrations());
+    regs.push(version::registration());
+    regs.push(healthcheck::registration());
+    regs
+}

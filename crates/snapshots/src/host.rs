@@ -1,0 +1,82 @@
+//! Facts about the host that decide whether a snapshotter can work here.
+
+use std::io;
+use std::path::Path;
+
+/// The OCI platform of this build, `os/arch`.
+pub fn platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    format!("{}/{arch}", std::env::consts::OS)
+}
+
+/// The type of the filesystem mounted under `path` (the longest mount point that contains it),
+/// from `/proc/self/mountinfo`.
+pub fn filesystem_type(path: &Path) -> io::Result<String> {
+    let path = path.canonicalize()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut best: Option<(usize, String)> = None;
+    for line in info.lines() {
+        // id parent major:minor root mount-point options [optional...] - fstype source super
+        let mut fields = line.split(' ');
+        let Some(mount_point) = fields.nth(4) else {
+            continue;
+        };
+        let Some(fstype) = line
+            .split(" - ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+        else {
+            continue;
+        };
+        let mount_point = unescape(mount_point);
+        if path.starts_with(&mount_point)
+            && best
+                .as_ref()
+                .is_none_or(|(len, _)| mount_point.len() >= *len)
+        {
+            best = Some((mount_point.len(), fstype.to_owned()));
+        }
+    }
+    best.map(|(_, t)| t)
+        .ok_or_else(|| io::Error::other(format!("no mount found for {}", path.display())))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Whether the running kernel knows a filesystem type.
+pub fn kernel_has_filesystem(name: &str) -> bool {
+    std::fs::read_to_string("/proc/filesystems")
+        .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some(name)))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_filesystem_has_a_type() {
+        let t = filesystem_type(Path::new("/")).unwrap();
+        assert!(!t.is_empty());
+        // /proc is always procfs and is its own mount.
+        assert_eq!(filesystem_type(Path::new("/proc/self")).unwrap(), "proc");
+    }
+
+    #[test]
+    fn kernel_filesystems() {
+        assert!(kernel_has_filesystem("proc"));
+        assert!(!kernel_has_filesystem("no-such-fs"));
+    }
+}

@@ -1,0 +1,263 @@
+//! Support for tests and benchmarks: a daemon (crated or containerd) started on a private temp
+//! root and socket, readiness through `grpc.health.v1.Health/Check`, clean stops, and lookup of
+//! the peer tools (`ctr`, `containerd`) with a loud skip outside CI and a failure on CI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tonic::transport::{Endpoint, Uri};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// Whether we run on CI, where every peer tool must be installed.
+pub fn on_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+}
+
+/// Finds a tool on PATH. Missing on CI is a failure (.ci/run must install it); elsewhere the
+/// caller skips, and this prints why.
+pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            !on_ci(),
+            "{name} is not installed on CI: .ci/run must `apt-get install {package}`"
+        );
+        eprintln!(
+            "SKIPPED: {name} not found on PATH (Debian package `{package}`); this test needs it"
+        );
+    }
+    found
+}
+
+/// A binary of this workspace, next to the test executable's `deps` directory.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`)",
+        bin.display()
+    );
+    bin
+}
+
+/// Asks the health service once; true when it answers SERVING.
+pub async fn health_check(socket: &Path) -> bool {
+    let path = socket.to_path_buf();
+    let Ok(endpoint) = Endpoint::try_from("http://[::]:0") else {
+        return false;
+    };
+    let channel = endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await;
+    let Ok(channel) = channel else { return false };
+    let mut client = HealthClient::new(channel);
+    match client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+    {
+        Ok(resp) => resp.into_inner().status == ServingStatus::Serving as i32,
+        Err(_) => false,
+    }
+}
+
+/// Polls until the daemon at `socket` is healthy, the process exits, or `timeout` passes.
+pub fn wait_healthy(
+    socket: &Path,
+    child: &mut Child,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("daemon exited before it was ready: {status}"));
+        }
+        if socket.exists() && runtime.block_on(health_check(socket)) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return Err(format!("daemon not healthy after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A daemon on a private temp directory; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub stderr_path: PathBuf,
+    /// From spawn until the health service answered SERVING.
+    pub ready_after: Duration,
+}
+
+impl Daemon {
+    /// Starts `crated` with `config` (TOML text, or none) and extra arguments, and waits until it
+    /// is healthy.
+    pub fn crated(bin: &Path, config: Option<&str>, extra: &[&str]) -> Result<Daemon, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let root = dir.path().join("root");
+        Self::crated_on_root(bin, dir, root, config, extra)
+    }
+
+    /// Like [`Daemon::crated`], on a given root (to restart on the data of an earlier daemon).
+    pub fn crated_on_root(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        root: PathBuf,
+        config: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Daemon, String> {
+        let state = dir.path().join("state");
+        let socket = dir.path().join("crated.sock");
+        let mut cmd = Command::new(bin);
+        cmd.arg("--root")
+            .arg(&root)
+            .arg("--state")
+            .arg(&state)
+            .arg("--address")
+            .arg(&socket);
+        if let Some(text) = config {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, text).map_err(|e| e.to_string())?;
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(extra);
+        Self::spawn(cmd, dir, root, state, socket)
+    }
+
+    /// Starts Debian's containerd on a private root (for side-by-side benchmarks).
+    pub fn containerd(bin: &Path, config: Option<&str>) -> Result<Daemon, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let root = dir.path().join("root");
+        let state = dir.path().join("state");
+        let socket = dir.path().join("containerd.sock");
+        let mut cmd = Command::new(bin);
+        cmd.arg("--root")
+            .arg(&root)
+            .arg("--state")
+            .arg(&state)
+            .arg("--address")
+            .arg(&socket);
+        if let Some(text) = config {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, text).map_err(|e| e.to_string())?;
+            cmd.arg("--config").arg(path);
+        }
+        Self::spawn(cmd, dir, root, state, socket)
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        root: PathBuf,
+        state: PathBuf,
+        socket: PathBuf,
+    ) -> Result<Daemon, String> {
+        let stderr_path = dir.path().join("daemon.log");
+        let log = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
+        let spawned = Instant::now();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {cmd:?}: {e}"))?;
+        let mut daemon = Daemon {
+            child,
+            dir,
+            root,
+            state,
+            socket,
+            stderr_path,
+            ready_after: Duration::ZERO,
+        };
+        match wait_healthy(&daemon.socket, &mut daemon.child, Duration::from_secs(30)) {
+            Ok(_) => daemon.ready_after = spawned.elapsed(),
+            Err(e) => return Err(format!("{e}\n--- daemon log ---\n{}", daemon.log())),
+        }
+        Ok(daemon)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits (SIGKILL after 10 s).
+    pub fn stop(&mut self) -> ExitStatus {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                return self.child.wait().expect("reaping the daemon");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Runs `ctr` (or any containerd client) against this daemon.
+    pub fn client(&self, bin: &Path, args: &[&str]) -> Output {
+        Command::new(bin)
+            .arg("--address")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("running the client")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// Resident memory of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

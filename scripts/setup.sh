@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing crated needs on Debian 12: a C toolchain for -sys crates
+# and the real peers the tests run against (containerd's ctr and shim, runc, ...).
+# Rust itself comes from rustup (https://rustup.rs); Debian 12's rustc is too old.
+set -euo pipefail
+
+packages=(build-essential pkg-config git containerd runc)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian's containerd package starts a system containerd; the tests start their own daemons on
+# private roots and never use it.
+if ! command -v cargo >/dev/null; then
+    echo "cargo not found: install Rust with rustup (https://rustup.rs), then run this again" >&2
+    exit 1
+fi
