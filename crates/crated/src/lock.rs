@@ -24,8 +24,9 @@ pub fn lock_root(root: &Path) -> anyhow::Result<RootLock> {
         Ok(mut locked) => {
             locked.set_len(0)?;
             locked.rewind()?;
+            // The pid only helps the message of a refused second daemon; the flock is the lock,
+            // so this needs no fsync.
             write!(locked, "{}", std::process::id())?;
-            locked.sync_all()?;
             Ok(RootLock { _file: locked })
         }
         Err((mut file, errno)) => {

@@ -35,8 +35,16 @@ pub struct MetadataStore {
 impl MetadataStore {
     /// Opens (or creates) `path`, creating the tables and migrating an older schema.
     pub fn open(path: &Path) -> Result<Self, MetadataError> {
+        let fresh = !path.exists();
         let db = Database::create(path)?;
-        let tx = db.begin_write()?;
+        let mut tx = db.begin_write()?;
+        if fresh {
+            // A new file holds nothing to lose: if this layout commit is not on disk when the
+            // daemon dies, the next open finds the empty database again and redoes it. Every
+            // later commit is durable and carries this one with it.
+            tx.set_durability(redb::Durability::None)
+                .map_err(|e| MetadataError::Database(e.to_string()))?;
+        }
         {
             let mut meta = tx.open_table(META)?;
             let found = meta.get("schema_version")?.map(|v| v.value()).unwrap_or(0);

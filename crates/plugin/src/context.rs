@@ -51,10 +51,8 @@ impl HasKind for LookupError {
 /// Everything a plugin's init gets: its own config and directories, the daemon's addresses,
 /// and typed access to the plugins started before it.
 pub struct InitContext {
-    /// `<root>/<type>.<id>`, created.
-    pub root: PathBuf,
-    /// `<state>/<type>.<id>`, created.
-    pub state: PathBuf,
+    pub(crate) root: PathBuf,
+    pub(crate) state: PathBuf,
     pub grpc_address: String,
     pub ttrpc_address: String,
     pub(crate) config: Option<Box<dyn Any + Send + Sync>>,
@@ -63,6 +61,22 @@ pub struct InitContext {
 }
 
 impl InitContext {
+    /// The plugin's own `<root>/<type>.<id>`, created on first use (as containerd's plugins
+    /// create theirs), so plugins without files leave no empty directories.
+    pub fn root(&self) -> Result<PathBuf, PluginError> {
+        make_dir(&self.root)
+    }
+
+    /// The plugin's own `<state>/<type>.<id>`, created on first use.
+    pub fn state(&self) -> Result<PathBuf, PluginError> {
+        make_dir(&self.state)
+    }
+
+    /// Where [`InitContext::root`] is, without creating it (for exports and messages).
+    pub fn root_path(&self) -> &std::path::Path {
+        &self.root
+    }
+
     /// The plugin's typed config: its decoded section, or the default when it has none.
     pub fn config<C: Default + 'static>(&mut self) -> Result<C, PluginError> {
         match self.config.take() {
@@ -143,6 +157,16 @@ impl InitContext {
             None => Err(LookupError::NotFound { uri }),
         }
     }
+}
+
+fn make_dir(path: &std::path::Path) -> Result<PathBuf, PluginError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| PluginError::failed(format!("creating {}: {e}", path.display())))?;
+    Ok(path.to_path_buf())
 }
 
 fn downcast<T: Any + Send + Sync>(record: &PluginRecord) -> Result<Arc<T>, LookupError> {

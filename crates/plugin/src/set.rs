@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use tokio::sync::watch;
 
 use crated_errdefs::Kind;
 
@@ -49,6 +50,8 @@ pub struct PluginRecord {
     pub meta: Meta,
     pub status: Status,
     pub init_time: Duration,
+    /// Place in the start-up order.
+    position: usize,
     pub(crate) instance: Option<Arc<dyn Any + Send + Sync>>,
     close: Mutex<Option<CloseFn>>,
 }
@@ -147,8 +150,10 @@ pub struct Environment<'a> {
     pub ttrpc_address: &'a str,
 }
 
-/// Initialises `ordered` (from [`crate::graph`]) one after another, each with its decoded
-/// config from `configs` (by URI), and records every outcome.
+/// Initialises `ordered` (from [`crate::graph`]), each with its decoded config from `configs`
+/// (by URI), and records every outcome. A plugin starts as soon as the plugins of the types it
+/// requires have finished (all earlier ones for `*`), so independent inits overlap; the records
+/// keep the graph's order.
 pub async fn init_all(
     ordered: Vec<Registration>,
     mut configs: HashMap<String, Box<dyn Any + Send + Sync>>,
@@ -160,64 +165,86 @@ pub async fn init_all(
         .write()
         .unwrap_or_else(|p| p.into_inner())
         .disabled = disabled;
-    for reg in ordered {
+    let types: Vec<String> = ordered.iter().map(|r| r.plugin_type.clone()).collect();
+    let (done_senders, done_receivers): (Vec<_>, Vec<_>) =
+        (0..ordered.len()).map(|_| watch::channel(false)).unzip();
+    let mut inits = Vec::with_capacity(ordered.len());
+    for ((position, reg), done) in ordered.into_iter().enumerate().zip(done_senders) {
+        let wildcard = reg.requires.iter().any(|t| t == "*");
+        // The graph put every requirement earlier, so only earlier plugins are waited for.
+        let waits: Vec<watch::Receiver<bool>> = (0..position)
+            .filter(|&j| wildcard || reg.requires.contains(&types[j]))
+            .map(|j| done_receivers[j].clone())
+            .collect();
         let uri = reg.uri();
-        let started = Instant::now();
         let meta = Arc::new(Mutex::new(Meta::default()));
-        let plugin_root = env.root.join(&uri);
-        let plugin_state = env.state.join(&uri);
-        let dirs = std::fs::create_dir_all(&plugin_root)
-            .and_then(|_| std::fs::create_dir_all(&plugin_state));
         let ctx = InitContext {
-            root: plugin_root,
-            state: plugin_state,
+            root: env.root.join(&uri),
+            state: env.state.join(&uri),
             grpc_address: env.grpc_address.to_owned(),
             ttrpc_address: env.ttrpc_address.to_owned(),
             config: configs.remove(&uri),
             meta: meta.clone(),
             set: set.clone(),
         };
-        let result = match dirs {
-            Ok(()) => (reg.init)(ctx).await,
-            Err(e) => Err(PluginError::failed(format!(
-                "creating plugin directories: {e}"
-            ))),
-        };
-        let init_time = started.elapsed();
-        let (status, instance, close) = match result {
-            Ok(i) => (Status::Ok, Some(i.value), i.close),
-            Err(PluginError::Skip(reason)) => {
-                tracing::info!(plugin = %uri, "skip loading plugin: {reason}");
-                (Status::Skipped(reason), None, None)
+        let set = set.clone();
+        inits.push(async move {
+            for mut wait in waits {
+                // A dropped sender means that plugin is finished too.
+                let _ = wait.wait_for(|finished| *finished).await;
             }
-            Err(err) => {
-                let root_cause = match &err {
-                    PluginError::Lookup(LookupError::Failed { uri, root, message }) => {
-                        Some((root.clone().unwrap_or_else(|| uri.clone()), message.clone()))
-                    }
-                    _ => None,
-                };
-                tracing::warn!(plugin = %uri, "failed to load plugin: {err}");
-                let failed = InitError {
-                    kind: err.kind(),
-                    message: err.to_string(),
-                    root_cause,
-                };
-                (Status::Failed(failed), None, None)
-            }
-        };
-        tracing::debug!(plugin = %uri, ?init_time, "plugin init finished");
-        let meta = meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        set.push(PluginRecord {
-            plugin_type: reg.plugin_type,
-            id: reg.id,
-            requires: reg.requires,
-            meta,
-            status,
-            init_time,
-            instance,
-            close: Mutex::new(close),
+            let started = Instant::now();
+            let result = (reg.init)(ctx).await;
+            let init_time = started.elapsed();
+            let (status, instance, close) = outcome(&uri, result);
+            tracing::debug!(plugin = %uri, ?init_time, "plugin init finished");
+            let meta = meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            set.push(PluginRecord {
+                plugin_type: reg.plugin_type,
+                id: reg.id,
+                requires: reg.requires,
+                meta,
+                status,
+                init_time,
+                position,
+                instance,
+                close: Mutex::new(close),
+            });
+            let _ = done.send(true);
         });
     }
+    futures::future::join_all(inits).await;
+    set.inner
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .records
+        .sort_by_key(|r| r.position);
     set
+}
+
+type Outcome = (Status, Option<Arc<dyn Any + Send + Sync>>, Option<CloseFn>);
+
+fn outcome(uri: &str, result: Result<crate::Instance, PluginError>) -> Outcome {
+    match result {
+        Ok(i) => (Status::Ok, Some(i.value), i.close),
+        Err(PluginError::Skip(reason)) => {
+            tracing::info!(plugin = %uri, "skip loading plugin: {reason}");
+            (Status::Skipped(reason), None, None)
+        }
+        Err(err) => {
+            let root_cause = match &err {
+                PluginError::Lookup(LookupError::Failed { uri, root, message }) => {
+                    Some((root.clone().unwrap_or_else(|| uri.clone()), message.clone()))
+                }
+                _ => None,
+            };
+            tracing::warn!(plugin = %uri, "failed to load plugin: {err}");
+            let failed = InitError {
+                kind: err.kind(),
+                message: err.to_string(),
+                root_cause,
+            };
+            (Status::Failed(failed), None, None)
+        }
+    }
 }

@@ -174,8 +174,73 @@ async fn dependents_of_failed_and_disabled_plugins_name_the_root_cause_once() {
     };
     assert_eq!(d.message, "requires t.gone.v1.x, which is disabled");
     assert!(set.get("t.gone.v1.x").is_none());
-    // Each plugin got its own directories.
-    assert!(dir.path().join("t.meta.v1.bolt").is_dir());
+    // Directories are made only for plugins that ask for them.
+    assert!(!dir.path().join("t.meta.v1.bolt").exists());
+}
+
+#[tokio::test]
+async fn plugin_directories_are_created_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let regs = vec![Registration::new("t.snap.v1", "s", |ctx| async move {
+        assert!(!ctx.root_path().exists());
+        let root = ctx.root()?;
+        let state = ctx.state()?;
+        assert!(root.is_dir() && state.is_dir());
+        Ok(Instance::new(Arc::new(root)))
+    })];
+    let set = init_all(
+        graph(regs, &[]).unwrap(),
+        HashMap::new(),
+        vec![],
+        &env(dir.path()),
+    )
+    .await;
+    assert!(set.get("t.snap.v1.s").unwrap().is_ok());
+    assert!(dir.path().join("t.snap.v1.s").is_dir());
+}
+
+#[tokio::test]
+async fn independent_inits_overlap_and_dependents_wait() {
+    use std::sync::Mutex;
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let log = Arc::new(Mutex::new(Vec::<&str>::new()));
+    let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
+    let regs = vec![
+        // Finishes only once the later, independent plugin has run: a serial start-up would hang.
+        Registration::new("t.a.v1", "slow", move |_ctx| async move {
+            rx.await.map_err(PluginError::failed)?;
+            l1.lock().unwrap().push("slow");
+            Ok(Instance::new(Arc::new(1u32)))
+        }),
+        Registration::new("t.b.v1", "fast", move |_ctx| async move {
+            l2.lock().unwrap().push("fast");
+            let _ = tx.send(());
+            Ok(Instance::new(Arc::new(2u32)))
+        }),
+        Registration::new("t.c.v1", "user", move |ctx| async move {
+            let v = ctx.get_single::<u32>("t.a.v1")?;
+            l3.lock().unwrap().push("user");
+            Ok(Instance::new(v))
+        })
+        .requires(&["t.a.v1"]),
+    ];
+    let set = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        init_all(
+            graph(regs, &[]).unwrap(),
+            HashMap::new(),
+            vec![],
+            &env(dir.path()),
+        ),
+    )
+    .await
+    .expect("start-up hung: independent plugins did not overlap");
+    assert_eq!(*log.lock().unwrap(), ["fast", "slow", "user"]);
+    assert!(set.get("t.c.v1.user").unwrap().is_ok());
+    // Records keep the start-up order, not the completion order.
+    let order: Vec<String> = set.records().iter().map(|r| r.uri()).collect();
+    assert_eq!(order, ["t.a.v1.slow", "t.b.v1.fast", "t.c.v1.user"]);
 }
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]

@@ -115,7 +115,7 @@ fn pid_namespace() -> u64 {
 pub fn registrations() -> Vec<Registration> {
     vec![
         Registration::new(types::SERVICE, "introspection-service", |ctx| async move {
-            let root = ctx.root.clone();
+            let root = ctx.root()?;
             let uuid = tokio::task::spawn_blocking(move || server_uuid(&root))
                 .await
                 .map_err(PluginError::failed)?

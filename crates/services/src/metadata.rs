@@ -35,7 +35,7 @@ pub fn registration() -> Registration {
                 config.content_sharing_policy
             )));
         }
-        let path = ctx.root.join("meta.db");
+        let path = ctx.root()?.join("meta.db");
         let store = tokio::task::spawn_blocking(move || MetadataStore::open(&path))
             .await
             .map_err(PluginError::failed)?

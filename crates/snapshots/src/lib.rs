@@ -44,9 +44,9 @@ fn fs_check(
     want: &str,
     message: impl Fn(&str) -> String,
 ) -> Result<Instance, PluginError> {
-    advertise(ctx, &ctx.root);
-    let found =
-        filesystem_type(&ctx.root).map_err(|e| PluginError::failed(format!("{id}: {e}")))?;
+    let root = ctx.root()?;
+    advertise(ctx, &root);
+    let found = filesystem_type(&root).map_err(|e| PluginError::failed(format!("{id}: {e}")))?;
     if found != want {
         return Err(PluginError::skip(message(&found)));
     }
@@ -56,7 +56,7 @@ fn fs_check(
 pub fn registrations() -> Vec<Registration> {
     vec![
         Registration::new(types::SNAPSHOTTER, "aufs", |ctx| async move {
-            advertise(&ctx, &ctx.root);
+            advertise(&ctx, ctx.root_path());
             if !host::kernel_has_filesystem("aufs") {
                 return Err(PluginError::skip(
                     "aufs is not supported (the kernel lists no aufs in /proc/filesystems)",
@@ -65,7 +65,7 @@ pub fn registrations() -> Vec<Registration> {
             Err(not_implemented("aufs"))
         }),
         Registration::new(types::SNAPSHOTTER, "btrfs", |ctx| async move {
-            let root = ctx.root.display().to_string();
+            let root = ctx.root_path().display().to_string();
             fs_check(&ctx, "btrfs", "btrfs", |found| {
                 format!("path {root} ({found}) must be a btrfs filesystem to be used with the btrfs snapshotter")
             })
@@ -73,7 +73,7 @@ pub fn registrations() -> Vec<Registration> {
         Registration::new(types::SNAPSHOTTER, "devmapper", |mut ctx| async move {
             let config: DevmapperConfig = ctx.config()?;
             let root = if config.root_path.is_empty() {
-                ctx.root.clone()
+                ctx.root_path().to_path_buf()
             } else {
                 config.root_path.clone().into()
             };
@@ -90,7 +90,7 @@ pub fn registrations() -> Vec<Registration> {
         })
         .with_config::<DevmapperConfig>(),
         Registration::new(types::SNAPSHOTTER, "zfs", |ctx| async move {
-            let root = ctx.root.display().to_string();
+            let root = ctx.root_path().display().to_string();
             fs_check(&ctx, "zfs", "zfs", |_| {
                 format!("path {root} must be a zfs filesystem to be used with the zfs snapshotter")
             })

@@ -103,7 +103,7 @@ pub fn wait_healthy(
         if started.elapsed() > timeout {
             return Err(format!("daemon not healthy after {timeout:?}"));
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_micros(500));
     }
 }
 
