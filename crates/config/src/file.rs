@@ -211,6 +211,9 @@ pub(crate) struct ParsedFile {
     pub config: Config,
     /// Whether the file said `version` at all (containerd reads a file without it as version 1).
     pub version_given: bool,
+    /// The keys the file sets: `root`, `grpc.address`, ... (a set key overrides when merged,
+    /// whatever its value).
+    pub present: std::collections::BTreeSet<String>,
 }
 
 fn is_unknown_field(err: &toml::de::Error) -> bool {
@@ -265,7 +268,14 @@ pub(crate) fn parse_file(source: Arc<Source>, lenient: bool) -> Result<ParsedFil
     let mut plugins = None;
     let mut version_at = None;
     let mut list_locations = BTreeMap::new();
+    let mut present = std::collections::BTreeSet::new();
     for (key, value) in root.into_inner() {
+        present.insert(key.get_ref().to_string());
+        if let DeValue::Table(t) = value.get_ref() {
+            for sub in t.keys() {
+                present.insert(format!("{}.{}", key.get_ref(), sub.get_ref()));
+            }
+        }
         match key.get_ref().as_ref() {
             "plugins" => {
                 plugins = Some(value);
@@ -350,5 +360,6 @@ pub(crate) fn parse_file(source: Arc<Source>, lenient: bool) -> Result<ParsedFil
     Ok(ParsedFile {
         config,
         version_given,
+        present,
     })
 }

@@ -60,18 +60,6 @@ pub(crate) fn merge_into(dst: &mut Config, file: ParsedFile) {
     merge(dst, file, true)
 }
 
-fn set_str(dst: &mut String, src: String) {
-    if !src.is_empty() {
-        *dst = src;
-    }
-}
-
-fn set_num<T: Default + PartialEq>(dst: &mut T, src: T) {
-    if src != T::default() {
-        *dst = src;
-    }
-}
-
 fn append(dst: &mut Vec<String>, src: Vec<String>) {
     for s in src {
         if !dst.contains(&s) {
@@ -80,56 +68,50 @@ fn append(dst: &mut Vec<String>, src: Vec<String>) {
     }
 }
 
-/// containerd's rule: a set value overrides, lists append, plugin and proxy sections are
+/// containerd's rule: a key a file sets overrides, lists append, plugin and proxy sections are
 /// replaced whole.
 fn merge(dst: &mut Config, file: ParsedFile, first: bool) {
     let src = file.config;
+    let set = |key: &str| file.present.contains(key);
     if first || file.version_given {
         dst.version = src.version;
     }
-    let defaults = Config::default();
-    // A file that does not set a key leaves the default in `src`: never let it override.
-    let or_empty = |v: String, d: &str| if v == d { String::new() } else { v };
-    set_str(&mut dst.root, or_empty(src.root, &defaults.root));
-    set_str(&mut dst.state, or_empty(src.state, &defaults.state));
-    set_str(&mut dst.temp, src.temp);
-    set_str(&mut dst.plugin_dir, src.plugin_dir);
-
-    let g = src.grpc;
-    set_str(
-        &mut dst.grpc.address,
-        or_empty(g.address, &defaults.grpc.address),
-    );
-    set_str(&mut dst.grpc.tcp_address, g.tcp_address);
-    set_str(&mut dst.grpc.tcp_tls_ca, g.tcp_tls_ca);
-    set_str(&mut dst.grpc.tcp_tls_cert, g.tcp_tls_cert);
-    set_str(&mut dst.grpc.tcp_tls_key, g.tcp_tls_key);
-    set_num(&mut dst.grpc.uid, g.uid);
-    set_num(&mut dst.grpc.gid, g.gid);
-    if g.max_recv_message_size != defaults.grpc.max_recv_message_size {
-        set_num(&mut dst.grpc.max_recv_message_size, g.max_recv_message_size);
+    macro_rules! take {
+        ($($key:literal => $($field:ident).+;)*) => {$(
+            if set($key) {
+                dst.$($field).+ = src.$($field).+.clone();
+            }
+        )*};
     }
-    if g.max_send_message_size != defaults.grpc.max_send_message_size {
-        set_num(&mut dst.grpc.max_send_message_size, g.max_send_message_size);
+    take! {
+        "root" => root;
+        "state" => state;
+        "temp" => temp;
+        "plugin_dir" => plugin_dir;
+        "oom_score" => oom_score;
+        "grpc.address" => grpc.address;
+        "grpc.tcp_address" => grpc.tcp_address;
+        "grpc.tcp_tls_ca" => grpc.tcp_tls_ca;
+        "grpc.tcp_tls_cert" => grpc.tcp_tls_cert;
+        "grpc.tcp_tls_key" => grpc.tcp_tls_key;
+        "grpc.uid" => grpc.uid;
+        "grpc.gid" => grpc.gid;
+        "grpc.max_recv_message_size" => grpc.max_recv_message_size;
+        "grpc.max_send_message_size" => grpc.max_send_message_size;
+        "ttrpc.address" => ttrpc.address;
+        "ttrpc.uid" => ttrpc.uid;
+        "ttrpc.gid" => ttrpc.gid;
+        "debug.address" => debug.address;
+        "debug.uid" => debug.uid;
+        "debug.gid" => debug.gid;
+        "debug.level" => debug.level;
+        "debug.format" => debug.format;
+        "metrics.address" => metrics.address;
+        "metrics.grpc_histogram" => metrics.grpc_histogram;
+        "cgroup.path" => cgroup.path;
     }
-
-    set_str(&mut dst.ttrpc.address, src.ttrpc.address);
-    set_num(&mut dst.ttrpc.uid, src.ttrpc.uid);
-    set_num(&mut dst.ttrpc.gid, src.ttrpc.gid);
-
-    set_str(&mut dst.debug.address, src.debug.address);
-    set_num(&mut dst.debug.uid, src.debug.uid);
-    set_num(&mut dst.debug.gid, src.debug.gid);
-    set_str(&mut dst.debug.level, src.debug.level);
-    set_str(&mut dst.debug.format, src.debug.format);
-
-    set_str(&mut dst.metrics.address, src.metrics.address);
-    set_num(&mut dst.metrics.grpc_histogram, src.metrics.grpc_histogram);
-
     append(&mut dst.disabled_plugins, src.disabled_plugins);
     append(&mut dst.required_plugins, src.required_plugins);
-    set_num(&mut dst.oom_score, src.oom_score);
-    set_str(&mut dst.cgroup.path, src.cgroup.path);
     dst.proxy_plugins.extend(src.proxy_plugins);
     dst.timeouts.extend(src.timeouts);
     dst.stream_processors.extend(src.stream_processors);

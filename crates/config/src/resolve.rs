@@ -74,6 +74,10 @@ impl Config {
                 };
                 if !migrated.is_empty() {
                     resolved.extend(migrated);
+                } else if v1 && !uris.contains(&name) && !name.contains('.') {
+                    // containerd accepts any id in a version 1 list (Docker's stock config
+                    // disables "cri"); one we do not have names nothing to do.
+                    tracing::debug!("{list_name}: no plugin has id {name:?}; ignored");
                 } else if crate::split_uri(&name).is_some() {
                     resolved.push(name);
                 } else {

@@ -218,6 +218,33 @@ fn imports_merge_and_cycles_end() {
 }
 
 #[test]
+fn an_import_setting_a_default_value_still_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("config.toml");
+    std::fs::write(
+        &main,
+        "version = 2\nimports = [\"b.toml\"]\nroot = \"/custom\"\n[grpc]\nuid = 5\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        "version = 2\nroot = \"/var/lib/crated\"\n[grpc]\nuid = 0\n",
+    )
+    .unwrap();
+    let c = load(&main, false).unwrap();
+    assert_eq!(c.root, "/var/lib/crated");
+    assert_eq!(c.grpc.uid, 0);
+}
+
+#[test]
+fn version_one_lists_accept_ids_we_do_not_have() {
+    // Docker's stock containerd config.
+    let mut c = parse_str("c.toml", "disabled_plugins = [\"cri\"]\n", false).unwrap();
+    c.resolve_plugins(&known(), false).unwrap();
+    assert!(c.disabled_plugins.is_empty());
+}
+
+#[test]
 fn error_in_an_import_names_that_file() {
     let dir = tempfile::tempdir().unwrap();
     let main = dir.path().join("config.toml");

@@ -1,7 +1,9 @@
 //! A gRPC channel over the daemon's unix socket, with the namespace header on every call.
 
 use anyhow::Context;
+use crated_api::containerd::services::content::v1::content_client::ContentClient;
 use crated_api::containerd::services::introspection::v1::introspection_client::IntrospectionClient;
+use crated_api::containerd::services::leases::v1::leases_client::LeasesClient;
 use crated_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
 use crated_api::containerd::services::version::v1::version_client::VersionClient;
 use hyper_util::rt::TokioIo;
@@ -51,6 +53,16 @@ impl Connection {
 
     pub fn introspection(&self) -> IntrospectionClient<Channel> {
         IntrospectionClient::new(self.channel.clone())
+    }
+
+    pub fn content(&self) -> ContentClient<Channel> {
+        ContentClient::new(self.channel.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    pub fn leases(&self) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel.clone())
     }
 
     pub fn namespaces(&self) -> NamespacesClient<Channel> {

@@ -2,6 +2,8 @@
 //! and prints what `ctr` prints.
 
 mod client;
+mod content;
+mod leases;
 mod namespaces;
 mod plugins;
 
@@ -44,6 +46,17 @@ enum Command {
         #[command(subcommand)]
         command: plugins::PluginsCommand,
     },
+    /// Manage content (blobs).
+    Content {
+        #[command(subcommand)]
+        command: content::ContentCommand,
+    },
+    /// Manage leases.
+    #[command(alias = "lease")]
+    Leases {
+        #[command(subcommand)]
+        command: leases::LeasesCommand,
+    },
     /// Print client and server versions.
     Version,
     /// Manage namespaces.
@@ -59,6 +72,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plugins { command } => plugins::run(&conn, command).await,
         Command::Namespaces { command } => namespaces::run(&conn, command).await,
+        Command::Content { command } => content::run(&conn, command).await,
+        Command::Leases { command } => leases::run(&conn, command).await,
         Command::Version => {
             let mut version = conn.version();
             let server = version.version(conn.request(())).await?.into_inner();

@@ -98,19 +98,28 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     runtime.block_on(serve(config, ordered, decoded, started))
 }
 
+/// Creates a daemon directory (0711, as containerd) when missing; an existing one keeps its mode.
 fn make_dir(path: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
-        .with_context(|| format!("setting permissions of {}", path.display()))
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))
 }
 
-/// Binds the socket, removing a stale one left by a daemon that died, but never one in use.
-fn bind(address: &Path) -> anyhow::Result<UnixListener> {
+/// Binds the socket, removing a stale one left by a daemon that died, but never one in use
+/// and never a file that is not a socket.
+fn bind(address: &Path, uid: u32, gid: u32) -> anyhow::Result<UnixListener> {
     if let Some(parent) = address.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    if address.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(address) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            bail!("{} exists and is not a socket", address.display());
+        }
         if std::os::unix::net::UnixStream::connect(address).is_ok() {
             bail!("{} is in use by another process", address.display());
         }
@@ -119,22 +128,61 @@ fn bind(address: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(address)
         .with_context(|| format!("listening on {}", address.display()))?;
-    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))?;
+    let owned =
+        std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660)).and_then(|_| {
+            if uid != 0 || gid != 0 {
+                std::os::unix::fs::chown(address, Some(uid), Some(gid))
+            } else {
+                Ok(())
+            }
+        });
+    if let Err(e) = owned {
+        let _ = std::fs::remove_file(address);
+        return Err(e).with_context(|| format!("setting owner and mode of {}", address.display()));
+    }
     Ok(listener)
 }
 
-async fn shutdown_signal() {
+/// How long open calls (streams) may run on after SIGTERM before they are cut.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Installs the handlers at once (so a signal during start-up is not the default kill) and
+/// resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
-        _ = int.recv() => tracing::info!("received SIGINT, shutting down"),
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
+            _ = int.recv() => tracing::info!("received SIGINT, shutting down"),
+        }
+    })
+}
+
+/// Keys containerd has that this version reads but does not act on yet: said, not ignored silently.
+fn warn_unapplied(config: &Config) {
+    let defaults = Config::default();
+    let unapplied = [
+        ("oom_score", config.oom_score != 0),
+        ("debug.format", !config.debug.format.is_empty()),
+        ("debug.address", !config.debug.address.is_empty()),
+        ("grpc.tcp_address", !config.grpc.tcp_address.is_empty()),
+        ("metrics.address", !config.metrics.address.is_empty()),
+        (
+            "grpc.max_recv_message_size",
+            config.grpc.max_recv_message_size != defaults.grpc.max_recv_message_size,
+        ),
+        (
+            "grpc.max_send_message_size",
+            config.grpc.max_send_message_size != defaults.grpc.max_send_message_size,
+        ),
+        ("cgroup.path", !config.cgroup.path.is_empty()),
+    ];
+    for (key, set) in unapplied {
+        if set {
+            tracing::warn!("config key {key} is set but not applied by this version of crated");
+        }
     }
 }
 
@@ -144,11 +192,13 @@ async fn serve(
     decoded: Decoded,
     started: Instant,
 ) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
+    warn_unapplied(&config);
     let root = PathBuf::from(&config.root);
     let state = PathBuf::from(&config.state);
     make_dir(&root)?;
-    make_dir(&state)?;
     let _lock = lock::lock_root(&root)?;
+    make_dir(&state)?;
     let address = PathBuf::from(&config.grpc.address);
     let ttrpc_address = if config.ttrpc.address.is_empty() {
         format!("{}.ttrpc", config.grpc.address)
@@ -180,12 +230,14 @@ async fn serve(
         }
     }
 
+    let signalled = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = signalled.clone();
     let services = set.instances::<GrpcService>(types::GRPC);
     let mut routes = tonic::service::RoutesBuilder::default();
     for (_, service) in &services {
         service.register(&mut routes);
     }
-    let listener = match bind(&address) {
+    let listener = match bind(&address, config.grpc.uid, config.grpc.gid) {
         Ok(l) => l,
         Err(e) => {
             set.close_all().await;
@@ -194,8 +246,11 @@ async fn serve(
     };
     let server = tonic::transport::Server::builder()
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal());
-    let server = tokio::spawn(server);
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            shutdown.await;
+            notify.notify_one();
+        });
+    let mut server = tokio::spawn(server);
     for (_, service) in &services {
         service.serving().await;
     }
@@ -204,7 +259,18 @@ async fn serve(
         "crated successfully booted in {:.3}s",
         started.elapsed().as_secs_f64()
     );
-    let result = server.await;
+    // Serve until a signal; then let open calls finish, within a deadline.
+    let result = tokio::select! {
+        result = &mut server => result,
+        _ = async {
+            signalled.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("open calls still running {SHUTDOWN_GRACE:?} after the signal; cutting them");
+            server.abort();
+            Ok(Ok(()))
+        }
+    };
     let _ = std::fs::remove_file(&address);
     set.close_all().await;
     tracing::info!("crated stopped");

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crated_testsupport::Daemon;
+use std::time::Duration;
+
+use crated_testsupport::{output_within, Daemon};
 
 fn crated() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crated"))
@@ -53,17 +55,18 @@ fn start_fails(config: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(crated())
-        .arg("--config")
-        .arg(&path)
-        .arg("--root")
-        .arg(dir.path().join("root"))
-        .arg("--state")
-        .arg(dir.path().join("state"))
-        .arg("--address")
-        .arg(dir.path().join("s.sock"))
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(crated())
+            .arg("--config")
+            .arg(&path)
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .arg("--address")
+            .arg(dir.path().join("s.sock")),
+        Duration::from_secs(20),
+    );
     assert!(!out.status.success(), "daemon started with a bad config");
     assert!(!dir.path().join("s.sock").exists());
     String::from_utf8_lossy(&out.stderr).into_owned()

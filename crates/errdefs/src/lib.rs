@@ -16,6 +16,8 @@ pub enum Kind {
     Canceled,
     DeadlineExceeded,
     ResourceExhausted,
+    OutOfRange,
+    DataLoss,
 }
 
 impl Kind {
@@ -32,6 +34,8 @@ impl Kind {
             Kind::Canceled => "context canceled",
             Kind::DeadlineExceeded => "context deadline exceeded",
             Kind::ResourceExhausted => "resource exhausted",
+            Kind::OutOfRange => "out of range",
+            Kind::DataLoss => "data loss",
         }
     }
 }

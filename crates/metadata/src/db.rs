@@ -22,6 +22,18 @@ pub(crate) const RESOURCE_TABLES: &[(&str, TableDefinition<&str, &[u8]>)] = &[
     ("sandboxes", TableDefinition::new("sandboxes")),
 ];
 
+/// `<namespace>/<lease>/<type>\0<resource id>` -> empty: what each lease holds.
+pub(crate) const LEASE_RESOURCES: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("lease_resources");
+
+pub(crate) fn table(name: &str) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    RESOURCE_TABLES
+        .iter()
+        .find(|(what, _)| *what == name)
+        .map(|(_, t)| *t)
+        .unwrap_or_else(|| panic!("unknown metadata table {name}"))
+}
+
 type Migration = fn(&redb::WriteTransaction) -> Result<(), MetadataError>;
 
 /// Steps from version N to N+1, in order; index 0 upgrades version 0 (an empty file) to 1.
@@ -30,6 +42,7 @@ const MIGRATIONS: &[Migration] = &[|_tx| Ok(())];
 /// The metadata database. Cheap to share behind an `Arc`; redb serialises writers.
 pub struct MetadataStore {
     pub(crate) db: Database,
+    shared_content: std::sync::atomic::AtomicBool,
 }
 
 impl MetadataStore {
@@ -60,11 +73,27 @@ impl MetadataStore {
             meta.insert("schema_version", SCHEMA_VERSION)?;
         }
         tx.open_table(NAMESPACES)?;
+        tx.open_table(LEASE_RESOURCES)?;
         for (_, table) in RESOURCE_TABLES {
             tx.open_table(*table)?;
         }
         tx.commit()?;
-        Ok(MetadataStore { db })
+        Ok(MetadataStore {
+            db,
+            shared_content: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    /// containerd's `content_sharing_policy`: `shared` (true) lets a namespace claim a blob
+    /// another namespace has without writing it again; `isolated` (false) does not.
+    pub fn set_shared_content(&self, shared: bool) {
+        self.shared_content
+            .store(shared, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn shared_content(&self) -> bool {
+        self.shared_content
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn schema_version(&self) -> Result<u64, MetadataError> {

@@ -3,11 +3,22 @@
 //! namespaced record (images, containers, leases, content and snapshot references) as they come.
 //! Calls are blocking; async callers run them on a blocking thread.
 
+mod content;
 mod db;
 mod error;
+mod leases;
 mod namespaces;
 pub mod validate;
 
+pub use content::ContentRecord;
 pub use db::{MetadataStore, SCHEMA_VERSION};
 pub use error::MetadataError;
+pub use leases::{Lease, LeaseResource};
 pub use namespaces::Namespace;
+
+/// Nanoseconds since the epoch, the timestamps records keep.
+pub fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

@@ -40,7 +40,7 @@ impl PluginError {
     pub fn kind(&self) -> Kind {
         match self {
             PluginError::Skip(_) => Kind::Unknown,
-            PluginError::Lookup(_) => Kind::FailedPrecondition,
+            PluginError::Lookup(e) => crated_errdefs::HasKind::kind(e),
             PluginError::Failed { kind, .. } => *kind,
         }
     }

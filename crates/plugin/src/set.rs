@@ -118,12 +118,14 @@ impl PluginSet {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, record: PluginRecord) {
-        self.inner
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+    /// Adds a record at its place in the start-up order, so lookups made while other inits
+    /// still run see the same order as after start-up.
+    fn insert(&self, record: PluginRecord) {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let at = inner
             .records
-            .push(Arc::new(record));
+            .partition_point(|r| r.position < record.position);
+        inner.records.insert(at, Arc::new(record));
     }
 
     /// Runs the close hooks in reverse init order.
@@ -188,21 +190,31 @@ pub async fn init_all(
             set: set.clone(),
         };
         let set = set.clone();
-        inits.push(async move {
+        let (plugin_type, id, requires) = (
+            reg.plugin_type.clone(),
+            reg.id.clone(),
+            reg.requires.clone(),
+        );
+        let task = tokio::spawn(async move {
             for mut wait in waits {
                 // A dropped sender means that plugin is finished too.
                 let _ = wait.wait_for(|finished| *finished).await;
             }
             let started = Instant::now();
-            let result = (reg.init)(ctx).await;
+            // Each init is its own task: one that blocks or panics does not hold up or take
+            // down the others; a panic is recorded as that plugin's failure.
+            let result = match tokio::spawn((reg.init)(ctx)).await {
+                Ok(result) => result,
+                Err(join) => Err(PluginError::failed(format!("plugin init panicked: {join}"))),
+            };
             let init_time = started.elapsed();
             let (status, instance, close) = outcome(&uri, result);
-            tracing::debug!(plugin = %uri, ?init_time, "plugin init finished");
+            tracing::info!(plugin = %uri, ?init_time, "plugin init finished");
             let meta = meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            set.push(PluginRecord {
-                plugin_type: reg.plugin_type,
-                id: reg.id,
-                requires: reg.requires,
+            set.insert(PluginRecord {
+                plugin_type,
+                id,
+                requires,
                 meta,
                 status,
                 init_time,
@@ -212,13 +224,13 @@ pub async fn init_all(
             });
             let _ = done.send(true);
         });
+        inits.push(task);
     }
-    futures::future::join_all(inits).await;
-    set.inner
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .records
-        .sort_by_key(|r| r.position);
+    for init in futures::future::join_all(inits).await {
+        if let Err(e) = init {
+            tracing::error!("plugin start-up task failed: {e}");
+        }
+    }
     set
 }
 

@@ -291,4 +291,8 @@ async fn typed_config_and_lookups() {
     let set = init_all(graph(regs, &[]).unwrap(), configs, vec![], &env(dir.path())).await;
     let rec = set.get("t.user.v1.u").unwrap();
     assert!(rec.is_ok(), "{:?}", rec.status);
+    let names = set.instances::<String>("t.user.v1");
+    assert_eq!(names.len(), 1);
+    // Both snapshotters, in order, the first with its configured value.
+    assert_eq!(names[0].1.as_str(), "s=/p,t=t");
 }

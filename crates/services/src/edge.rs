@@ -20,6 +20,8 @@ pub fn code(kind: Kind) -> Code {
         Kind::Canceled => Code::Cancelled,
         Kind::DeadlineExceeded => Code::DeadlineExceeded,
         Kind::ResourceExhausted => Code::ResourceExhausted,
+        Kind::OutOfRange => Code::OutOfRange,
+        Kind::DataLoss => Code::DataLoss,
     }
 }
 
@@ -56,4 +58,27 @@ where
         Ok(result) => result.map_err(|e| status(&e)),
         Err(join) => Err(Status::internal(format!("blocking task failed: {join}"))),
     }
+}
+
+/// The lease a call's new resources go under, if the client named one.
+pub fn lease<T>(request: &tonic::Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(LEASE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// A record timestamp (nanoseconds since the epoch) as protobuf's.
+pub fn timestamp(nanos: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (nanos / 1_000_000_000) as i64,
+        nanos: (nanos % 1_000_000_000) as i32,
+    }
+}
+
+/// Turns filter strings into one filter (none: everything matches).
+pub fn filters(inputs: &[String]) -> Result<crated_filters::Filter, Status> {
+    crated_filters::parse_all(inputs).map_err(|e| filter_status(&e))
 }

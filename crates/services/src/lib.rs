@@ -2,10 +2,12 @@
 //! (the implementation, returning library errors) and `io.containerd.grpc.v1.<name>` (the gRPC
 //! front-end, which maps those errors to status codes in one place, [`edge`]).
 
+pub mod content;
 pub mod edge;
 pub mod grpc;
 pub mod healthcheck;
 pub mod introspection;
+pub mod leases;
 pub mod metadata;
 pub mod namespaces;
 pub mod version;
@@ -14,8 +16,10 @@ pub use grpc::GrpcService;
 
 /// The registrations of every service this crate provides, in containerd's order.
 pub fn registrations() -> Vec<crated_plugin::Registration> {
-    let mut regs = vec![metadata::registration()];
+    let mut regs = content::registrations();
+    regs.insert(1, metadata::registration());
     regs.extend(namespaces::registrations());
+    regs.extend(leases::registrations());
     regs.extend(introspection::registrations());
     regs.push(version::registration());
     regs.push(healthcheck::registration());

@@ -40,6 +40,7 @@ pub fn registration() -> Registration {
             .await
             .map_err(PluginError::failed)?
             .map_err(PluginError::failed)?;
+        store.set_shared_content(config.content_sharing_policy == "shared");
         Ok(Instance::new(Arc::new(store)))
     })
     .requires(&[types::CONTENT, types::SNAPSHOTTER])

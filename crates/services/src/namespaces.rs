@@ -104,9 +104,14 @@ impl Namespaces for NamespacesService {
         req: Request<api::CreateNamespaceRequest>,
     ) -> Result<Response<api::CreateNamespaceResponse>, Status> {
         let ns = req.into_inner().namespace.unwrap_or_default();
+        // An empty value means "no such label", as containerd's store treats it.
         let ns = Namespace {
             name: ns.name,
-            labels: ns.labels.into_iter().collect(),
+            labels: ns
+                .labels
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .collect(),
         };
         let store = self.store();
         let created = ns.clone();
@@ -137,8 +142,7 @@ impl Namespaces for NamespacesService {
                     }
                     None => {
                         return Err(status(&MetadataError::InvalidArgument(format!(
-                            "cannot update {path:?} field on namespace {:?}",
-                            ns.name
+                            "cannot update {path:?} field"
                         ))))
                     }
                 }

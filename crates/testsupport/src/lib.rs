@@ -261,3 +261,29 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Runs a command to its end, killing it (and failing) if it runs past `timeout`: a daemon that
+/// was expected to refuse to start must not hang the test.
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the command");
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("collecting output");
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collecting output");
+            panic!(
+                "{cmd:?} still running after {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

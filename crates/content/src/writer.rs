@@ -1,0 +1,242 @@
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+use crate::store::{from_nanos, nanos, IngestMeta, IngestStatus, LocalStore, Locks};
+use crate::ContentError;
+
+/// Bytes after which written data is handed to the kernel's writeback, so that the fsync at
+/// commit finds little left to do. Nothing is skipped: commit still fsyncs everything.
+const WRITEBACK_CHUNK: u64 = 16 << 20;
+
+/// One write in progress, holding the lock on its ref until dropped.
+pub struct Writer {
+    reference: String,
+    dir: PathBuf,
+    blob_dir: PathBuf,
+    data: File,
+    hasher: Sha256,
+    offset: u64,
+    total: u64,
+    expected: Option<Digest>,
+    started_at: SystemTime,
+    written_back: u64,
+    locks: Locks,
+}
+
+impl Writer {
+    pub(crate) fn open(
+        store: &LocalStore,
+        dir: PathBuf,
+        reference: &str,
+        total: u64,
+        expected: Option<Digest>,
+        locks: Locks,
+    ) -> Result<Writer, ContentError> {
+        let meta_path = dir.join("meta.json");
+        let data_path = dir.join("data");
+        let resumed: Option<IngestMeta> = fs::read(&meta_path)
+            .ok()
+            .and_then(|raw| serde_json::from_slice(&raw).ok());
+        let (started_at, total, expected) = match &resumed {
+            Some(meta) => (
+                from_nanos(meta.started_at),
+                if total > 0 { total } else { meta.total },
+                expected.or(meta.expected.as_deref().map(Digest::parse).transpose()?),
+            ),
+            None => {
+                fs::create_dir_all(&dir)
+                    .map_err(ContentError::io(format!("creating {}", dir.display())))?;
+                (SystemTime::now(), total, expected)
+            }
+        };
+        let meta = IngestMeta {
+            reference: reference.to_owned(),
+            total,
+            expected: expected.as_ref().map(|d| d.to_string()),
+            started_at: nanos(started_at),
+        };
+        let encoded = serde_json::to_vec(&meta).map_err(|e| ContentError::Io {
+            context: "encoding ingest meta".into(),
+            source: std::io::Error::other(e),
+        })?;
+        fs::write(&meta_path, encoded)
+            .map_err(ContentError::io(format!("writing {}", meta_path.display())))?;
+        let mut data = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&data_path)
+            .map_err(ContentError::io(format!("opening {}", data_path.display())))?;
+        // Resuming: the digest so far is rebuilt from the data already written.
+        let mut hasher = Sha256::new();
+        let mut offset = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = data
+                .read(&mut buf)
+                .map_err(ContentError::io("re-reading ingest data"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            offset += n as u64;
+        }
+        Ok(Writer {
+            reference: reference.to_owned(),
+            dir,
+            blob_dir: store.root().join("blobs/sha256"),
+            data,
+            hasher,
+            offset,
+            total,
+            expected,
+            started_at,
+            written_back: offset,
+            locks,
+        })
+    }
+
+    pub fn status(&self) -> IngestStatus {
+        IngestStatus {
+            reference: self.reference.clone(),
+            offset: self.offset,
+            total: self.total,
+            expected: self.expected.clone(),
+            started_at: self.started_at,
+            updated_at: self
+                .data
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| SystemTime::now()),
+        }
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The digest of what was written so far.
+    pub fn digest(&self) -> Digest {
+        Digest::from_sha256(&self.hasher.clone().finalize())
+    }
+
+    pub fn set_total(&mut self, total: u64) {
+        if total > 0 {
+            self.total = total;
+        }
+    }
+
+    pub fn set_expected(&mut self, expected: &str) -> Result<(), ContentError> {
+        if !expected.is_empty() {
+            self.expected = Some(Digest::parse(expected)?);
+        }
+        Ok(())
+    }
+
+    /// Appends `data`: the file write and the hashing run side by side.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), ContentError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let hasher = &mut self.hasher;
+        let file = &mut self.data;
+        let written = std::thread::scope(|s| {
+            let hashing = s.spawn(|| hasher.update(data));
+            let written = file.write_all(data);
+            let _ = hashing.join();
+            written
+        });
+        written.map_err(ContentError::io(format!(
+            "writing ingest {}",
+            self.reference
+        )))?;
+        self.offset += data.len() as u64;
+        if self.offset - self.written_back >= WRITEBACK_CHUNK {
+            // Start writeback of the finished range without waiting for it.
+            // SAFETY: a plain syscall on a file descriptor we own.
+            unsafe {
+                libc::sync_file_range(
+                    self.data.as_raw_fd(),
+                    self.written_back as libc::off64_t,
+                    (self.offset - self.written_back) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.written_back = self.offset;
+        }
+        Ok(())
+    }
+
+    /// Starts over from offset 0.
+    pub fn truncate(&mut self) -> Result<(), ContentError> {
+        self.data
+            .set_len(0)
+            .map_err(ContentError::io("truncating ingest"))?;
+        self.hasher = Sha256::new();
+        self.offset = 0;
+        self.written_back = 0;
+        Ok(())
+    }
+
+    /// Checks size and digest, makes the data durable and moves it into place atomically.
+    /// `size` 0 and `expected` None mean "whatever was declared when the write started".
+    pub fn commit(mut self, size: u64, expected: Option<&str>) -> Result<Digest, ContentError> {
+        self.set_total(size);
+        if let Some(e) = expected {
+            self.set_expected(e)?;
+        }
+        if self.total > 0 && self.total != self.offset {
+            return Err(ContentError::FailedPrecondition(format!(
+                "unexpected commit size {}, expected {}",
+                self.offset, self.total
+            )));
+        }
+        let digest = self.digest();
+        if let Some(expected) = &self.expected {
+            if *expected != digest {
+                return Err(ContentError::FailedPrecondition(format!(
+                    "unexpected commit digest {digest}, expected {expected}"
+                )));
+            }
+        }
+        let target = self.blob_dir.join(digest.encoded());
+        if target.exists() {
+            let _ = fs::remove_dir_all(&self.dir);
+            return Err(ContentError::AlreadyExists(format!("content {digest}")));
+        }
+        self.data
+            .sync_all()
+            .map_err(ContentError::io("syncing ingest data"))?;
+        let data_path = self.dir.join("data");
+        // Blobs are immutable: read-only, as containerd leaves them.
+        fs::set_permissions(&data_path, fs::Permissions::from_mode(0o444))
+            .map_err(ContentError::io("making blob read-only"))?;
+        fs::rename(&data_path, &target).map_err(ContentError::io(format!(
+            "moving blob to {}",
+            target.display()
+        )))?;
+        File::open(&self.blob_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(ContentError::io("syncing blob directory"))?;
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            tracing::warn!("leaving ingest directory {}: {e}", self.dir.display());
+        }
+        Ok(digest)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.reference);
+    }
+}

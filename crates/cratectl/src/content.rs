@@ -1,0 +1,243 @@
+//! `cratectl content ls|get|ingest|rm|label|active`.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use crated_api::containerd::services::content::v1::{
+    DeleteContentRequest, Info, ListContentRequest, ListStatusesRequest, ReadContentRequest,
+    UpdateRequest, WriteAction, WriteContentRequest,
+};
+use crated_api::prost_types::FieldMask;
+use tabwriter::TabWriter;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::client::Connection;
+
+const CHUNK: usize = 1 << 20;
+
+#[derive(Subcommand, Debug)]
+pub enum ContentCommand {
+    /// List blobs of the namespace.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        filters: Vec<String>,
+    },
+    /// Write a blob to stdout.
+    Get { digest: String },
+    /// Store stdin under REF, resuming an earlier partial write of the same REF.
+    Ingest {
+        #[arg(long, default_value_t = 0)]
+        expected_size: i64,
+        #[arg(long, default_value = "")]
+        expected_digest: String,
+        reference: String,
+    },
+    /// Remove blobs from the namespace.
+    #[command(alias = "del", alias = "remove", alias = "delete")]
+    Rm { digests: Vec<String> },
+    /// Set labels KEY=VALUE on a blob (an empty value removes the label).
+    Label { digest: String, labels: Vec<String> },
+    /// List writes in progress.
+    Active { filters: Vec<String> },
+}
+
+fn labels_text(labels: &HashMap<String, String>) -> String {
+    let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    l.sort();
+    if l.is_empty() {
+        "-".into()
+    } else {
+        l.join(",")
+    }
+}
+
+async fn list(conn: &Connection, filters: Vec<String>) -> anyhow::Result<Vec<Info>> {
+    let mut stream = conn
+        .content()
+        .list(conn.request(ListContentRequest { filters }))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(batch) = stream.message().await? {
+        out.extend(batch.info);
+    }
+    Ok(out)
+}
+
+/// Streams stdin into the store: Stat first (to learn where an earlier write stopped), then
+/// writes that are not each waited for, then Commit.
+async fn ingest(
+    conn: &Connection,
+    reference: String,
+    size: i64,
+    expected: String,
+) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel::<WriteContentRequest>(8);
+    tx.send(WriteContentRequest {
+        action: WriteAction::Stat as i32,
+        r#ref: reference.clone(),
+        total: size,
+        expected: expected.clone(),
+        ..Default::default()
+    })
+    .await?;
+    let mut responses = conn
+        .content()
+        .write(conn.request(ReceiverStream::new(rx)))
+        .await?
+        .into_inner();
+    let first = match responses.message().await {
+        Ok(Some(m)) => m,
+        Ok(None) => bail!("the daemon closed the write stream"),
+        // Already stored: nothing to do, as ctr.
+        Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
+        Err(s) => return Err(s.into()),
+    };
+    let mut offset = first.offset;
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut stdin = std::io::stdin().lock();
+        // Skip what an earlier write already stored.
+        std::io::copy(&mut (&mut stdin).take(offset as u64), &mut std::io::sink())?;
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let mut filled = 0;
+            while filled < CHUNK {
+                let n = stdin.read(&mut buf[filled..])?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            buf.truncate(filled);
+            let last = filled < CHUNK;
+            let action = if last {
+                WriteAction::Commit
+            } else {
+                WriteAction::Write
+            };
+            let req = WriteContentRequest {
+                action: action as i32,
+                offset,
+                data: buf,
+                total: if last { size } else { 0 },
+                expected: if last {
+                    expected.clone()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            };
+            offset += filled as i64;
+            tx.blocking_send(req)
+                .context("the daemon ended the write")?;
+            if last {
+                return Ok(());
+            }
+        }
+    });
+    let mut digest = String::new();
+    while let Some(m) = responses.message().await? {
+        digest = m.digest;
+    }
+    reader.await??;
+    if digest.is_empty() {
+        bail!("no commit acknowledged");
+    }
+    Ok(())
+}
+
+pub async fn run(conn: &Connection, command: ContentCommand) -> anyhow::Result<()> {
+    match command {
+        ContentCommand::Ls { quiet, filters } => {
+            let infos = list(conn, filters).await?;
+            if quiet {
+                for i in infos {
+                    println!("{}", i.digest);
+                }
+                return Ok(());
+            }
+            let mut w = TabWriter::new(std::io::stdout()).padding(1);
+            writeln!(w, "DIGEST\tSIZE\tLABELS")?;
+            for i in infos {
+                writeln!(w, "{}\t{}\t{}", i.digest, i.size, labels_text(&i.labels))?;
+            }
+            w.flush()?;
+        }
+        ContentCommand::Get { digest } => {
+            let mut stream = conn
+                .content()
+                .read(conn.request(ReadContentRequest {
+                    digest,
+                    offset: 0,
+                    size: 0,
+                }))
+                .await?
+                .into_inner();
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = stream.message().await? {
+                out.write_all(&chunk.data)?;
+            }
+            out.flush()?;
+        }
+        ContentCommand::Ingest {
+            expected_size,
+            expected_digest,
+            reference,
+        } => {
+            ingest(conn, reference, expected_size, expected_digest).await?;
+        }
+        ContentCommand::Rm { digests } => {
+            for digest in digests {
+                conn.content()
+                    .delete(conn.request(DeleteContentRequest {
+                        digest: digest.clone(),
+                    }))
+                    .await?;
+                println!("{digest}");
+            }
+        }
+        ContentCommand::Label { digest, labels } => {
+            let mut map = HashMap::new();
+            let mut paths = Vec::new();
+            for l in labels {
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                paths.push(format!("labels.{k}"));
+                map.insert(k.to_owned(), v.to_owned());
+            }
+            let info = Info {
+                digest,
+                labels: map,
+                ..Default::default()
+            };
+            let updated = conn
+                .content()
+                .update(conn.request(UpdateRequest {
+                    info: Some(info),
+                    update_mask: Some(FieldMask { paths }),
+                }))
+                .await?
+                .into_inner();
+            println!("{}", labels_text(&updated.info.unwrap_or_default().labels));
+        }
+        ContentCommand::Active { filters } => {
+            let statuses = conn
+                .content()
+                .list_statuses(conn.request(ListStatusesRequest { filters }))
+                .await?
+                .into_inner()
+                .statuses;
+            let mut w = TabWriter::new(std::io::stdout()).padding(1);
+            writeln!(w, "REF\tSIZE\tTOTAL")?;
+            for s in statuses {
+                writeln!(w, "{}\t{}\t{}", s.r#ref, s.offset, s.total)?;
+            }
+            w.flush()?;
+        }
+    }
+    Ok(())
+}

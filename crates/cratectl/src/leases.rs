@@ -1,0 +1,99 @@
+//! `cratectl leases create|ls|rm`.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use clap::Subcommand;
+use crated_api::containerd::services::leases::v1::{CreateRequest, DeleteRequest, ListRequest};
+use tabwriter::TabWriter;
+
+use crate::client::Connection;
+
+#[derive(Subcommand, Debug)]
+pub enum LeasesCommand {
+    /// Create a lease (a random id unless --id), with labels KEY=VALUE.
+    Create {
+        #[arg(long)]
+        id: Option<String>,
+        labels: Vec<String>,
+    },
+    /// List leases.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        filters: Vec<String>,
+    },
+    /// Remove leases.
+    #[command(alias = "remove", alias = "delete")]
+    Rm {
+        /// Run garbage collection before returning.
+        #[arg(long)]
+        sync: bool,
+        ids: Vec<String>,
+    },
+}
+
+pub async fn run(conn: &Connection, command: LeasesCommand) -> anyhow::Result<()> {
+    let mut client = conn.leases();
+    match command {
+        LeasesCommand::Create { id, labels } => {
+            let id = id.unwrap_or_else(|| {
+                format!("cratectl-{}-{}", std::process::id(), crated_time_suffix())
+            });
+            let labels: HashMap<String, String> = labels
+                .iter()
+                .map(|l| {
+                    let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                    (k.to_owned(), v.to_owned())
+                })
+                .collect();
+            let lease = client
+                .create(conn.request(CreateRequest { id, labels }))
+                .await?
+                .into_inner();
+            println!("{}", lease.lease.unwrap_or_default().id);
+        }
+        LeasesCommand::Ls { quiet, filters } => {
+            let leases = client
+                .list(conn.request(ListRequest { filters }))
+                .await?
+                .into_inner()
+                .leases;
+            if quiet {
+                for l in leases {
+                    println!("{}", l.id);
+                }
+                return Ok(());
+            }
+            let mut w = TabWriter::new(std::io::stdout()).padding(1);
+            writeln!(w, "ID\tCREATED AT\tLABELS")?;
+            for l in leases {
+                let mut labels: Vec<String> =
+                    l.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                labels.sort();
+                let created = l.created_at.map(|t| t.seconds).unwrap_or_default();
+                writeln!(w, "{}\t{}\t{}", l.id, created, labels.join(","))?;
+            }
+            w.flush()?;
+        }
+        LeasesCommand::Rm { sync, ids } => {
+            for id in ids {
+                client
+                    .delete(conn.request(DeleteRequest {
+                        id: id.clone(),
+                        sync,
+                    }))
+                    .await?;
+                println!("{id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn crated_time_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}

@@ -1,0 +1,185 @@
+//! Content records: which blobs a namespace has, with their labels. The blobs themselves live in
+//! the content store; a record appears only once the namespace has committed (or, with the
+//! `shared` policy, claimed) the blob.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{table, MetadataStore, NAMESPACES};
+use crate::leases::add_resource_in;
+use crate::{validate, MetadataError};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentRecord {
+    pub digest: String,
+    pub size: u64,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+fn key(ns: &str, digest: &str) -> String {
+    format!("{ns}/{digest}")
+}
+
+fn not_found(digest: &str) -> MetadataError {
+    MetadataError::NotFound(format!("content digest {digest}"))
+}
+
+pub(crate) fn ensure_namespace(tx: &redb::WriteTransaction, ns: &str) -> Result<(), MetadataError> {
+    let mut namespaces = tx.open_table(NAMESPACES)?;
+    if namespaces.get(ns)?.is_none() {
+        namespaces.insert(ns, &b"{}"[..])?;
+    }
+    Ok(())
+}
+
+impl MetadataStore {
+    pub fn content_get(&self, ns: &str, digest: &str) -> Result<ContentRecord, MetadataError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table("blobs"))?;
+        let v = t
+            .get(key(ns, digest).as_str())?
+            .ok_or_else(|| not_found(digest))?;
+        Ok(serde_json::from_slice(v.value())?)
+    }
+
+    pub fn content_list(&self, ns: &str) -> Result<Vec<ContentRecord>, MetadataError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table("blobs"))?;
+        let prefix = format!("{ns}/");
+        let mut out = Vec::new();
+        for entry in t.range(prefix.as_str()..)? {
+            let (k, v) = entry?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            out.push(serde_json::from_slice(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Whether any namespace has this blob (for the `shared` policy).
+    pub fn content_in_any_namespace(&self, digest: &str) -> Result<bool, MetadataError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table("blobs"))?;
+        for entry in t.iter()? {
+            let (k, _) = entry?;
+            if k.value().rsplit_once('/').is_some_and(|(_, d)| d == digest) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Records that `ns` has the blob, under `lease` when given. A blob the namespace has
+    /// already is AlreadyExists.
+    pub fn content_add(
+        &self,
+        ns: &str,
+        record: &ContentRecord,
+        lease: Option<&str>,
+    ) -> Result<(), MetadataError> {
+        for (k, v) in &record.labels {
+            validate::label(k, v)?;
+        }
+        let tx = self.db.begin_write()?;
+        {
+            ensure_namespace(&tx, ns)?;
+            let mut t = tx.open_table(table("blobs"))?;
+            let k = key(ns, &record.digest);
+            if t.get(k.as_str())?.is_some() {
+                return Err(MetadataError::AlreadyExists(format!(
+                    "content {}",
+                    record.digest
+                )));
+            }
+            t.insert(k.as_str(), serde_json::to_vec(record)?.as_slice())?;
+        }
+        if let Some(lease) = lease {
+            add_resource_in(&tx, ns, lease, "content", &record.digest)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sets labels by field path (`labels` replaces all, `labels.<key>` one); no paths replaces
+    /// all labels, as containerd does.
+    pub fn content_update(
+        &self,
+        ns: &str,
+        digest: &str,
+        labels: &BTreeMap<String, String>,
+        paths: &[String],
+    ) -> Result<ContentRecord, MetadataError> {
+        for (k, v) in labels {
+            validate::label(k, v)?;
+        }
+        let tx = self.db.begin_write()?;
+        let record = {
+            let mut t = tx.open_table(table("blobs"))?;
+            let k = key(ns, digest);
+            let mut record: ContentRecord = match t.get(k.as_str())? {
+                Some(v) => serde_json::from_slice(v.value())?,
+                None => return Err(not_found(digest)),
+            };
+            apply_label_paths(
+                &mut record.labels,
+                labels,
+                paths,
+                &format!("content {digest}"),
+            )?;
+            record.updated_at = crate::now_nanos();
+            t.insert(k.as_str(), serde_json::to_vec(&record)?.as_slice())?;
+            record
+        };
+        tx.commit()?;
+        Ok(record)
+    }
+
+    pub fn content_delete(&self, ns: &str, digest: &str) -> Result<(), MetadataError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(table("blobs"))?;
+            if t.remove(key(ns, digest).as_str())?.is_none() {
+                return Err(not_found(digest));
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// containerd's field-path rules for labels, shared by every record with labels.
+pub(crate) fn apply_label_paths(
+    current: &mut BTreeMap<String, String>,
+    given: &BTreeMap<String, String>,
+    paths: &[String],
+    what: &str,
+) -> Result<(), MetadataError> {
+    if paths.is_empty() {
+        *current = given.clone();
+        return Ok(());
+    }
+    for path in paths {
+        if path == "labels" {
+            *current = given.clone();
+        } else if let Some(label) = path.strip_prefix("labels.") {
+            match given.get(label) {
+                Some(v) if !v.is_empty() => {
+                    current.insert(label.to_owned(), v.clone());
+                }
+                _ => {
+                    current.remove(label);
+                }
+            }
+        } else {
+            return Err(MetadataError::InvalidArgument(format!(
+                "cannot update {path:?} field on {what}"
+            )));
+        }
+    }
+    Ok(())
+}

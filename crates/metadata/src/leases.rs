@@ -1,0 +1,259 @@
+//! Leases: named holds on resources (content, ingests, snapshots) that keep them from GC.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use crate::content::ensure_namespace;
+use crate::db::{table, MetadataStore, LEASE_RESOURCES};
+use crate::{validate, MetadataError};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: String,
+    pub created_at: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LeaseResource {
+    pub resource_type: String,
+    pub id: String,
+}
+
+fn key(ns: &str, id: &str) -> String {
+    format!("{ns}/{id}")
+}
+
+fn not_found(id: &str) -> MetadataError {
+    MetadataError::NotFound(format!("lease {id:?}"))
+}
+
+fn resource_key(ns: &str, lease: &str, resource_type: &str, id: &str) -> String {
+    format!("{ns}/{lease}/{resource_type}\0{id}")
+}
+
+pub(crate) fn add_resource_in(
+    tx: &redb::WriteTransaction,
+    ns: &str,
+    lease: &str,
+    resource_type: &str,
+    id: &str,
+) -> Result<(), MetadataError> {
+    if tx
+        .open_table(table("leases"))?
+        .get(key(ns, lease).as_str())?
+        .is_none()
+    {
+        return Err(not_found(lease));
+    }
+    let mut t = tx.open_table(LEASE_RESOURCES)?;
+    t.insert(resource_key(ns, lease, resource_type, id).as_str(), &[][..])?;
+    Ok(())
+}
+
+impl MetadataStore {
+    pub fn lease_create(&self, ns: &str, lease: &Lease) -> Result<(), MetadataError> {
+        validate::identifier(&lease.id)?;
+        for (k, v) in &lease.labels {
+            validate::label(k, v)?;
+        }
+        let tx = self.db.begin_write()?;
+        {
+            ensure_namespace(&tx, ns)?;
+            let mut t = tx.open_table(table("leases"))?;
+            let k = key(ns, &lease.id);
+            if t.get(k.as_str())?.is_some() {
+                return Err(MetadataError::AlreadyExists(format!(
+                    "lease {:?}",
+                    lease.id
+                )));
+            }
+            t.insert(k.as_str(), serde_json::to_vec(lease)?.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn lease_list(&self, ns: &str) -> Result<Vec<Lease>, MetadataError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table("leases"))?;
+        let prefix = format!("{ns}/");
+        let mut out = Vec::new();
+        for entry in t.range(prefix.as_str()..)? {
+            let (k, v) = entry?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            out.push(serde_json::from_slice(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Removes the lease and its resource list (the resources themselves stay until GC).
+    pub fn lease_delete(&self, ns: &str, id: &str) -> Result<(), MetadataError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(table("leases"))?;
+            if t.remove(key(ns, id).as_str())?.is_none() {
+                return Err(not_found(id));
+            }
+            let mut resources = tx.open_table(LEASE_RESOURCES)?;
+            let prefix = format!("{ns}/{id}/");
+            let mut keys = Vec::new();
+            for entry in resources.range(prefix.as_str()..)? {
+                let key = entry?.0.value().to_owned();
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                keys.push(key);
+            }
+            for k in keys {
+                resources.remove(k.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn lease_add_resource(
+        &self,
+        ns: &str,
+        lease: &str,
+        resource: &LeaseResource,
+    ) -> Result<(), MetadataError> {
+        let tx = self.db.begin_write()?;
+        add_resource_in(&tx, ns, lease, &resource.resource_type, &resource.id)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn lease_delete_resource(
+        &self,
+        ns: &str,
+        lease: &str,
+        resource: &LeaseResource,
+    ) -> Result<(), MetadataError> {
+        let tx = self.db.begin_write()?;
+        {
+            if tx
+                .open_table(table("leases"))?
+                .get(key(ns, lease).as_str())?
+                .is_none()
+            {
+                return Err(not_found(lease));
+            }
+            let mut t = tx.open_table(LEASE_RESOURCES)?;
+            t.remove(resource_key(ns, lease, &resource.resource_type, &resource.id).as_str())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn lease_resources(
+        &self,
+        ns: &str,
+        lease: &str,
+    ) -> Result<Vec<LeaseResource>, MetadataError> {
+        let tx = self.db.begin_read()?;
+        if tx
+            .open_table(table("leases"))?
+            .get(key(ns, lease).as_str())?
+            .is_none()
+        {
+            return Err(not_found(lease));
+        }
+        let t = tx.open_table(LEASE_RESOURCES)?;
+        let prefix = format!("{ns}/{lease}/");
+        let mut out = Vec::new();
+        for entry in t.range(prefix.as_str()..)? {
+            let (k, _) = entry?;
+            let Some(rest) = k.value().strip_prefix(&prefix) else {
+                break;
+            };
+            if let Some((resource_type, id)) = rest.split_once('\0') {
+                out.push(LeaseResource {
+                    resource_type: resource_type.to_owned(),
+                    id: id.to_owned(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ContentRecord;
+    use crated_errdefs::{HasKind, Kind};
+
+    #[test]
+    fn leases_hold_resources_and_namespaces_see_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = MetadataStore::open(&dir.path().join("m.db")).unwrap();
+        s.lease_create(
+            "ns1",
+            &Lease {
+                id: "l1".into(),
+                created_at: 1,
+                labels: BTreeMap::new(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            s.lease_create(
+                "ns1",
+                &Lease {
+                    id: "l1".into(),
+                    ..Default::default()
+                }
+            )
+            .unwrap_err()
+            .kind(),
+            Kind::AlreadyExists
+        );
+        let rec = ContentRecord {
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size: 3,
+            ..Default::default()
+        };
+        s.content_add("ns1", &rec, Some("l1")).unwrap();
+        assert_eq!(
+            s.content_add("ns1", &rec, None).unwrap_err().kind(),
+            Kind::AlreadyExists
+        );
+        assert_eq!(
+            s.lease_resources("ns1", "l1").unwrap(),
+            [LeaseResource {
+                resource_type: "content".into(),
+                id: rec.digest.clone()
+            }]
+        );
+        assert!(s.content_in_any_namespace(&rec.digest).unwrap());
+        assert!(s.content_list("ns2").unwrap().is_empty());
+        // The namespace now exists and holds things.
+        assert_eq!(
+            s.delete_namespace("ns1").unwrap_err().kind(),
+            Kind::FailedPrecondition
+        );
+        s.lease_delete("ns1", "l1").unwrap();
+        assert!(s.lease_resources("ns1", "l1").is_err());
+        assert_eq!(
+            s.lease_delete("ns1", "l1").unwrap_err().kind(),
+            Kind::NotFound
+        );
+        let updated = s
+            .content_update(
+                "ns1",
+                &rec.digest,
+                &BTreeMap::from([("a".into(), "1".into())]),
+                &["labels.a".into()],
+            )
+            .unwrap();
+        assert_eq!(updated.labels["a"], "1");
+        s.content_delete("ns1", &rec.digest).unwrap();
+        s.delete_namespace("ns1").unwrap();
+    }
+}

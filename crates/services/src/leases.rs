@@ -1,0 +1,147 @@
+//! Leases: `io.containerd.service.v1.leases-service` + `io.containerd.grpc.v1.leases`.
+
+use std::sync::Arc;
+
+use crated_api::containerd::services::leases::v1 as api;
+use crated_api::containerd::services::leases::v1::leases_server::{Leases, LeasesServer};
+use crated_metadata::{Lease, LeaseResource, MetadataStore};
+use crated_plugin::{types, Instance, Registration};
+use tonic::{Request, Response, Status};
+
+use crate::edge::{blocking, filters, namespace, timestamp};
+use crate::GrpcService;
+
+pub struct LeasesService {
+    db: Arc<MetadataStore>,
+}
+
+pub fn registrations() -> Vec<Registration> {
+    vec![
+        Registration::new(types::SERVICE, "leases-service", |ctx| async move {
+            let db = ctx.get_single::<MetadataStore>(types::METADATA)?;
+            Ok(Instance::new(Arc::new(LeasesService { db })))
+        })
+        .requires(&[types::METADATA]),
+        Registration::new(types::GRPC, "leases", |ctx| async move {
+            let service = ctx.get_by_id::<LeasesService>(types::SERVICE, "leases-service")?;
+            Ok(Instance::new(GrpcService::new(move |routes| {
+                routes.add_service(LeasesServer::from_arc(service.clone()));
+            })))
+        })
+        .requires(&[types::SERVICE]),
+    ]
+}
+
+fn to_api(l: Lease) -> api::Lease {
+    api::Lease {
+        id: l.id,
+        created_at: Some(timestamp(l.created_at)),
+        labels: l.labels.into_iter().collect(),
+    }
+}
+
+fn resource(r: Option<api::Resource>) -> Result<LeaseResource, Status> {
+    let r = r.ok_or_else(|| Status::invalid_argument("resource is required: invalid argument"))?;
+    if r.id.is_empty() || r.r#type.is_empty() {
+        return Err(Status::invalid_argument(
+            "resource id and type are required: invalid argument",
+        ));
+    }
+    Ok(LeaseResource {
+        resource_type: r.r#type,
+        id: r.id,
+    })
+}
+
+#[tonic::async_trait]
+impl Leases for LeasesService {
+    async fn create(
+        &self,
+        req: Request<api::CreateRequest>,
+    ) -> Result<Response<api::CreateResponse>, Status> {
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        let lease = Lease {
+            id: req.id,
+            created_at: crated_metadata::now_nanos(),
+            labels: req.labels.into_iter().collect(),
+        };
+        let (db, l) = (self.db.clone(), lease.clone());
+        blocking(move || db.lease_create(&ns, &l)).await?;
+        Ok(Response::new(api::CreateResponse {
+            lease: Some(to_api(lease)),
+        }))
+    }
+
+    async fn delete(&self, req: Request<api::DeleteRequest>) -> Result<Response<()>, Status> {
+        let ns = namespace(&req)?;
+        let id = req.into_inner().id;
+        let db = self.db.clone();
+        blocking(move || db.lease_delete(&ns, &id)).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn list(
+        &self,
+        req: Request<api::ListRequest>,
+    ) -> Result<Response<api::ListResponse>, Status> {
+        let ns = namespace(&req)?;
+        let filter = filters(&req.into_inner().filters)?;
+        let db = self.db.clone();
+        let all = blocking(move || db.lease_list(&ns)).await?;
+        let leases = all
+            .into_iter()
+            .filter(|l| {
+                filter.matches(&|path: &[String]| match path.first().map(String::as_str) {
+                    Some("id") => Some(l.id.clone()),
+                    Some("labels") => l.labels.get(&path[1..].join(".")).cloned(),
+                    _ => None,
+                })
+            })
+            .map(to_api)
+            .collect();
+        Ok(Response::new(api::ListResponse { leases }))
+    }
+
+    async fn add_resource(
+        &self,
+        req: Request<api::AddResourceRequest>,
+    ) -> Result<Response<()>, Status> {
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        let r = resource(req.resource)?;
+        let db = self.db.clone();
+        blocking(move || db.lease_add_resource(&ns, &req.id, &r)).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn delete_resource(
+        &self,
+        req: Request<api::DeleteResourceRequest>,
+    ) -> Result<Response<()>, Status> {
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        let r = resource(req.resource)?;
+        let db = self.db.clone();
+        blocking(move || db.lease_delete_resource(&ns, &req.id, &r)).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn list_resources(
+        &self,
+        req: Request<api::ListResourcesRequest>,
+    ) -> Result<Response<api::ListResourcesResponse>, Status> {
+        let ns = namespace(&req)?;
+        let id = req.into_inner().id;
+        let db = self.db.clone();
+        let resources = blocking(move || db.lease_resources(&ns, &id))
+            .await?
+            .into_iter()
+            .map(|r| api::Resource {
+                id: r.id,
+                r#type: r.resource_type,
+            })
+            .collect();
+        Ok(Response::new(api::ListResourcesResponse { resources }))
+    }
+}
