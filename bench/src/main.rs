@@ -12,7 +12,7 @@ use crated_testsupport::{rss_kib, tool, Daemon};
 #[derive(Parser)]
 #[command(about = "crated vs containerd benchmarks")]
 struct Args {
-    /// Rows to run (default: all): startup
+    /// Rows to run (default: all): startup, ingest
     rows: Vec<String>,
     /// Counted runs per daemon and row.
     #[arg(short, long, default_value_t = 7)]
@@ -114,6 +114,137 @@ fn startup(runs: usize, crated: &Path, containerd: Option<&Path>) -> anyhow::Res
     Ok(vec![ready, rss])
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(") ").context("parsing /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// Streams `blob` into the daemon's content store through the Write stream as one client
+/// does for both daemons: Stat, 1 MiB writes sent without waiting on each answer, Commit with
+/// the expected digest. Returns seconds from opening the stream to the commit's answer.
+async fn ingest_once(
+    socket: &Path,
+    blob: std::sync::Arc<Vec<u8>>,
+    digest: &str,
+) -> anyhow::Result<f64> {
+    use crated_api::containerd::services::content::v1::content_client::ContentClient;
+    use crated_api::containerd::services::content::v1::{WriteAction, WriteContentRequest};
+    let channel = crated_testsupport::channel(socket).await?;
+    let mut client = ContentClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let started = std::time::Instant::now();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("containerd-namespace", "bench".parse()?);
+    tx.send(WriteContentRequest {
+        action: WriteAction::Stat as i32,
+        r#ref: "bench-ingest".into(),
+        total: blob.len() as i64,
+        expected: digest.to_owned(),
+        ..Default::default()
+    })
+    .await?;
+    let mut responses = client.write(request).await?.into_inner();
+    let total = blob.len();
+    let expected = digest.to_owned();
+    let sender = tokio::spawn(async move {
+        const CHUNK: usize = 1 << 20;
+        let mut offset = 0;
+        while offset < total {
+            let end = (offset + CHUNK).min(total);
+            let last = end == total;
+            let req = WriteContentRequest {
+                action: if last {
+                    WriteAction::Commit
+                } else {
+                    WriteAction::Write
+                } as i32,
+                offset: offset as i64,
+                data: blob[offset..end].to_vec(),
+                total: total as i64,
+                expected: if last {
+                    expected.clone()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            };
+            if tx.send(req).await.is_err() {
+                break;
+            }
+            offset = end;
+        }
+    });
+    let mut last_digest = String::new();
+    while let Some(m) = responses.message().await? {
+        last_digest = m.digest;
+    }
+    sender.await?;
+    let secs = started.elapsed().as_secs_f64();
+    if last_digest != digest {
+        bail!("ingest ended with digest {last_digest:?}, not {digest}");
+    }
+    Ok(secs)
+}
+
+/// 1 GiB of random data through the content Write stream, each run on a fresh daemon.
+fn ingest(runs: usize, crated: &Path, containerd: Option<&Path>) -> anyhow::Result<Vec<Row>> {
+    use sha2::Digest as _;
+    let size = 1usize << 30;
+    let mut blob = vec![0u8; size];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in blob.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(&blob));
+    let blob = std::sync::Arc::new(blob);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut rate = Row {
+        name: "ingest 1 GiB, Write stream".into(),
+        unit: "MB/s",
+        crated: vec![],
+        containerd: vec![],
+    };
+    let mut cpu = Row {
+        name: "ingest 1 GiB, daemon CPU".into(),
+        unit: "s",
+        crated: vec![],
+        containerd: vec![],
+    };
+    let one = |daemon: Daemon, rate: &mut Vec<f64>, cpu: &mut Vec<f64>| -> anyhow::Result<()> {
+        let before = cpu_seconds(daemon.pid())?;
+        let secs = runtime.block_on(ingest_once(&daemon.socket, blob.clone(), &digest))?;
+        cpu.push(cpu_seconds(daemon.pid())? - before);
+        rate.push(size as f64 / secs / 1e6);
+        drop(daemon);
+        Ok(())
+    };
+    for _ in 0..runs {
+        let d = Daemon::crated(crated, None, &[]).map_err(anyhow::Error::msg)?;
+        one(d, &mut rate.crated, &mut cpu.crated)?;
+        if let Some(c) = containerd {
+            let d = Daemon::containerd(c, Some("")).map_err(anyhow::Error::msg)?;
+            one(d, &mut rate.containerd, &mut cpu.containerd)?;
+        }
+    }
+    Ok(vec![rate, cpu])
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let all = args.rows.is_empty();
@@ -125,6 +256,9 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     if all || args.rows.iter().any(|r| r == "startup") {
         rows.extend(startup(args.runs, &crated, containerd.as_deref())?);
+    }
+    if all || args.rows.iter().any(|r| r == "ingest") {
+        rows.extend(ingest(args.runs.min(5), &crated, containerd.as_deref())?);
     }
     println!(
         "runs per daemon: {}; daemons alternate, each on a fresh private root",

@@ -6,6 +6,7 @@
 
 mod digest;
 mod error;
+mod sink;
 mod store;
 mod writer;
 

@@ -1,6 +1,5 @@
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::fs::{self, File};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -8,25 +7,21 @@ use std::time::SystemTime;
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
+use crate::sink::DataSink;
 use crate::store::{from_nanos, nanos, IngestMeta, IngestStatus, LocalStore, Locks};
 use crate::ContentError;
-
-/// Bytes after which written data is handed to the kernel's writeback, so that the fsync at
-/// commit finds little left to do. Nothing is skipped: commit still fsyncs everything.
-const WRITEBACK_CHUNK: u64 = 16 << 20;
 
 /// One write in progress, holding the lock on its ref until dropped.
 pub struct Writer {
     reference: String,
     dir: PathBuf,
     blob_dir: PathBuf,
-    data: File,
+    data: DataSink,
     hasher: Sha256,
     offset: u64,
     total: u64,
     expected: Option<Digest>,
     started_at: SystemTime,
-    written_back: u64,
     locks: Locks,
 }
 
@@ -68,26 +63,24 @@ impl Writer {
         })?;
         fs::write(&meta_path, encoded)
             .map_err(ContentError::io(format!("writing {}", meta_path.display())))?;
-        let mut data = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&data_path)
-            .map_err(ContentError::io(format!("opening {}", data_path.display())))?;
         // Resuming: the digest so far is rebuilt from the data already written.
         let mut hasher = Sha256::new();
         let mut offset = 0u64;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = data
-                .read(&mut buf)
-                .map_err(ContentError::io("re-reading ingest data"))?;
-            if n == 0 {
-                break;
+        if let Ok(mut existing) = File::open(&data_path) {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = existing
+                    .read(&mut buf)
+                    .map_err(ContentError::io("re-reading ingest data"))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                offset += n as u64;
             }
-            hasher.update(&buf[..n]);
-            offset += n as u64;
         }
+        let data = DataSink::open(&data_path, offset)
+            .map_err(ContentError::io(format!("opening {}", data_path.display())))?;
         Ok(Writer {
             reference: reference.to_owned(),
             dir,
@@ -98,7 +91,6 @@ impl Writer {
             total,
             expected,
             started_at,
-            written_back: offset,
             locks,
         })
     }
@@ -112,6 +104,7 @@ impl Writer {
             started_at: self.started_at,
             updated_at: self
                 .data
+                .file()
                 .metadata()
                 .and_then(|m| m.modified())
                 .unwrap_or_else(|_| SystemTime::now()),
@@ -146,10 +139,10 @@ impl Writer {
             return Ok(());
         }
         let hasher = &mut self.hasher;
-        let file = &mut self.data;
+        let sink = &mut self.data;
         let written = std::thread::scope(|s| {
             let hashing = s.spawn(|| hasher.update(data));
-            let written = file.write_all(data);
+            let written = sink.append(data);
             let _ = hashing.join();
             written
         });
@@ -158,30 +151,23 @@ impl Writer {
             self.reference
         )))?;
         self.offset += data.len() as u64;
-        if self.offset - self.written_back >= WRITEBACK_CHUNK {
-            // Start writeback of the finished range without waiting for it.
-            // SAFETY: a plain syscall on a file descriptor we own.
-            unsafe {
-                libc::sync_file_range(
-                    self.data.as_raw_fd(),
-                    self.written_back as libc::off64_t,
-                    (self.offset - self.written_back) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
-            self.written_back = self.offset;
-        }
         Ok(())
+    }
+
+    /// Puts everything written so far into the data file (not yet durable).
+    pub fn flush(&mut self) -> Result<(), ContentError> {
+        self.data
+            .flush()
+            .map_err(ContentError::io("flushing ingest data"))
     }
 
     /// Starts over from offset 0.
     pub fn truncate(&mut self) -> Result<(), ContentError> {
         self.data
-            .set_len(0)
+            .truncate()
             .map_err(ContentError::io("truncating ingest"))?;
         self.hasher = Sha256::new();
         self.offset = 0;
-        self.written_back = 0;
         Ok(())
     }
 
@@ -212,8 +198,9 @@ impl Writer {
             return Err(ContentError::AlreadyExists(format!("content {digest}")));
         }
         self.data
-            .sync_all()
+            .sync()
             .map_err(ContentError::io("syncing ingest data"))?;
+        self.data.seal();
         let data_path = self.dir.join("data");
         // Blobs are immutable: read-only, as containerd leaves them.
         fs::set_permissions(&data_path, fs::Permissions::from_mode(0o444))
@@ -234,6 +221,10 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
+        // What was accepted goes into the file, so a later writer resumes after it.
+        if let Err(e) = self.data.flush() {
+            tracing::warn!("flushing ingest {}: {e}", self.reference);
+        }
         self.locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())

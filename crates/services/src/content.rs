@@ -96,6 +96,16 @@ fn record_adaptor(r: &ContentRecord) -> impl Fn(&[String]) -> Option<String> + '
     }
 }
 
+/// Waits for a write handed to a blocking thread and gives its writer back.
+async fn finish(
+    write: tokio::task::JoinHandle<Result<Writer, ContentError>>,
+) -> Result<Writer, Status> {
+    write
+        .await
+        .map_err(|e| Status::internal(format!("write task failed: {e}")))?
+        .map_err(|e| status(&e))
+}
+
 fn check_digest(digest: &str) -> Result<(), Status> {
     crated_content::validate_digest(digest).map_err(|e| status(&e))
 }
@@ -129,7 +139,10 @@ impl ContentService {
     }
 
     /// One Write stream, as containerd's service runs it: the first message names the ref and
-    /// locks its writer; each message gets one answer.
+    /// locks its writer; each message gets one answer. A plain write is handed to a blocking
+    /// thread and answered as accepted, so the next message is received while the data is
+    /// written and hashed; every other action, and the end of the stream, first waits for it
+    /// (a failed write fails the next answer).
     async fn write_session(
         &self,
         ns: String,
@@ -154,7 +167,11 @@ impl ContentService {
         );
         let mut writer: Option<Writer> =
             Some(blocking(move || store.writer(&r, total, Some(&expected))).await?);
+        let mut pending: Option<tokio::task::JoinHandle<Result<Writer, ContentError>>> = None;
         loop {
+            if let Some(write) = pending.take() {
+                writer = Some(finish(write).await?);
+            }
             let Some(mut w) = writer.take() else {
                 return Err(Status::failed_precondition("writer already committed"));
             };
@@ -194,19 +211,21 @@ impl ContentService {
                     }
                     let reset = req.offset == 0 && offset > 0;
                     let data = std::mem::take(&mut req.data);
-                    let w = tokio::task::spawn_blocking(move || -> Result<Writer, ContentError> {
+                    let accepted = if reset { 0 } else { offset } + data.len() as u64;
+                    let work = move || -> Result<Writer, ContentError> {
                         if reset {
                             w.truncate()?;
                         }
                         w.write(&data)?;
                         Ok(w)
-                    })
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .map_err(|e| status(&e))?;
-                    msg.offset = w.offset() as i64;
-                    msg.digest = w.digest().to_string();
-                    if action == WriteAction::Commit {
+                    };
+                    if action == WriteAction::Write {
+                        pending = Some(tokio::task::spawn_blocking(work));
+                        msg.offset = accepted as i64;
+                    } else {
+                        let w = finish(tokio::task::spawn_blocking(work)).await?;
+                        msg.offset = w.offset() as i64;
+                        msg.digest = w.digest().to_string();
                         let size = w.offset();
                         let total = req.total.max(0) as u64;
                         let expected = req.expected.clone();
@@ -226,8 +245,6 @@ impl ContentService {
                         let labels = req.labels.clone().into_iter().collect();
                         self.add_record(&ns, digest, size, labels, lease.clone())
                             .await?;
-                    } else {
-                        writer = Some(w);
                     }
                 }
                 Err(_) => {
@@ -238,13 +255,22 @@ impl ContentService {
                 }
             }
             if out.send(Ok(msg)).await.is_err() {
-                return Ok(()); // the client went away; the ingest stays resumable
+                // The client went away; the ingest stays resumable once its data is written.
+                if let Some(write) = pending.take() {
+                    finish(write).await?;
+                }
+                return Ok(());
             }
             match inbound.message().await? {
                 Some(next) => req = next,
-                None => return Ok(()),
+                None => {
+                    if let Some(write) = pending.take() {
+                        finish(write).await?;
+                    }
+                    return Ok(());
+                }
             }
-            if writer.is_none() {
+            if writer.is_none() && pending.is_none() {
                 return Err(Status::failed_precondition("writer already committed"));
             }
         }

@@ -55,21 +55,27 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
-/// Asks the health service once; true when it answers SERVING.
-pub async fn health_check(socket: &Path) -> bool {
+/// A gRPC channel to a daemon's unix socket, with wide flow-control windows so that bulk
+/// streams are not held back by them.
+pub async fn channel(socket: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let path = socket.to_path_buf();
-    let Ok(endpoint) = Endpoint::try_from("http://[::]:0") else {
-        return false;
-    };
-    let channel = endpoint
+    Endpoint::from_static("http://[::]:0")
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move {
                 Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
             }
         }))
-        .await;
-    let Ok(channel) = channel else { return false };
+        .await
+}
+
+/// Asks the health service once; true when it answers SERVING.
+pub async fn health_check(socket: &Path) -> bool {
+    let Ok(channel) = channel(socket).await else {
+        return false;
+    };
     let mut client = HealthClient::new(channel);
     match client
         .check(HealthCheckRequest {
