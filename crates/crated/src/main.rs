@@ -59,6 +59,12 @@ enum ConfigCommand {
 pub const DEFAULT_CONFIG: &str = "/etc/crated/config.toml";
 
 fn main() -> std::process::ExitCode {
+    // Two malloc arenas instead of one per thread: a daemon that mostly waits keeps little
+    // memory per thread, and on few cores contention for an arena is rare.
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Config {
