@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{table, MetadataStore, NAMESPACES};
+use crate::db::{insert_new, table, MetadataStore};
 use crate::leases::add_resource_in;
 use crate::{validate, MetadataError};
 
@@ -28,14 +28,6 @@ fn not_found(digest: &str) -> MetadataError {
     MetadataError::NotFound(format!("content digest {digest}"))
 }
 
-pub(crate) fn ensure_namespace(tx: &redb::WriteTransaction, ns: &str) -> Result<(), MetadataError> {
-    let mut namespaces = tx.open_table(NAMESPACES)?;
-    if namespaces.get(ns)?.is_none() {
-        namespaces.insert(ns, &b"{}"[..])?;
-    }
-    Ok(())
-}
-
 impl MetadataStore {
     pub fn content_get(&self, ns: &str, digest: &str) -> Result<ContentRecord, MetadataError> {
         let tx = self.db.begin_read()?;
@@ -47,18 +39,7 @@ impl MetadataStore {
     }
 
     pub fn content_list(&self, ns: &str) -> Result<Vec<ContentRecord>, MetadataError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table("blobs"))?;
-        let prefix = format!("{ns}/");
-        let mut out = Vec::new();
-        for entry in t.range(prefix.as_str()..)? {
-            let (k, v) = entry?;
-            if !k.value().starts_with(&prefix) {
-                break;
-            }
-            out.push(serde_json::from_slice(v.value())?);
-        }
-        Ok(out)
+        self.list_in("blobs", ns)
     }
 
     /// Whether any namespace has this blob (for the `shared` policy).
@@ -86,18 +67,9 @@ impl MetadataStore {
             validate::label(k, v)?;
         }
         let tx = self.db.begin_write()?;
-        {
-            ensure_namespace(&tx, ns)?;
-            let mut t = tx.open_table(table("blobs"))?;
-            let k = key(ns, &record.digest);
-            if t.get(k.as_str())?.is_some() {
-                return Err(MetadataError::AlreadyExists(format!(
-                    "content {}",
-                    record.digest
-                )));
-            }
-            t.insert(k.as_str(), serde_json::to_vec(record)?.as_slice())?;
-        }
+        insert_new(&tx, "blobs", ns, &record.digest, record, || {
+            format!("content {}", record.digest)
+        })?;
         if let Some(lease) = lease {
             add_resource_in(&tx, ns, lease, "content", &record.digest)?;
         }

@@ -34,6 +34,35 @@ pub(crate) fn table(name: &str) -> TableDefinition<'static, &'static str, &'stat
         .unwrap_or_else(|| panic!("unknown metadata table {name}"))
 }
 
+/// Creates the namespace's entry when a record is first written in it, as containerd does.
+pub(crate) fn ensure_namespace(tx: &redb::WriteTransaction, ns: &str) -> Result<(), MetadataError> {
+    let mut namespaces = tx.open_table(NAMESPACES)?;
+    if namespaces.get(ns)?.is_none() {
+        namespaces.insert(ns, &b"{}"[..])?;
+    }
+    Ok(())
+}
+
+/// Inserts a new record `<ns>/<id>` into a resource table; a taken key is AlreadyExists,
+/// naming `what`.
+pub(crate) fn insert_new<T: serde::Serialize>(
+    tx: &redb::WriteTransaction,
+    table_name: &str,
+    ns: &str,
+    id: &str,
+    value: &T,
+    what: impl FnOnce() -> String,
+) -> Result<(), MetadataError> {
+    ensure_namespace(tx, ns)?;
+    let mut t = tx.open_table(table(table_name))?;
+    let key = format!("{ns}/{id}");
+    if t.get(key.as_str())?.is_some() {
+        return Err(MetadataError::AlreadyExists(what()));
+    }
+    t.insert(key.as_str(), serde_json::to_vec(value)?.as_slice())?;
+    Ok(())
+}
+
 type Migration = fn(&redb::WriteTransaction) -> Result<(), MetadataError>;
 
 /// Steps from version N to N+1, in order; index 0 upgrades version 0 (an empty file) to 1.
@@ -94,6 +123,26 @@ impl MetadataStore {
     pub fn shared_content(&self) -> bool {
         self.shared_content
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every record of namespace `ns` in a resource table, decoded.
+    pub(crate) fn list_in<T: serde::de::DeserializeOwned>(
+        &self,
+        table_name: &str,
+        ns: &str,
+    ) -> Result<Vec<T>, MetadataError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table(table_name))?;
+        let prefix = format!("{ns}/");
+        let mut out = Vec::new();
+        for entry in t.range(prefix.as_str()..)? {
+            let (k, v) = entry?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            out.push(serde_json::from_slice(v.value())?);
+        }
+        Ok(out)
     }
 
     pub fn schema_version(&self) -> Result<u64, MetadataError> {

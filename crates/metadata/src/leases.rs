@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use crate::content::ensure_namespace;
-use crate::db::{table, MetadataStore, LEASE_RESOURCES};
+use crate::db::{insert_new, table, MetadataStore, LEASE_RESOURCES};
 use crate::{validate, MetadataError};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,35 +59,15 @@ impl MetadataStore {
             validate::label(k, v)?;
         }
         let tx = self.db.begin_write()?;
-        {
-            ensure_namespace(&tx, ns)?;
-            let mut t = tx.open_table(table("leases"))?;
-            let k = key(ns, &lease.id);
-            if t.get(k.as_str())?.is_some() {
-                return Err(MetadataError::AlreadyExists(format!(
-                    "lease {:?}",
-                    lease.id
-                )));
-            }
-            t.insert(k.as_str(), serde_json::to_vec(lease)?.as_slice())?;
-        }
+        insert_new(&tx, "leases", ns, &lease.id, lease, || {
+            format!("lease {:?}", lease.id)
+        })?;
         tx.commit()?;
         Ok(())
     }
 
     pub fn lease_list(&self, ns: &str) -> Result<Vec<Lease>, MetadataError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table("leases"))?;
-        let prefix = format!("{ns}/");
-        let mut out = Vec::new();
-        for entry in t.range(prefix.as_str()..)? {
-            let (k, v) = entry?;
-            if !k.value().starts_with(&prefix) {
-                break;
-            }
-            out.push(serde_json::from_slice(v.value())?);
-        }
-        Ok(out)
+        self.list_in("leases", ns)
     }
 
     /// Removes the lease and its resource list (the resources themselves stay until GC).
