@@ -176,23 +176,7 @@ impl PluginSection {
             })
             .map(|(_, v)| v);
         match section {
-            Some(mut value) => loop {
-                match T::deserialize(ValueDeserializer::from(value.clone())) {
-                    Ok(v) => break Ok(v),
-                    Err(e) if self.lenient && is_unknown_field(&e) => {
-                        let err = fail(e);
-                        let removed = err
-                            .location()
-                            .and_then(|_| err_offset(&err, &self.source))
-                            .is_some_and(|at| remove_key_at(value.get_mut(), at));
-                        tracing::warn!("{err} (ignored: --lenient)");
-                        if !removed {
-                            break Err(err);
-                        }
-                    }
-                    Err(e) => break Err(fail(e)),
-                }
-            },
+            Some(value) => decode_value(value, &self.source, self.lenient, self.span_start),
             None => Err(ConfigError::File {
                 file: self.source.path.clone(),
                 message: format!("plugin section {:?} vanished from the file", self.uri),
@@ -220,18 +204,31 @@ fn is_unknown_field(err: &toml::de::Error) -> bool {
     err.message().starts_with("unknown field")
 }
 
-/// The byte offset an error points at, recomputed from its line and column.
-fn err_offset(err: &ConfigError, source: &Source) -> Option<usize> {
-    let loc = err.location()?;
-    let line_start: usize = source
-        .text
-        .split_inclusive('\n')
-        .take(loc.line - 1)
-        .map(str::len)
-        .sum();
-    let line = source.text[line_start..].split('\n').next()?;
-    let col: usize = line.chars().take(loc.column - 1).map(char::len_utf8).sum();
-    Some(line_start + col)
+/// Decodes `value` as a `T`. With `lenient`, an unknown key is warned about, removed, and the
+/// decoding tried again; every other mistake is an error with its location.
+fn decode_value<T: DeserializeOwned>(
+    mut value: Spanned<DeValue<'_>>,
+    source: &Source,
+    lenient: bool,
+    fallback: usize,
+) -> Result<T, ConfigError> {
+    loop {
+        let e = match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let err = invalid(source, &e, fallback);
+        if !(lenient && is_unknown_field(&e)) {
+            return Err(err);
+        }
+        tracing::warn!("{err} (ignored: --lenient)");
+        if !e
+            .span()
+            .is_some_and(|at| remove_key_at(value.get_mut(), at.start))
+        {
+            return Err(err);
+        }
+    }
 }
 
 /// Removes the key whose name starts at byte `at`, wherever it is nested.
@@ -297,25 +294,7 @@ pub(crate) fn parse_file(source: Arc<Source>, lenient: bool) -> Result<ParsedFil
             t.insert(key, value);
         }
     }
-    let mut config = loop {
-        let DeValue::Table(table) = &rest else {
-            unreachable!("rest is built as a table")
-        };
-        let deserializer =
-            toml::de::Deserializer::from(Spanned::new(root_span.clone(), table.clone()));
-        match Config::deserialize(deserializer) {
-            Ok(config) => break config,
-            Err(e) if lenient && is_unknown_field(&e) => {
-                let err = invalid(&source, &e, 0);
-                let removed = e.span().is_some_and(|s| remove_key_at(&mut rest, s.start));
-                tracing::warn!("{err} (ignored: --lenient)");
-                if !removed {
-                    return Err(err);
-                }
-            }
-            Err(e) => return Err(invalid(&source, &e, 0)),
-        }
-    };
+    let mut config: Config = decode_value(Spanned::new(root_span, rest), &source, lenient, 0)?;
     let version_given = version_at.is_some();
     if !version_given {
         config.version = 1;

@@ -271,3 +271,19 @@ fn split_uri_shapes() {
     assert_eq!(split_uri("io.containerd.snapshotter.v1."), None);
     assert_eq!(split_uri("io..x.v1.a"), None);
 }
+
+#[test]
+fn lenient_plugin_section_drops_unknown_keys_and_keeps_the_rest() {
+    let text = "version = 2\n[plugins.\"io.containerd.snapshotter.v1.overlayfs\"]\nroot_pth = \"/typo\"\nroot_path = \"/x\"\n";
+    let c = parse_str("c.toml", text, true).unwrap();
+    let cfg: OverlayConfig = c.plugins["io.containerd.snapshotter.v1.overlayfs"]
+        .decode()
+        .unwrap();
+    assert_eq!(cfg.root_path, "/x");
+    let wrong = "version = 2\n[plugins.\"io.containerd.snapshotter.v1.overlayfs\"]\nsync_remove = \"yes\"\n";
+    let c = parse_str("c.toml", wrong, true).unwrap();
+    // Lenient forgives unknown keys, never wrong types.
+    assert!(c.plugins["io.containerd.snapshotter.v1.overlayfs"]
+        .decode::<OverlayConfig>()
+        .is_err());
+}

@@ -170,31 +170,29 @@ impl LocalStore {
         Ok(())
     }
 
-    /// [`LocalStore::verify`], skipped when the file is the one already checked (same inode,
-    /// mtime and size).
-    pub fn verify_cached(&self, digest: &str) -> Result<(), ContentError> {
+    /// Opens a blob for reading after [`LocalStore::verify`], which is skipped when the file is
+    /// the one already checked (same inode, mtime and size).
+    pub fn open_verified(&self, digest: &str) -> Result<File, ContentError> {
         let file = self.open_blob(digest)?;
         let id = identity(
             &file
                 .metadata()
                 .map_err(ContentError::io(format!("stat {digest}")))?,
         );
-        let cache = |s: &Self| {
-            s.verified
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(digest)
-                == Some(&id)
-        };
-        if cache(self) {
-            return Ok(());
-        }
-        self.verify(digest)?;
-        self.verified
+        let known = self
+            .verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.to_owned(), id);
-        Ok(())
+            .get(digest)
+            == Some(&id);
+        if !known {
+            self.verify(digest)?;
+            self.verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(digest.to_owned(), id);
+        }
+        Ok(file)
     }
 
     /// Commits a writer of this store (see [`Writer::commit`]); the new blob counts as checked.

@@ -42,19 +42,6 @@ impl MetadataStore {
         self.list_in("blobs", ns)
     }
 
-    /// Whether any namespace has this blob (for the `shared` policy).
-    pub fn content_in_any_namespace(&self, digest: &str) -> Result<bool, MetadataError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table("blobs"))?;
-        for entry in t.iter()? {
-            let (k, _) = entry?;
-            if k.value().rsplit_once('/').is_some_and(|(_, d)| d == digest) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
     /// Records that `ns` has the blob, under `lease` when given. A blob the namespace has
     /// already is AlreadyExists.
     pub fn content_add(

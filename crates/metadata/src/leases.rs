@@ -33,6 +33,18 @@ fn resource_key(ns: &str, lease: &str, resource_type: &str, id: &str) -> String 
     format!("{ns}/{lease}/{resource_type}\0{id}")
 }
 
+/// NotFound unless the lease exists.
+fn require_lease(
+    leases: &impl ReadableTable<&'static str, &'static [u8]>,
+    ns: &str,
+    lease: &str,
+) -> Result<(), MetadataError> {
+    match leases.get(key(ns, lease).as_str())? {
+        Some(_) => Ok(()),
+        None => Err(not_found(lease)),
+    }
+}
+
 pub(crate) fn add_resource_in(
     tx: &redb::WriteTransaction,
     ns: &str,
@@ -40,13 +52,7 @@ pub(crate) fn add_resource_in(
     resource_type: &str,
     id: &str,
 ) -> Result<(), MetadataError> {
-    if tx
-        .open_table(table("leases"))?
-        .get(key(ns, lease).as_str())?
-        .is_none()
-    {
-        return Err(not_found(lease));
-    }
+    require_lease(&tx.open_table(table("leases"))?, ns, lease)?;
     let mut t = tx.open_table(LEASE_RESOURCES)?;
     t.insert(resource_key(ns, lease, resource_type, id).as_str(), &[][..])?;
     Ok(())
@@ -116,13 +122,7 @@ impl MetadataStore {
     ) -> Result<(), MetadataError> {
         let tx = self.db.begin_write()?;
         {
-            if tx
-                .open_table(table("leases"))?
-                .get(key(ns, lease).as_str())?
-                .is_none()
-            {
-                return Err(not_found(lease));
-            }
+            require_lease(&tx.open_table(table("leases"))?, ns, lease)?;
             let mut t = tx.open_table(LEASE_RESOURCES)?;
             t.remove(resource_key(ns, lease, &resource.resource_type, &resource.id).as_str())?;
         }
@@ -136,13 +136,7 @@ impl MetadataStore {
         lease: &str,
     ) -> Result<Vec<LeaseResource>, MetadataError> {
         let tx = self.db.begin_read()?;
-        if tx
-            .open_table(table("leases"))?
-            .get(key(ns, lease).as_str())?
-            .is_none()
-        {
-            return Err(not_found(lease));
-        }
+        require_lease(&tx.open_table(table("leases"))?, ns, lease)?;
         let t = tx.open_table(LEASE_RESOURCES)?;
         let prefix = format!("{ns}/{lease}/");
         let mut out = Vec::new();
@@ -210,7 +204,6 @@ mod tests {
                 id: rec.digest.clone()
             }]
         );
-        assert!(s.content_in_any_namespace(&rec.digest).unwrap());
         assert!(s.content_list("ns2").unwrap().is_empty());
         // The namespace now exists and holds things.
         assert_eq!(

@@ -144,10 +144,6 @@ impl Registration {
         format!("{}.{}", self.plugin_type, self.id)
     }
 
-    pub fn has_config(&self) -> bool {
-        self.config.is_some()
-    }
-
     /// The plugin's default config as a TOML table (for `crated config default`).
     pub fn default_config(&self) -> Option<Result<toml::Table, String>> {
         self.config.as_ref().map(|c| (c.default)())

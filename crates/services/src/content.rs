@@ -401,9 +401,10 @@ impl Content for ContentService {
         // digest, unless this very file was checked already.
         let file = blocking(move || {
             if offset == 0 {
-                store.verify_cached(&digest)?;
+                store.open_verified(&digest)
+            } else {
+                store.open_blob(&digest)
             }
-            store.open_blob(&digest)
         })
         .await?;
         let (tx, rx) = mpsc::channel(4);
