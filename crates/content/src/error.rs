@@ -16,6 +16,12 @@ pub enum ContentError {
     /// A write at an offset other than the current one.
     #[error("{0}")]
     OutOfRange(String),
+    /// Stored data that no longer matches what was committed.
+    #[error("{0}")]
+    DataLoss(String),
+    /// An error from elsewhere (a remote store), with its class.
+    #[error("{message}")]
+    Other { kind: Kind, message: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -39,6 +45,8 @@ impl HasKind for ContentError {
             ContentError::FailedPrecondition(_) => Kind::FailedPrecondition,
             ContentError::Unavailable(_) => Kind::Unavailable,
             ContentError::OutOfRange(_) => Kind::OutOfRange,
+            ContentError::DataLoss(_) => Kind::DataLoss,
+            ContentError::Other { kind, .. } => *kind,
             ContentError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Kind::NotFound
             }

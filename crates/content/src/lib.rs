@@ -4,12 +4,14 @@
 //! its data is on disk (fsync of the file, atomic rename, fsync of the directory). Calls are
 //! blocking; async callers run them on a blocking thread.
 
+mod backend;
 mod digest;
 mod error;
 mod sink;
 mod store;
 mod writer;
 
+pub use backend::{ChunkStream, ContentStore, ContentWriter, READ_CHUNK};
 pub use digest::{validate as validate_digest, Digest};
 pub use error::ContentError;
 pub use store::{Info, IngestStatus, LocalStore};

@@ -45,16 +45,20 @@ pub(crate) struct IngestMeta {
 
 pub(crate) type Locks = Arc<Mutex<HashMap<String, SystemTime>>>;
 
-/// The store under one root directory.
+/// The store under one root directory; clones share their locks and caches.
+#[derive(Clone)]
 pub struct LocalStore {
     root: PathBuf,
     locks: Locks,
     /// Blobs whose data was last seen matching their digest, by (inode, mtime, size): a changed
     /// file is checked again.
-    verified: Mutex<HashMap<String, (u64, i64, u64)>>,
+    verified: Arc<Mutex<HashMap<String, FileIdentity>>>,
 }
 
-fn identity(meta: &fs::Metadata) -> (u64, i64, u64) {
+/// (inode, mtime in ns, size): what tells a replaced or changed file.
+type FileIdentity = (u64, i64, u64);
+
+fn identity(meta: &fs::Metadata) -> FileIdentity {
     use std::os::unix::fs::MetadataExt;
     (
         meta.ino(),
@@ -81,7 +85,7 @@ impl LocalStore {
         Ok(LocalStore {
             root: root.to_path_buf(),
             locks: Arc::default(),
-            verified: Mutex::default(),
+            verified: Arc::default(),
         })
     }
 

@@ -14,10 +14,15 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub struct Connection {
     channel: Channel,
     namespace: MetadataValue<tonic::metadata::Ascii>,
+    lease: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Connection {
-    pub async fn connect(address: &str, namespace: &str) -> anyhow::Result<Self> {
+    pub async fn connect(
+        address: &str,
+        namespace: &str,
+        lease: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let path = address
             .strip_prefix("unix://")
             .unwrap_or(address)
@@ -36,15 +41,29 @@ impl Connection {
         let namespace = namespace
             .parse()
             .context("namespace is not valid header text")?;
-        Ok(Connection { channel, namespace })
+        let lease = lease
+            .map(|l| l.parse().context("lease is not valid header text"))
+            .transpose()?;
+        Ok(Connection {
+            channel,
+            namespace,
+            lease,
+        })
     }
 
-    /// A request carrying the namespace header.
+    /// A request carrying the namespace header, and the lease header when a lease was given.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
         req.metadata_mut()
             .insert("containerd-namespace", self.namespace.clone());
+        if let Some(lease) = &self.lease {
+            req.metadata_mut().insert("containerd-lease", lease.clone());
+        }
         req
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.namespace.to_str().unwrap_or_default()
     }
 
     pub fn version(&self) -> VersionClient<Channel> {

@@ -44,6 +44,9 @@ pub enum ContentCommand {
     Label { digest: String, labels: Vec<String> },
     /// List writes in progress.
     Active { filters: Vec<String> },
+    /// Remove now every blob nothing keeps (no image, lease, gc.root or reference from one),
+    /// printing the digests removed from this namespace.
+    Prune,
 }
 
 fn labels_text(labels: &HashMap<String, String>) -> String {
@@ -223,6 +226,10 @@ pub async fn run(conn: &Connection, command: ContentCommand) -> anyhow::Result<(
                 .await?
                 .into_inner();
             println!("{}", labels_text(&updated.info.unwrap_or_default().labels));
+        }
+        ContentCommand::Prune => {
+            let ns = conn.namespace().to_owned();
+            crate::gc::run(conn, crate::gc::Show::ContentOf(ns)).await?;
         }
         ContentCommand::Active { filters } => {
             let statuses = conn

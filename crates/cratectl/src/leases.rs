@@ -15,6 +15,9 @@ pub enum LeasesCommand {
     Create {
         #[arg(long)]
         id: Option<String>,
+        /// Expire after this long (Go's form: 30s, 1h, 24h0m0s); 0 never expires.
+        #[arg(short = 'x', long, default_value = "24h")]
+        expires: String,
         labels: Vec<String>,
     },
     /// List leases.
@@ -37,17 +40,31 @@ pub enum LeasesCommand {
 pub async fn run(conn: &Connection, command: LeasesCommand) -> anyhow::Result<()> {
     let mut client = conn.leases();
     match command {
-        LeasesCommand::Create { id, labels } => {
+        LeasesCommand::Create {
+            id,
+            expires,
+            labels,
+        } => {
             let id = id.unwrap_or_else(|| {
                 format!("cratectl-{}-{}", std::process::id(), crated_time_suffix())
             });
-            let labels: HashMap<String, String> = labels
+            let mut labels: HashMap<String, String> = labels
                 .iter()
                 .map(|l| {
                     let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
                     (k.to_owned(), v.to_owned())
                 })
                 .collect();
+            let expires = crated_gc::duration::parse(&expires)
+                .map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
+            if !expires.is_zero() {
+                // As ctr: an RFC 3339 time in the label GC reads.
+                let at = time::OffsetDateTime::now_utc() + expires;
+                let text = at
+                    .replace_nanosecond(0)?
+                    .format(&time::format_description::well_known::Rfc3339)?;
+                labels.insert("containerd.io/gc.expire".into(), text);
+            }
             let lease = client
                 .create(conn.request(CreateRequest { id, labels }))
                 .await?

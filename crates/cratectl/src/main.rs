@@ -3,6 +3,7 @@
 
 mod client;
 mod content;
+mod gc;
 mod leases;
 mod namespaces;
 mod plugins;
@@ -34,6 +35,9 @@ struct Cli {
         default_value = "default"
     )]
     namespace: String,
+    /// Lease to put what this command creates under (the `containerd-lease` header).
+    #[arg(long, global = true, env = "CONTAINERD_LEASE")]
+    lease: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +61,8 @@ enum Command {
         #[command(subcommand)]
         command: leases::LeasesCommand,
     },
+    /// Run a garbage collection now and print what it removed and how long it held writers.
+    Gc,
     /// Print client and server versions.
     Version,
     /// Manage namespaces.
@@ -68,12 +74,14 @@ enum Command {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let conn = client::Connection::connect(&cli.address, &cli.namespace).await?;
+    let conn =
+        client::Connection::connect(&cli.address, &cli.namespace, cli.lease.as_deref()).await?;
     match cli.command {
         Command::Plugins { command } => plugins::run(&conn, command).await,
         Command::Namespaces { command } => namespaces::run(&conn, command).await,
         Command::Content { command } => content::run(&conn, command).await,
         Command::Leases { command } => leases::run(&conn, command).await,
+        Command::Gc => gc::run(&conn, gc::Show::Everything).await,
         Command::Version => {
             let mut version = conn.version();
             let server = version.version(conn.request(())).await?.into_inner();

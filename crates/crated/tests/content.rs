@@ -2,73 +2,24 @@
 //! and the faults a store must survive.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crated_testsupport::blobs::{data, digest, ok, with_stdin};
 use crated_testsupport::{tool, workspace_bin, Daemon};
-use sha2::{Digest, Sha256};
 
 fn crated() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crated"))
 }
 
-/// Deterministic incompressible bytes.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(bytes))
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a client with `input` on stdin, from a file (so ctr can seek when it resumes).
-fn with_stdin(client: &Path, daemon: &Daemon, args: &[&str], input: &[u8]) -> Output {
-    let path = daemon.dir.path().join(format!("stdin-{}", digest(input)));
-    std::fs::write(&path, input).unwrap();
-    let out = Command::new(client)
-        .arg("--address")
-        .arg(&daemon.socket)
-        .args(args)
-        .stdin(std::fs::File::open(&path).unwrap())
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    out
-}
-
 fn blob_files(daemon: &Daemon) -> Vec<String> {
-    let dir = daemon
-        .root
-        .join("io.containerd.content.v1.content/blobs/sha256");
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+    crated_testsupport::blobs::blob_files(&daemon.root.join("io.containerd.content.v1.content"))
 }
+
+/// These tests keep blobs that nothing references, which containerd's GC (and ours) takes at
+/// its next pass; GC is off here and has tests of its own (`gc.rs`).
+const NO_GC: &str = "version = 2\ndisabled_plugins = [\"io.containerd.gc.v1.scheduler\"]\n";
 
 #[test]
 fn ctr_ingests_lists_reads_labels_removes_and_cratectl_agrees() {
@@ -76,7 +27,7 @@ fn ctr_ingests_lists_reads_labels_removes_and_cratectl_agrees() {
         return;
     };
     let cratectl = workspace_bin("cratectl");
-    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    let daemon = Daemon::crated(&crated(), Some(NO_GC), &[]).unwrap();
     let blob = data(3_000_000, 7);
     let d = digest(&blob);
     let size = blob.len().to_string();
@@ -166,7 +117,7 @@ fn half_written_ingest_is_active_and_resumes() {
         return;
     };
     let cratectl = workspace_bin("cratectl");
-    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    let daemon = Daemon::crated(&crated(), Some(NO_GC), &[]).unwrap();
     let blob = data(5_000_000, 11);
     let d = digest(&blob);
     let size = blob.len().to_string();
@@ -234,7 +185,7 @@ fn wrong_digest_or_size_commits_nothing() {
     let Some(ctr) = tool("ctr", "containerd") else {
         return;
     };
-    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    let daemon = Daemon::crated(&crated(), Some(NO_GC), &[]).unwrap();
     let blob = data(100_000, 3);
     let wrong = digest(b"something else");
     let out = with_stdin(
@@ -265,7 +216,7 @@ fn corrupt_blob_is_reported_not_served() {
     let Some(ctr) = tool("ctr", "containerd") else {
         return;
     };
-    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    let daemon = Daemon::crated(&crated(), Some(NO_GC), &[]).unwrap();
     let blob = data(2_500_000, 5);
     let d = digest(&blob);
     ok(with_stdin(
@@ -298,7 +249,7 @@ fn leases_through_ctr_and_cratectl() {
         return;
     };
     let cratectl = workspace_bin("cratectl");
-    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    let daemon = Daemon::crated(&crated(), Some(NO_GC), &[]).unwrap();
     ok(daemon.client(&ctr, &["leases", "create", "--id", "hold-1", "owner=test"]));
     let ls = ok(daemon.client(&ctr, &["leases", "ls"]));
     assert!(
@@ -326,7 +277,7 @@ fn kill_9_mid_ingest_then_resume() {
     let Some(ctr) = tool("ctr", "containerd") else {
         return;
     };
-    let mut daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    let mut daemon = Daemon::crated(&crated(), Some(NO_GC), &[]).unwrap();
     let blob = data(200 << 20, 99);
     let d = digest(&blob);
     let size = blob.len().to_string();
@@ -375,8 +326,14 @@ fn kill_9_mid_ingest_then_resume() {
     let _ = writer.wait();
 
     let root = daemon.root.clone();
-    let restarted =
-        Daemon::crated_on_root(&crated(), tempfile::tempdir().unwrap(), root, None, &[]).unwrap();
+    let restarted = Daemon::crated_on_root(
+        &crated(),
+        tempfile::tempdir().unwrap(),
+        root,
+        Some(NO_GC),
+        &[],
+    )
+    .unwrap();
     let resumed_at = offset_of(&restarted);
     assert!(
         resumed_at >= 90 << 20,

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{insert_new, table, MetadataStore};
+use crate::db::{insert_new, table, MetadataStore, Mutation};
+use crate::ingests::remove_ingest_in;
 use crate::leases::add_resource_in;
 use crate::{validate, MetadataError};
 
@@ -42,13 +43,15 @@ impl MetadataStore {
         self.list_in("blobs", ns)
     }
 
-    /// Records that `ns` has the blob, under `lease` when given. A blob the namespace has
-    /// already is AlreadyExists.
+    /// Records that `ns` has the blob, under `lease` when given, and ends the ingest `ingest`
+    /// that wrote it (when given) in the same transaction. A blob the namespace has already is
+    /// AlreadyExists.
     pub fn content_add(
         &self,
         ns: &str,
         record: &ContentRecord,
         lease: Option<&str>,
+        ingest: Option<&str>,
     ) -> Result<(), MetadataError> {
         for (k, v) in &record.labels {
             validate::label(k, v)?;
@@ -60,7 +63,10 @@ impl MetadataStore {
         if let Some(lease) = lease {
             add_resource_in(&tx, ns, lease, "content", &record.digest)?;
         }
-        tx.commit()?;
+        if let Some(reference) = ingest {
+            remove_ingest_in(&tx, ns, reference)?;
+        }
+        self.commit(tx, Default::default())?;
         Ok(())
     }
 
@@ -94,7 +100,7 @@ impl MetadataStore {
             t.insert(k.as_str(), serde_json::to_vec(&record)?.as_slice())?;
             record
         };
-        tx.commit()?;
+        self.commit(tx, Default::default())?;
         Ok(record)
     }
 
@@ -106,7 +112,13 @@ impl MetadataStore {
                 return Err(not_found(digest));
             }
         }
-        tx.commit()?;
+        self.commit(
+            tx,
+            Mutation {
+                dirty: true,
+                ..Default::default()
+            },
+        )?;
         Ok(())
     }
 }

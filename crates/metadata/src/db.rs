@@ -20,6 +20,7 @@ pub(crate) const RESOURCE_TABLES: &[(&str, TableDefinition<&str, &[u8]>)] = &[
     ("leases", TableDefinition::new("leases")),
     ("snapshots", TableDefinition::new("snapshots")),
     ("sandboxes", TableDefinition::new("sandboxes")),
+    ("ingests", TableDefinition::new("ingests")),
 ];
 
 /// `<namespace>/<lease>/<type>\0<resource id>` -> empty: what each lease holds.
@@ -68,10 +69,26 @@ type Migration = fn(&redb::WriteTransaction) -> Result<(), MetadataError>;
 /// Steps from version N to N+1, in order; index 0 upgrades version 0 (an empty file) to 1.
 const MIGRATIONS: &[Migration] = &[|_tx| Ok(())];
 
+/// What a committed change did, as the GC scheduler wants to hear of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mutation {
+    /// Something was deleted, so a collection may free space.
+    pub dirty: bool,
+    /// A record that expires at this time (ns since the epoch) was written.
+    pub expires_at: Option<u64>,
+}
+
+type MutationHook = Box<dyn Fn(Mutation) + Send + Sync>;
+
 /// The metadata database. Cheap to share behind an `Arc`; redb serialises writers.
 pub struct MetadataStore {
     pub(crate) db: Database,
     shared_content: std::sync::atomic::AtomicBool,
+    on_mutation: std::sync::OnceLock<MutationHook>,
+    /// Held shared by anything that puts data in a backend and then records it (a commit, an
+    /// ingest's start), and exclusively by a collection from its mark to the end of its backend
+    /// sweep, so the sweep never removes data whose record is about to be written.
+    gc_lock: tokio::sync::RwLock<()>,
 }
 
 impl MetadataStore {
@@ -110,7 +127,34 @@ impl MetadataStore {
         Ok(MetadataStore {
             db,
             shared_content: std::sync::atomic::AtomicBool::new(true),
+            on_mutation: std::sync::OnceLock::new(),
+            gc_lock: tokio::sync::RwLock::new(()),
         })
+    }
+
+    /// Registers the one listener told of every committed change (the GC scheduler).
+    pub fn on_mutation(&self, hook: impl Fn(Mutation) + Send + Sync + 'static) {
+        if self.on_mutation.set(Box::new(hook)).is_err() {
+            tracing::warn!("a metadata mutation listener is registered already");
+        }
+    }
+
+    /// Commits a write transaction, then tells the listener.
+    pub(crate) fn commit(
+        &self,
+        tx: redb::WriteTransaction,
+        mutation: Mutation,
+    ) -> Result<(), MetadataError> {
+        tx.commit()?;
+        if let Some(hook) = self.on_mutation.get() {
+            hook(mutation);
+        }
+        Ok(())
+    }
+
+    /// See the field: shared by writers into a backend, exclusive for a collection.
+    pub fn gc_lock(&self) -> &tokio::sync::RwLock<()> {
+        &self.gc_lock
     }
 
     /// containerd's `content_sharing_policy`: `shared` (true) lets a namespace claim a blob

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{insert_new, table, MetadataStore, LEASE_RESOURCES};
+use crate::db::{insert_new, table, MetadataStore, Mutation, LEASE_RESOURCES};
 use crate::{validate, MetadataError};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +21,11 @@ pub struct LeaseResource {
     pub id: String,
 }
 
+const DIRTY: Mutation = Mutation {
+    dirty: true,
+    expires_at: None,
+};
+
 fn key(ns: &str, id: &str) -> String {
     format!("{ns}/{id}")
 }
@@ -29,7 +34,7 @@ fn not_found(id: &str) -> MetadataError {
     MetadataError::NotFound(format!("lease {id:?}"))
 }
 
-fn resource_key(ns: &str, lease: &str, resource_type: &str, id: &str) -> String {
+pub(crate) fn resource_key(ns: &str, lease: &str, resource_type: &str, id: &str) -> String {
     format!("{ns}/{lease}/{resource_type}\0{id}")
 }
 
@@ -68,7 +73,17 @@ impl MetadataStore {
         insert_new(&tx, "leases", ns, &lease.id, lease, || {
             format!("lease {:?}", lease.id)
         })?;
-        tx.commit()?;
+        let expires_at = lease
+            .labels
+            .get(crate::gc::LABEL_EXPIRE)
+            .and_then(|v| crate::gc::parse_expire(v));
+        self.commit(
+            tx,
+            Mutation {
+                dirty: false,
+                expires_at,
+            },
+        )?;
         Ok(())
     }
 
@@ -79,26 +94,34 @@ impl MetadataStore {
     /// Removes the lease and its resource list (the resources themselves stay until GC).
     pub fn lease_delete(&self, ns: &str, id: &str) -> Result<(), MetadataError> {
         let tx = self.db.begin_write()?;
-        {
-            let mut t = tx.open_table(table("leases"))?;
-            if t.remove(key(ns, id).as_str())?.is_none() {
-                return Err(not_found(id));
-            }
-            let mut resources = tx.open_table(LEASE_RESOURCES)?;
-            let prefix = format!("{ns}/{id}/");
-            let mut keys = Vec::new();
-            for entry in resources.range(prefix.as_str()..)? {
-                let key = entry?.0.value().to_owned();
-                if !key.starts_with(&prefix) {
-                    break;
-                }
-                keys.push(key);
-            }
-            for k in keys {
-                resources.remove(k.as_str())?;
-            }
+        self.lease_delete_in(&tx, ns, id)?;
+        self.commit(tx, DIRTY)?;
+        Ok(())
+    }
+
+    pub(crate) fn lease_delete_in(
+        &self,
+        tx: &redb::WriteTransaction,
+        ns: &str,
+        id: &str,
+    ) -> Result<(), MetadataError> {
+        let mut t = tx.open_table(table("leases"))?;
+        if t.remove(key(ns, id).as_str())?.is_none() {
+            return Err(not_found(id));
         }
-        tx.commit()?;
+        let mut resources = tx.open_table(LEASE_RESOURCES)?;
+        let prefix = format!("{ns}/{id}/");
+        let mut keys = Vec::new();
+        for entry in resources.range(prefix.as_str()..)? {
+            let key = entry?.0.value().to_owned();
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            keys.push(key);
+        }
+        for k in keys {
+            resources.remove(k.as_str())?;
+        }
         Ok(())
     }
 
@@ -110,7 +133,7 @@ impl MetadataStore {
     ) -> Result<(), MetadataError> {
         let tx = self.db.begin_write()?;
         add_resource_in(&tx, ns, lease, &resource.resource_type, &resource.id)?;
-        tx.commit()?;
+        self.commit(tx, Default::default())?;
         Ok(())
     }
 
@@ -126,7 +149,7 @@ impl MetadataStore {
             let mut t = tx.open_table(LEASE_RESOURCES)?;
             t.remove(resource_key(ns, lease, &resource.resource_type, &resource.id).as_str())?;
         }
-        tx.commit()?;
+        self.commit(tx, DIRTY)?;
         Ok(())
     }
 
@@ -138,22 +161,31 @@ impl MetadataStore {
         let tx = self.db.begin_read()?;
         require_lease(&tx.open_table(table("leases"))?, ns, lease)?;
         let t = tx.open_table(LEASE_RESOURCES)?;
-        let prefix = format!("{ns}/{lease}/");
-        let mut out = Vec::new();
-        for entry in t.range(prefix.as_str()..)? {
-            let (k, _) = entry?;
-            let Some(rest) = k.value().strip_prefix(&prefix) else {
-                break;
-            };
-            if let Some((resource_type, id)) = rest.split_once('\0') {
-                out.push(LeaseResource {
-                    resource_type: resource_type.to_owned(),
-                    id: id.to_owned(),
-                });
-            }
-        }
-        Ok(out)
+        resources_under(&t, ns, lease)
     }
+}
+
+/// The resources lease `ns/lease` holds.
+pub(crate) fn resources_under(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    ns: &str,
+    lease: &str,
+) -> Result<Vec<LeaseResource>, MetadataError> {
+    let prefix = format!("{ns}/{lease}/");
+    let mut out = Vec::new();
+    for entry in t.range(prefix.as_str()..)? {
+        let (k, _) = entry?;
+        let Some(rest) = k.value().strip_prefix(&prefix) else {
+            break;
+        };
+        if let Some((resource_type, id)) = rest.split_once('\0') {
+            out.push(LeaseResource {
+                resource_type: resource_type.to_owned(),
+                id: id.to_owned(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -192,9 +224,9 @@ mod tests {
             size: 3,
             ..Default::default()
         };
-        s.content_add("ns1", &rec, Some("l1")).unwrap();
+        s.content_add("ns1", &rec, Some("l1"), None).unwrap();
         assert_eq!(
-            s.content_add("ns1", &rec, None).unwrap_err().kind(),
+            s.content_add("ns1", &rec, None, None).unwrap_err().kind(),
             Kind::AlreadyExists
         );
         assert_eq!(

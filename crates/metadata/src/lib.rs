@@ -6,13 +6,17 @@
 mod content;
 mod db;
 mod error;
+pub mod gc;
+mod ingests;
 mod leases;
 mod namespaces;
 pub mod validate;
 
 pub use content::ContentRecord;
-pub use db::{MetadataStore, SCHEMA_VERSION};
+pub use db::{MetadataStore, Mutation, SCHEMA_VERSION};
 pub use error::MetadataError;
+pub use gc::{Collection, Resource};
+pub use ingests::{IngestRecord, INGEST_RESOURCE, UNLEASED_INGEST_LIFETIME_NANOS};
 pub use leases::{Lease, LeaseResource};
 pub use namespaces::Namespace;
 

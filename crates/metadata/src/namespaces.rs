@@ -34,7 +34,7 @@ impl MetadataStore {
             }
             table.insert(ns.name.as_str(), serde_json::to_vec(&ns.labels)?.as_slice())?;
         }
-        tx.commit()?;
+        self.commit(tx, Default::default())?;
         Ok(())
     }
 
@@ -93,7 +93,7 @@ impl MetadataStore {
             table.insert(name, serde_json::to_vec(&labels)?.as_slice())?;
             labels
         };
-        tx.commit()?;
+        self.commit(tx, Default::default())?;
         Ok(Namespace {
             name: name.to_owned(),
             labels,
@@ -126,7 +126,7 @@ impl MetadataStore {
             }
             table.remove(name)?;
         }
-        tx.commit()?;
+        self.commit(tx, Default::default())?;
         Ok(())
     }
 }

@@ -8,20 +8,30 @@ use crated_metadata::{Lease, LeaseResource, MetadataStore};
 use crated_plugin::{types, Instance, Registration};
 use tonic::{Request, Response, Status};
 
-use crate::edge::{blocking, filters, namespace, timestamp};
+use crate::edge::{blocking, filters, namespace, status, timestamp};
 use crate::GrpcService;
+use crated_gc::Scheduler;
 
 pub struct LeasesService {
     db: Arc<MetadataStore>,
+    /// None when the GC plugin is disabled: a synchronous delete then cannot collect.
+    gc: Option<Arc<Scheduler>>,
 }
+
+/// The response header of a synchronous lease Delete carrying what the collection did, as
+/// JSON ([`crated_gc::Stats`]); containerd's clients ignore it, `cratectl gc` prints it.
+pub const GC_STATS_HEADER: &str = "crated-gc-stats-bin";
+/// Removals listed in [`GC_STATS_HEADER`] at most, so the header stays small.
+const GC_STATS_LISTED: usize = 200;
 
 pub fn registrations() -> Vec<Registration> {
     vec![
         Registration::new(types::SERVICE, "leases-service", |ctx| async move {
             let db = ctx.get_single::<MetadataStore>(types::METADATA)?;
-            Ok(Instance::new(Arc::new(LeasesService { db })))
+            let gc = ctx.get_single::<Scheduler>(types::GC).ok();
+            Ok(Instance::new(Arc::new(LeasesService { db, gc })))
         })
-        .requires(&[types::METADATA]),
+        .requires(&[types::METADATA, types::GC]),
         Registration::new(types::GRPC, "leases", |ctx| async move {
             let service = ctx.get_by_id::<LeasesService>(types::SERVICE, "leases-service")?;
             Ok(Instance::new(GrpcService::new(move |routes| {
@@ -75,10 +85,31 @@ impl Leases for LeasesService {
 
     async fn delete(&self, req: Request<api::DeleteRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(&req)?;
-        let id = req.into_inner().id;
+        let req = req.into_inner();
         let db = self.db.clone();
+        let id = req.id.clone();
         blocking(move || db.lease_delete(&ns, &id)).await?;
-        Ok(Response::new(()))
+        let mut response = Response::new(());
+        if req.sync {
+            let gc = self.gc.as_ref().ok_or_else(|| {
+                Status::failed_precondition(
+                    "synchronous delete needs garbage collection, which is disabled: failed precondition",
+                )
+            })?;
+            let mut stats = gc.schedule_and_wait().await.map_err(|e| status(&e))?;
+            let more = stats.removed.len().saturating_sub(GC_STATS_LISTED);
+            stats.removed.truncate(GC_STATS_LISTED);
+            if more > 0 {
+                stats.removed.push(format!("... and {more} more"));
+            }
+            if let Ok(json) = serde_json::to_vec(&stats) {
+                response.metadata_mut().insert_bin(
+                    GC_STATS_HEADER,
+                    tonic::metadata::MetadataValue::from_bytes(&json),
+                );
+            }
+        }
+        Ok(response)
     }
 
     async fn list(

@@ -18,6 +18,7 @@ pub use grpc::GrpcService;
 pub fn registrations() -> Vec<crated_plugin::Registration> {
     let mut regs = content::registrations();
     regs.insert(1, metadata::registration());
+    regs.insert(2, crated_gc::registration());
     regs.extend(namespaces::registrations());
     regs.extend(leases::registrations());
     regs.extend(introspection::registrations());

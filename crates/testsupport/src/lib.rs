@@ -2,6 +2,8 @@
 //! root and socket, readiness through `grpc.health.v1.Health/Check`, clean stops, and lookup of
 //! the peer tools (`ctr`, `containerd`) with a loud skip outside CI and a failure on CI.
 
+pub mod blobs;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,67 @@
+//! `cratectl gc` and `cratectl content prune`: a collection now, by deleting a fresh lease
+//! synchronously (containerd's way to wait for one); crated answers with what it removed.
+
+use crated_api::containerd::services::leases::v1::{CreateRequest, DeleteRequest};
+use crated_gc::Stats;
+
+use crate::client::Connection;
+
+/// The header crated puts the collection's statistics in (JSON).
+const GC_STATS_HEADER: &str = "crated-gc-stats-bin";
+
+pub enum Show {
+    Everything,
+    /// Only the blobs of this namespace (`content prune`).
+    ContentOf(String),
+}
+
+pub async fn run(conn: &Connection, show: Show) -> anyhow::Result<()> {
+    let mut leases = conn.leases();
+    let id = format!(
+        "cratectl-gc-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    leases
+        .create(conn.request(CreateRequest {
+            id: id.clone(),
+            labels: Default::default(),
+        }))
+        .await?;
+    let response = leases
+        .delete(conn.request(DeleteRequest { id, sync: true }))
+        .await?;
+    let Some(raw) = response.metadata().get_bin(GC_STATS_HEADER) else {
+        println!("collected (the daemon reports no statistics: not crated?)");
+        return Ok(());
+    };
+    let stats: Stats = serde_json::from_slice(&raw.to_bytes()?)?;
+    match show {
+        Show::Everything => {
+            for r in &stats.removed {
+                println!("removed {r}");
+            }
+            for f in &stats.failed {
+                println!("failed {f}");
+            }
+            println!(
+                "{} removed, {} failed; writers held for {:?}, collection took {:?}",
+                stats.removed.len(),
+                stats.failed.len(),
+                stats.lock_held,
+                stats.elapsed
+            );
+        }
+        Show::ContentOf(ns) => {
+            let prefix = format!("content {ns}/");
+            for r in &stats.removed {
+                if let Some(digest) = r.strip_prefix(&prefix) {
+                    println!("{digest}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Garbage collection end to end: Debian's `ctr` and `cratectl` against crated, checked on the
+//! store's disk.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crated_testsupport::blobs::{blob_files, data, digest, ok, with_stdin};
+use crated_testsupport::{tool, workspace_bin, Daemon};
+
+fn crated() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_crated"))
+}
+
+fn on_disk(daemon: &Daemon) -> Vec<String> {
+    blob_files(&daemon.root.join("io.containerd.content.v1.content"))
+}
+
+fn hex(d: &str) -> String {
+    d.trim_start_matches("sha256:").to_owned()
+}
+
+/// Writes a blob through cratectl, under `lease` when given; its digest.
+fn ingest(daemon: &Daemon, lease: Option<&str>, seed: u64) -> String {
+    let blob = data(10_000 + seed as usize, seed);
+    let d = digest(&blob);
+    let cratectl = workspace_bin("cratectl");
+    let mut args = Vec::new();
+    if let Some(l) = lease {
+        args.extend(["--lease", l]);
+    }
+    let reference = format!("ref-{seed}");
+    args.extend(["content", "ingest", "--expected-digest", &d, &reference]);
+    ok(with_stdin(&cratectl, daemon, &args, &blob));
+    d
+}
+
+#[test]
+fn a_blob_of_an_expired_lease_goes_on_an_idle_daemon() {
+    let Some(ctr) = tool("ctr", "containerd") else {
+        return;
+    };
+    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    // Past the start-up collection, so only the expiry can remove anything.
+    std::thread::sleep(Duration::from_millis(300));
+    ok(daemon.client(
+        &ctr,
+        &["leases", "create", "--id", "brief", "--expires", "2s"],
+    ));
+    ok(daemon.client(&ctr, &["leases", "create", "--id", "lasting"]));
+    let brief = ingest(&daemon, Some("brief"), 1);
+    let lasting = ingest(&daemon, Some("lasting"), 2);
+    assert_eq!(on_disk(&daemon), {
+        let mut v = vec![hex(&brief), hex(&lasting)];
+        v.sort();
+        v
+    });
+    // No call at all from here: only the disk is watched.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while on_disk(&daemon).contains(&hex(&brief)) {
+        assert!(
+            Instant::now() < deadline,
+            "the expired lease's blob is still there\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(on_disk(&daemon), [hex(&lasting)]);
+    let leases = ok(daemon.client(&ctr, &["leases", "ls", "-q"]));
+    assert_eq!(leases.trim(), "lasting");
+    let listed = ok(daemon.client(&ctr, &["content", "ls", "-q"]));
+    assert_eq!(listed.trim(), lasting);
+}
+
+#[test]
+fn references_roots_and_flat_leases_decide_what_stays() {
+    let Some(ctr) = tool("ctr", "containerd") else {
+        return;
+    };
+    let cratectl = workspace_bin("cratectl");
+    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    ok(daemon.client(&ctr, &["leases", "create", "--id", "hold"]));
+    ok(daemon.client(
+        &ctr,
+        &[
+            "leases",
+            "create",
+            "--id",
+            "flat",
+            "containerd.io/gc.flat=1",
+        ],
+    ));
+    let root = ingest(&daemon, Some("hold"), 1);
+    let child = ingest(&daemon, Some("hold"), 2);
+    let grandchild = ingest(&daemon, Some("hold"), 3);
+    let stray = ingest(&daemon, Some("hold"), 4);
+    let behind_flat = ingest(&daemon, Some("hold"), 5);
+    let flat_held = ingest(&daemon, Some("flat"), 6);
+    ok(daemon.client(
+        &ctr,
+        &[
+            "content",
+            "label",
+            &root,
+            "containerd.io/gc.root=yes",
+            &format!("containerd.io/gc.ref.content.l.0={child}"),
+        ],
+    ));
+    ok(daemon.client(
+        &ctr,
+        &[
+            "content",
+            "label",
+            &child,
+            &format!("containerd.io/gc.ref.content.m={grandchild}"),
+        ],
+    ));
+    ok(daemon.client(
+        &ctr,
+        &[
+            "content",
+            "label",
+            &flat_held,
+            &format!("containerd.io/gc.ref.content={behind_flat}"),
+        ],
+    ));
+    // Real ctr's synchronous delete returns once the collection ran.
+    ok(daemon.client(&ctr, &["leases", "rm", "--sync", "hold"]));
+    let mut kept = vec![hex(&root), hex(&child), hex(&grandchild), hex(&flat_held)];
+    kept.sort();
+    assert_eq!(on_disk(&daemon), kept);
+    let listed = ok(daemon.client(&ctr, &["content", "ls", "-q"]));
+    assert!(!listed.contains(&stray) && !listed.contains(&behind_flat));
+
+    // Without the root label the chain is garbage: prune names what it removed.
+    ok(daemon.client(&ctr, &["content", "label", &root, "containerd.io/gc.root="]));
+    let pruned = ok(daemon.client(&cratectl, &["content", "prune"]));
+    let mut pruned: Vec<&str> = pruned.lines().collect();
+    pruned.sort();
+    let mut chain = vec![root.as_str(), child.as_str(), grandchild.as_str()];
+    chain.sort();
+    assert_eq!(pruned, chain);
+    assert_eq!(on_disk(&daemon), [hex(&flat_held)]);
+
+    // `cratectl gc` reports removals and how long writers were held.
+    ok(daemon.client(&ctr, &["leases", "rm", "flat"]));
+    let report = ok(daemon.client(&cratectl, &["gc"]));
+    assert!(
+        report.contains(&format!("removed content default/{flat_held}"))
+            && report.contains(&format!("removed blob {flat_held}"))
+            && report.contains("writers held for"),
+        "{report}"
+    );
+    assert!(on_disk(&daemon).is_empty());
+}
+
+#[test]
+fn gc_config_keys_are_containerd_s_and_exported() {
+    let Some(ctr) = tool("ctr", "containerd") else {
+        return;
+    };
+    let cfg = r#"
+version = 2
+[plugins."io.containerd.gc.v1.scheduler"]
+  pause_threshold = 0.1
+  deletion_threshold = 5
+  mutation_threshold = 50
+  schedule_delay = "10ms"
+  startup_delay = "1s"
+"#;
+    let daemon = Daemon::crated(&crated(), Some(cfg), &[]).unwrap();
+    let out = ok(daemon.client(&ctr, &["plugins", "ls", "-d", "id==scheduler"]));
+    for want in [
+        "PauseThreshold        0.1",
+        "DeletionThreshold     5",
+        "MutationThreshold     50",
+        "ScheduleDelay         10ms",
+    ] {
+        let squeezed: String = out.split_whitespace().collect::<Vec<_>>().join(" ");
+        let want: String = want.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(squeezed.contains(&want), "{want:?} not in:\n{out}");
+    }
+    let bad =
+        "version = 2\n[plugins.\"io.containerd.gc.v1.scheduler\"]\n  schedule_delay = \"soon\"\n";
+    let err = Daemon::crated(&crated(), Some(bad), &[])
+        .err()
+        .unwrap_or_default();
+    assert!(
+        err.contains("schedule_delay") && err.contains(":3"),
+        "the error names neither the key nor its line: {err}"
+    );
+}

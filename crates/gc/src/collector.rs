@@ -1,0 +1,160 @@
+//! One collection: mark and sweep in the metadata store, then the backends drop what no record
+//! keeps. The metadata store's GC lock is held exclusively from the mark to the end of the
+//! backend sweep, so nothing committed meanwhile can be taken for garbage.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crated_content::ContentStore;
+use crated_metadata::{MetadataStore, Resource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error("garbage collection: {0}")]
+    Metadata(#[from] crated_metadata::MetadataError),
+    #[error("garbage collection task failed: {0}")]
+    Task(String),
+    #[error("garbage collection failed")]
+    Stopped,
+}
+
+impl crated_errdefs::HasKind for GcError {
+    fn kind(&self) -> crated_errdefs::Kind {
+        match self {
+            GcError::Metadata(e) => e.kind(),
+            GcError::Task(_) | GcError::Stopped => crated_errdefs::Kind::Unknown,
+        }
+    }
+}
+
+/// What a collection did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    /// Each removed thing, described (`content ns/sha256:..`, `blob sha256:..`, ...).
+    pub removed: Vec<String>,
+    /// Removals that failed; the pass went on.
+    pub failed: Vec<String>,
+    /// How long writers were held off.
+    pub lock_held: Duration,
+    /// Mark, sweep and backend work together.
+    pub elapsed: Duration,
+    /// When the next lease or ingest expires (ns since the epoch).
+    pub next_expiry: Option<u64>,
+}
+
+pub struct Collector {
+    db: Arc<MetadataStore>,
+    content: Arc<dyn ContentStore>,
+    /// The backends are swept in full once after start (whatever a crash left) and then when
+    /// a collection removed records.
+    backends_clean: AtomicBool,
+}
+
+impl Collector {
+    pub fn new(db: Arc<MetadataStore>, content: Arc<dyn ContentStore>) -> Self {
+        Collector {
+            db,
+            content,
+            backends_clean: AtomicBool::new(false),
+        }
+    }
+
+    pub fn metadata(&self) -> &Arc<MetadataStore> {
+        &self.db
+    }
+
+    pub async fn collect(&self) -> Result<Stats, GcError> {
+        let started = Instant::now();
+        let _writers_held = self.db.gc_lock().write().await;
+        let locked = Instant::now();
+        let db = self.db.clone();
+        let collection =
+            tokio::task::spawn_blocking(move || db.collect_garbage(crated_metadata::now_nanos()))
+                .await
+                .map_err(|e| GcError::Task(e.to_string()))??;
+        let mut stats = Stats {
+            removed: collection.removed.iter().map(ToString::to_string).collect(),
+            next_expiry: collection.next_expiry,
+            ..Stats::default()
+        };
+        for r in &collection.removed {
+            tracing::debug!("gc removed {r}");
+        }
+        let records_removed = collection
+            .removed
+            .iter()
+            .any(|r| matches!(r, Resource::Content { .. } | Resource::Ingest { .. }));
+        if records_removed || !self.backends_clean.load(Ordering::Relaxed) {
+            self.sweep_content(&collection.live_blobs, &collection.live_ingests, &mut stats)
+                .await;
+            self.backends_clean
+                .store(stats.failed.is_empty(), Ordering::Relaxed);
+        }
+        for r in &collection.removed {
+            if let Resource::Snapshot { .. } = r {
+                // Snapshotter backends join GC with the snapshotters.
+                tracing::debug!("snapshot record {r} removed; no snapshotter backend yet");
+            }
+        }
+        stats.lock_held = locked.elapsed();
+        stats.elapsed = started.elapsed();
+        Ok(stats)
+    }
+
+    /// Deletes every blob no namespace records and aborts every ingest no record keeps. One
+    /// failing removal is logged and the sweep goes on.
+    async fn sweep_content(
+        &self,
+        live_blobs: &HashSet<String>,
+        live_ingests: &HashSet<String>,
+        stats: &mut Stats,
+    ) {
+        match self.content.walk().await {
+            Ok(blobs) => {
+                for blob in blobs {
+                    let digest = blob.digest.to_string();
+                    if live_blobs.contains(&digest) {
+                        continue;
+                    }
+                    match self.content.delete(&digest).await {
+                        Ok(()) => stats.removed.push(format!("blob {digest}")),
+                        Err(e) => {
+                            tracing::warn!("gc: removing blob {digest}: {e}");
+                            stats.failed.push(format!("blob {digest}: {e}"));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("gc: listing blobs: {e}");
+                stats.failed.push(format!("listing blobs: {e}"));
+            }
+        }
+        match self.content.list_statuses().await {
+            Ok(ingests) => {
+                for ingest in ingests {
+                    if live_ingests.contains(&ingest.reference) {
+                        continue;
+                    }
+                    match self.content.abort(&ingest.reference).await {
+                        Ok(()) => stats
+                            .removed
+                            .push(format!("ingest data {}", ingest.reference)),
+                        Err(e) => {
+                            tracing::warn!("gc: aborting ingest {}: {e}", ingest.reference);
+                            stats
+                                .failed
+                                .push(format!("ingest {}: {e}", ingest.reference));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("gc: listing ingests: {e}");
+                stats.failed.push(format!("listing ingests: {e}"));
+            }
+        }
+    }
+}

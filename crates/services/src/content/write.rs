@@ -1,0 +1,148 @@
+//! One Write stream, as containerd's clients drive it: the first message names the ref and
+//! opens its writer; each message gets one answer. A plain write is started and answered as
+//! accepted at once, so the next message is received while the data is written and hashed;
+//! every other action, and the end of the stream, first waits for it (a failed write fails the
+//! next answer).
+
+use crated_api::containerd::services::content::v1 as api;
+use crated_api::containerd::services::content::v1::WriteAction;
+use crated_content::{ContentError, ContentWriter};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tonic::{Status, Streaming};
+
+use crate::edge::status;
+
+/// What a Write stream does around the backend's writer: the namespaced service records
+/// ingests and blobs in the metadata store, a bare store server does not.
+#[tonic::async_trait]
+pub(crate) trait Ingest: Send + Sync {
+    /// Opens the writer named by the stream's first message.
+    async fn open(
+        &self,
+        first: &api::WriteContentRequest,
+    ) -> Result<Box<dyn ContentWriter>, Status>;
+    /// The status ending the stream when the expected blob is there already.
+    async fn already_there(&self, req: &api::WriteContentRequest)
+        -> Result<Option<Status>, Status>;
+    /// Drops the ingest of a stream ended by [`Ingest::already_there`].
+    async fn discard(&self);
+    /// Commits what was written (its digest so far is `digest`); the digest committed.
+    async fn commit(
+        &self,
+        writer: Box<dyn ContentWriter>,
+        digest: String,
+        req: &api::WriteContentRequest,
+    ) -> Result<String, Status>;
+}
+
+type PendingWrite = JoinHandle<Result<Box<dyn ContentWriter>, ContentError>>;
+
+/// Waits for a started write and gives its writer back.
+async fn finish(write: PendingWrite) -> Result<Box<dyn ContentWriter>, Status> {
+    write
+        .await
+        .map_err(|e| Status::internal(format!("write task failed: {e}")))?
+        .map_err(|e| status(&e))
+}
+
+/// Runs the stream whose first message is `first`.
+pub(crate) async fn run(
+    ingest: &dyn Ingest,
+    first: api::WriteContentRequest,
+    inbound: &mut Streaming<api::WriteContentRequest>,
+    out: &mpsc::Sender<Result<api::WriteContentResponse, Status>>,
+) -> Result<(), Status> {
+    let mut req = first;
+    if req.r#ref.is_empty() {
+        return Err(Status::invalid_argument(
+            "first message must have a reference",
+        ));
+    }
+    let mut writer = Some(ingest.open(&req).await?);
+    let mut pending: Option<PendingWrite> = None;
+    loop {
+        if let Some(write) = pending.take() {
+            writer = Some(finish(write).await?);
+        }
+        let Some(mut w) = writer.take() else {
+            return Err(Status::failed_precondition("writer already committed"));
+        };
+        let mut msg = api::WriteContentResponse {
+            action: req.action,
+            offset: w.offset() as i64,
+            ..Default::default()
+        };
+        if !req.expected.is_empty() {
+            if let Some(done) = ingest.already_there(&req).await? {
+                drop(w);
+                ingest.discard().await;
+                return Err(done);
+            }
+            w.set_expected(&req.expected).map_err(|e| status(&e))?;
+        }
+        w.set_total(req.total.max(0) as u64);
+        match WriteAction::try_from(req.action) {
+            Ok(WriteAction::Stat) => {
+                let (st, digest) = w.stat().await.map_err(|e| status(&e))?;
+                msg.digest = digest;
+                msg.started_at = Some(st.started_at.into());
+                msg.updated_at = Some(st.updated_at.into());
+                msg.total = st.total as i64;
+                writer = Some(w);
+            }
+            Ok(action @ (WriteAction::Write | WriteAction::Commit)) => {
+                let offset = w.offset();
+                if req.offset > 0 && req.offset as u64 != offset {
+                    return Err(Status::out_of_range(format!(
+                        "write @{} must occur at current offset {offset}",
+                        req.offset
+                    )));
+                }
+                let reset = req.offset == 0 && offset > 0;
+                let data = std::mem::take(&mut req.data);
+                let accepted = if reset { 0 } else { offset } + data.len() as u64;
+                let work = async move {
+                    if reset || !data.is_empty() {
+                        w.write(data, reset).await?;
+                    }
+                    Ok(w)
+                };
+                if action == WriteAction::Write {
+                    pending = Some(tokio::spawn(work));
+                    msg.offset = accepted as i64;
+                } else {
+                    let mut w = work.await.map_err(|e: ContentError| status(&e))?;
+                    let (_, digest) = w.stat().await.map_err(|e| status(&e))?;
+                    msg.offset = w.offset() as i64;
+                    msg.digest = ingest.commit(w, digest, &req).await?;
+                }
+            }
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown write action {}",
+                    req.action
+                )))
+            }
+        }
+        if out.send(Ok(msg)).await.is_err() {
+            // The client went away; the ingest stays resumable once its data is written.
+            if let Some(write) = pending.take() {
+                finish(write).await?;
+            }
+            return Ok(());
+        }
+        match inbound.message().await? {
+            Some(next) => req = next,
+            None => {
+                if let Some(write) = pending.take() {
+                    finish(write).await?;
+                }
+                return Ok(());
+            }
+        }
+        if writer.is_none() && pending.is_none() {
+            return Err(Status::failed_precondition("writer already committed"));
+        }
+    }
+}
