@@ -39,7 +39,7 @@ pub fn load_config(cli: &Cli) -> anyhow::Result<(Config, Vec<Registration>, Deco
     if let Some(level) = &cli.log_level {
         config.debug.level = level.clone();
     }
-    let regs = plugins::registrations();
+    let mut regs = plugins::registrations();
     config.resolve_plugins(&plugins::known(&regs), cli.lenient)?;
     let mut decoded = HashMap::new();
     for reg in &regs {
@@ -54,8 +54,18 @@ pub fn load_config(cli: &Cli) -> anyhow::Result<(Config, Vec<Registration>, Deco
                 proxy.plugin_type
             );
         }
+        if proxy.address.is_empty() {
+            bail!("proxy_plugins.{name}: address is required");
+        }
+    }
+    // After the built-in plugins, as containerd registers them: a store that is first of its
+    // type (the local content store) is the one the metadata store wraps unless disabled.
+    let (proxies, unserved) = crated_proxy::registrations(&config.proxy_plugins);
+    regs.extend(proxies);
+    for name in unserved {
         tracing::warn!(
-            "proxy_plugins.{name}: proxy plugins are parsed but not served by this version"
+            "proxy_plugins.{name}: proxy plugins of type {:?} are not served by this version",
+            config.proxy_plugins[&name].plugin_type
         );
     }
     Ok((config, regs, decoded))

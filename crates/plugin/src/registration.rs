@@ -53,11 +53,31 @@ type CloseFn = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 pub struct Instance {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
     pub(crate) close: Option<CloseFn>,
+    pub(crate) health: Option<HealthFn>,
 }
+
+/// Tells whether a plugin that started can be used right now (an external one may be down):
+/// `Err` carries why not.
+pub type HealthFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 impl Instance {
     pub fn new<T: Any + Send + Sync>(value: Arc<T>) -> Self {
-        Instance { value, close: None }
+        Instance {
+            value,
+            close: None,
+            health: None,
+        }
+    }
+
+    /// A check introspection runs each time it reports the plugin: a failing one shows the
+    /// plugin as unavailable (not `ok`) with the reason, until it passes again.
+    pub fn with_health<F, Fut>(mut self, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.health = Some(Arc::new(move || Box::pin(check())));
+        self
     }
 
     pub fn with_close<F, Fut>(mut self, close: F) -> Self

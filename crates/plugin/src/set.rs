@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crated_errdefs::Kind;
 
 use crate::context::{InitContext, LookupError, Meta};
-use crate::registration::{PluginError, Registration};
+use crate::registration::{HealthFn, PluginError, Registration};
 
 /// A failed init as introspection reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,11 +54,33 @@ pub struct PluginRecord {
     position: usize,
     pub(crate) instance: Option<Arc<dyn Any + Send + Sync>>,
     close: Mutex<Option<CloseFn>>,
+    health: Option<HealthFn>,
 }
+
+/// How long introspection waits for a plugin's health check.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl PluginRecord {
     pub fn uri(&self) -> String {
         format!("{}.{}", self.plugin_type, self.id)
+    }
+
+    /// The status now: the init outcome, or for a started plugin with a health check that
+    /// fails (or does not answer in time), Unavailable with the reason.
+    pub async fn current_status(&self) -> Status {
+        let (Status::Ok, Some(check)) = (&self.status, &self.health) else {
+            return self.status.clone();
+        };
+        let reason = match tokio::time::timeout(HEALTH_TIMEOUT, check()).await {
+            Ok(Ok(())) => return Status::Ok,
+            Ok(Err(reason)) => reason,
+            Err(_) => format!("health check timed out after {HEALTH_TIMEOUT:?}"),
+        };
+        Status::Failed(InitError {
+            kind: Kind::Unavailable,
+            message: reason,
+            root_cause: None,
+        })
     }
 
     pub fn is_ok(&self) -> bool {
@@ -208,7 +230,7 @@ pub async fn init_all(
                 Err(join) => Err(PluginError::failed(format!("plugin init panicked: {join}"))),
             };
             let init_time = started.elapsed();
-            let (status, instance, close) = outcome(&uri, result);
+            let (status, instance, close, health) = outcome(&uri, result);
             tracing::info!(plugin = %uri, ?init_time, "plugin init finished");
             let meta = meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
             set.insert(PluginRecord {
@@ -221,6 +243,7 @@ pub async fn init_all(
                 position,
                 instance,
                 close: Mutex::new(close),
+                health,
             });
             let _ = done.send(true);
         });
@@ -234,14 +257,19 @@ pub async fn init_all(
     set
 }
 
-type Outcome = (Status, Option<Arc<dyn Any + Send + Sync>>, Option<CloseFn>);
+type Outcome = (
+    Status,
+    Option<Arc<dyn Any + Send + Sync>>,
+    Option<CloseFn>,
+    Option<HealthFn>,
+);
 
 fn outcome(uri: &str, result: Result<crate::Instance, PluginError>) -> Outcome {
     match result {
-        Ok(i) => (Status::Ok, Some(i.value), i.close),
+        Ok(i) => (Status::Ok, Some(i.value), i.close, i.health),
         Err(PluginError::Skip(reason)) => {
             tracing::info!(plugin = %uri, "skip loading plugin: {reason}");
-            (Status::Skipped(reason), None, None)
+            (Status::Skipped(reason), None, None, None)
         }
         Err(err) => {
             let root_cause = match &err {
@@ -256,7 +284,7 @@ fn outcome(uri: &str, result: Result<crate::Instance, PluginError>) -> Outcome {
                 message: err.to_string(),
                 root_cause,
             };
-            (Status::Failed(failed), None, None)
+            (Status::Failed(failed), None, None, None)
         }
     }
 }

@@ -25,18 +25,24 @@ pub struct IntrospectionService {
 }
 
 impl IntrospectionService {
-    /// The plugins matching containerd filters (any of `filters`), in init order.
-    pub fn plugins(
+    /// The plugins matching containerd filters (any of `filters`), in init order, each with
+    /// its status now (an external plugin that is down shows as unavailable).
+    pub async fn plugins(
         &self,
         filters: &[String],
     ) -> Result<Vec<api::Plugin>, crated_filters::ParseError> {
         let filter = crated_filters::parse_all(filters)?;
-        Ok(self
+        let records: Vec<_> = self
             .plugins
             .records()
-            .iter()
+            .into_iter()
             .filter(|r| filter.matches(&adaptor(r)))
-            .map(|r| to_api(r))
+            .collect();
+        let statuses = futures::future::join_all(records.iter().map(|r| r.current_status())).await;
+        Ok(records
+            .iter()
+            .zip(statuses)
+            .map(|(r, status)| to_api(r, &status))
             .collect())
     }
 }
@@ -63,8 +69,8 @@ fn platform(spec: &str) -> Platform {
     }
 }
 
-fn to_api(record: &PluginRecord) -> api::Plugin {
-    let init_err = match &record.status {
+fn to_api(record: &PluginRecord, status: &PluginStatus) -> api::Plugin {
+    let init_err = match status {
         PluginStatus::Ok => None,
         PluginStatus::Skipped(reason) => Some(RpcStatus {
             code: tonic::Code::Unknown as i32,
@@ -143,8 +149,9 @@ impl Introspection for IntrospectionService {
         req: Request<api::PluginsRequest>,
     ) -> Result<Response<api::PluginsResponse>, Status> {
         let filters = req.into_inner().filters;
-        let plugins =
-            IntrospectionService::plugins(self, &filters).map_err(|e| filter_status(&e))?;
+        let plugins = IntrospectionService::plugins(self, &filters)
+            .await
+            .map_err(|e| filter_status(&e))?;
         Ok(Response::new(api::PluginsResponse { plugins }))
     }
 
