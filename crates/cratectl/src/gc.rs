@@ -2,12 +2,9 @@
 //! synchronously (containerd's way to wait for one); crated answers with what it removed.
 
 use crated_api::containerd::services::leases::v1::{CreateRequest, DeleteRequest};
-use crated_gc::Stats;
+use crated_gc::{Stats, STATS_HEADER};
 
 use crate::client::Connection;
-
-/// The header crated puts the collection's statistics in (JSON).
-const GC_STATS_HEADER: &str = "crated-gc-stats-bin";
 
 pub enum Show {
     Everything,
@@ -33,7 +30,7 @@ pub async fn run(conn: &Connection, show: Show) -> anyhow::Result<()> {
     let response = leases
         .delete(conn.request(DeleteRequest { id, sync: true }))
         .await?;
-    let Some(raw) = response.metadata().get_bin(GC_STATS_HEADER) else {
+    let Some(raw) = response.metadata().get_bin(STATS_HEADER) else {
         println!("collected (the daemon reports no statistics: not crated?)");
         return Ok(());
     };

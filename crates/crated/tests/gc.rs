@@ -189,3 +189,17 @@ version = 2
         "the error names neither the key nor its line: {err}"
     );
 }
+
+#[test]
+fn a_removed_blob_leaves_the_disk_at_the_next_collection() {
+    let Some(ctr) = tool("ctr", "containerd") else {
+        return;
+    };
+    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    ok(daemon.client(&ctr, &["leases", "create", "--id", "keep"]));
+    let d = ingest(&daemon, Some("keep"), 1);
+    ok(daemon.client(&ctr, &["content", "rm", &d]));
+    let report = ok(daemon.client(&workspace_bin("cratectl"), &["gc"]));
+    assert!(report.contains(&format!("removed blob {d}")), "{report}");
+    assert!(on_disk(&daemon).is_empty());
+}

@@ -3,11 +3,11 @@
 //! backend sweep, so nothing committed meanwhile can be taken for garbage.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crated_content::ContentStore;
+use crated_content::{ContentError, ContentStore};
+use crated_errdefs::{HasKind, Kind};
 use crated_metadata::{MetadataStore, Resource};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,18 +47,11 @@ pub struct Stats {
 pub struct Collector {
     db: Arc<MetadataStore>,
     content: Arc<dyn ContentStore>,
-    /// The backends are swept in full once after start (whatever a crash left) and then when
-    /// a collection removed records.
-    backends_clean: AtomicBool,
 }
 
 impl Collector {
     pub fn new(db: Arc<MetadataStore>, content: Arc<dyn ContentStore>) -> Self {
-        Collector {
-            db,
-            content,
-            backends_clean: AtomicBool::new(false),
-        }
+        Collector { db, content }
     }
 
     pub fn metadata(&self) -> &Arc<MetadataStore> {
@@ -82,15 +75,18 @@ impl Collector {
         for r in &collection.removed {
             tracing::debug!("gc removed {r}");
         }
+        // The backends are swept once after start (whatever a crash left), and whenever
+        // records went: in this collection, or by a delete or abort since the last one.
         let records_removed = collection
             .removed
             .iter()
             .any(|r| matches!(r, Resource::Content { .. } | Resource::Ingest { .. }));
-        if records_removed || !self.backends_clean.load(Ordering::Relaxed) {
+        if self.db.take_backends_dirty() || records_removed {
             self.sweep_content(&collection.live_blobs, &collection.live_ingests, &mut stats)
                 .await;
-            self.backends_clean
-                .store(stats.failed.is_empty(), Ordering::Relaxed);
+            if !stats.failed.is_empty() {
+                self.db.set_backends_dirty();
+            }
         }
         for r in &collection.removed {
             if let Resource::Snapshot { .. } = r {
@@ -123,6 +119,9 @@ impl Collector {
                         Err(e) => {
                             tracing::warn!("gc: removing blob {digest}: {e}");
                             stats.failed.push(format!("blob {digest}: {e}"));
+                            if unreachable(&e) {
+                                return;
+                            }
                         }
                     }
                 }
@@ -147,6 +146,9 @@ impl Collector {
                             stats
                                 .failed
                                 .push(format!("ingest {}: {e}", ingest.reference));
+                            if unreachable(&e) {
+                                return;
+                            }
                         }
                     }
                 }
@@ -157,4 +159,10 @@ impl Collector {
             }
         }
     }
+}
+
+/// A store that does not answer: the rest of the sweep waits for the next collection rather
+/// than hold writers off through one deadline per item.
+fn unreachable(e: &ContentError) -> bool {
+    matches!(e.kind(), Kind::Unavailable | Kind::DeadlineExceeded)
 }

@@ -16,6 +16,10 @@ use crated_plugin::{types, Instance, Registration};
 use serde::{Deserialize, Serialize};
 
 pub use collector::{Collector, GcError, Stats};
+
+/// The response header of a synchronous lease Delete carrying what the collection did, as
+/// JSON [`Stats`]; containerd's clients ignore it, `cratectl gc` prints it.
+pub const STATS_HEADER: &str = "crated-gc-stats-bin";
 pub use duration::GoDuration;
 pub use scheduler::Scheduler;
 

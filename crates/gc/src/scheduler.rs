@@ -26,7 +26,8 @@ struct Event {
     expires_at: Option<u64>,
 }
 
-type Waiters = Arc<Mutex<Vec<oneshot::Sender<Result<Stats, String>>>>>;
+/// Callers waiting for the next collection to start and finish; `None` once the loop ended.
+type Waiters = Arc<Mutex<Option<Vec<oneshot::Sender<Result<Stats, String>>>>>>;
 
 /// The running scheduler: the handle services use to ask for a collection.
 pub struct Scheduler {
@@ -51,7 +52,7 @@ impl Scheduler {
                 expires_at: m.expires_at,
             });
         });
-        let waiters: Waiters = Arc::default();
+        let waiters: Waiters = Arc::new(Mutex::new(Some(Vec::new())));
         let state = Loop {
             collector,
             waiters: waiters.clone(),
@@ -71,10 +72,15 @@ impl Scheduler {
     /// Asks for a collection soon (after `schedule_delay`) and waits for its result.
     pub async fn schedule_and_wait(&self) -> Result<Stats, GcError> {
         let (tx, rx) = oneshot::channel();
-        self.waiters
+        match self
+            .waiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
+            .as_mut()
+        {
+            Some(waiting) => waiting.push(tx),
+            None => return Err(GcError::Stopped),
+        }
         let _ = self.events.send(Event {
             at: Instant::now(),
             mutation: false,
@@ -112,6 +118,19 @@ fn due(expires_at: u64) -> Instant {
 impl Loop {
     async fn run(
         self,
+        events: mpsc::UnboundedReceiver<Event>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        self.schedule(events, stop).await;
+        // Waiters still queued are told the collection they wait for will not come.
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    async fn schedule(
+        &self,
         mut events: mpsc::UnboundedReceiver<Event>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
@@ -168,10 +187,19 @@ impl Loop {
                 _ = stop.changed() => return,
             }
 
+            // Answered by this collection: those who asked before it started. A request made
+            // while it runs waits for the next one (its event, later than `started`, schedules
+            // that).
+            let waiters = self
+                .waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let started = Instant::now();
             let result = self.collector.collect().await;
             let finished = Instant::now();
-            let waiters =
-                std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|p| p.into_inner()));
             match result {
                 Ok(stats) => {
                     tracing::debug!(elapsed = ?stats.elapsed, lock_held = ?stats.lock_held, removed = stats.removed.len(), "garbage collected");
@@ -204,7 +232,7 @@ impl Loop {
                     }
                 }
             }
-            last = Some(finished);
+            last = Some(started);
         }
     }
 

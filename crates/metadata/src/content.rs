@@ -119,6 +119,7 @@ impl MetadataStore {
                 ..Default::default()
             },
         )?;
+        self.mark_backends_dirty();
         Ok(())
     }
 }

@@ -89,6 +89,9 @@ pub struct MetadataStore {
     /// ingest's start), and exclusively by a collection from its mark to the end of its backend
     /// sweep, so the sweep never removes data whose record is about to be written.
     gc_lock: tokio::sync::RwLock<()>,
+    /// A record went without a collection (a content delete, an aborted ingest): the next
+    /// collection must sweep the backends even if it removes no record itself.
+    backends_dirty: std::sync::atomic::AtomicBool,
 }
 
 impl MetadataStore {
@@ -129,6 +132,7 @@ impl MetadataStore {
             shared_content: std::sync::atomic::AtomicBool::new(true),
             on_mutation: std::sync::OnceLock::new(),
             gc_lock: tokio::sync::RwLock::new(()),
+            backends_dirty: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -150,6 +154,23 @@ impl MetadataStore {
             hook(mutation);
         }
         Ok(())
+    }
+
+    pub(crate) fn mark_backends_dirty(&self) {
+        self.backends_dirty
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the backends may hold data no record keeps (true at start, whatever a crash
+    /// left); clears the mark. A collector that fails to sweep marks them again.
+    pub fn take_backends_dirty(&self) -> bool {
+        self.backends_dirty
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// See [`MetadataStore::take_backends_dirty`].
+    pub fn set_backends_dirty(&self) {
+        self.mark_backends_dirty();
     }
 
     /// See the field: shared by writers into a backend, exclusive for a collection.

@@ -49,16 +49,16 @@ pub(crate) fn remove_ingest_in(
 }
 
 impl MetadataStore {
-    /// The record of the ingest `ns/reference`, created when it is new: under `lease` when
+    /// The record of the ingest `ns/reference`, and whether it is new: under `lease` when
     /// given, else expiring at `expires_at` (default: a day from now). An existing record is
-    /// kept (a resumed write keeps its backend ref) but joins `lease` when one is given.
+    /// kept (a resumed write keeps its backend ref) but moves to `lease` when one is given.
     pub fn ingest_open(
         &self,
         ns: &str,
         reference: &str,
         lease: Option<&str>,
         expires_at: Option<u64>,
-    ) -> Result<IngestRecord, MetadataError> {
+    ) -> Result<(IngestRecord, bool), MetadataError> {
         let tx = self.db.begin_write()?;
         ensure_namespace(&tx, ns)?;
         let k = key(ns, reference);
@@ -69,6 +69,7 @@ impl MetadataStore {
                 .map(|v| serde_json::from_slice(v.value()))
                 .transpose()?
         };
+        let created = existing.is_none();
         let mut record = existing.unwrap_or_else(|| IngestRecord {
             reference: reference.to_owned(),
             backend_ref: key(ns, reference),
@@ -76,6 +77,10 @@ impl MetadataStore {
             expires_at: None,
         });
         if let Some(lease) = lease {
+            if let Some(old) = record.lease.as_deref().filter(|old| *old != lease) {
+                tx.open_table(LEASE_RESOURCES)?
+                    .remove(resource_key(ns, old, INGEST_RESOURCE, reference).as_str())?;
+            }
             add_resource_in(&tx, ns, lease, INGEST_RESOURCE, reference)?;
             record.lease = Some(lease.to_owned());
             record.expires_at = None;
@@ -95,7 +100,7 @@ impl MetadataStore {
                 expires_at,
             },
         )?;
-        Ok(record)
+        Ok((record, created))
     }
 
     pub fn ingest_get(&self, ns: &str, reference: &str) -> Result<IngestRecord, MetadataError> {
@@ -117,6 +122,8 @@ impl MetadataStore {
         let record = remove_ingest_in(&tx, ns, reference)?
             .ok_or_else(|| MetadataError::NotFound(format!("ingest {reference:?}")))?;
         self.commit(tx, Mutation::default())?;
+        // Its data is aborted by the caller; if that fails, the next sweep does it.
+        self.mark_backends_dirty();
         Ok(record)
     }
 }

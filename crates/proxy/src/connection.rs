@@ -12,6 +12,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The deadline of each call, and of each message of a stream.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The deadline of a commit, which checks and syncs a whole blob on the other side.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Clone)]
 pub struct Connection {
@@ -76,13 +78,23 @@ impl Connection {
         what: &str,
         call: impl Future<Output = Result<T, tonic::Status>>,
     ) -> Result<T, (Kind, String)> {
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        self.call_within(CALL_TIMEOUT, what, call).await
+    }
+
+    /// [`Connection::call`] with another deadline.
+    pub async fn call_within<T>(
+        &self,
+        deadline: Duration,
+        what: &str,
+        call: impl Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, (Kind, String)> {
+        match tokio::time::timeout(deadline, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(status)) => Err(self.classify(what, &status)),
             Err(_) => Err((
                 Kind::DeadlineExceeded,
                 format!(
-                    "proxy plugin {:?}: {what} got no answer within {CALL_TIMEOUT:?}",
+                    "proxy plugin {:?}: {what} got no answer within {deadline:?}",
                     self.name
                 ),
             )),

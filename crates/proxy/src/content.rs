@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::connection::Connection;
+use std::time::Duration;
+
+use crate::connection::{Connection, CALL_TIMEOUT, COMMIT_TIMEOUT};
 
 pub struct ProxyContentStore {
     connection: Connection,
@@ -221,7 +223,7 @@ impl ContentStore for ProxyContentStore {
             .map_err(error)?
             .into_inner();
         writer.responses = Some(responses);
-        writer.answer().await?;
+        writer.answer(CALL_TIMEOUT).await?;
         Ok(Box::new(writer))
     }
 
@@ -289,12 +291,19 @@ struct ProxyWriter {
 }
 
 impl ProxyWriter {
+    /// The expected digest goes only with the commit: the remote store would end the stream
+    /// early (AlreadyExists) for a blob it has, which is the metadata layer's call to make.
     fn request(&self, action: WriteAction, offset: u64, data: Vec<u8>) -> api::WriteContentRequest {
+        let expected = if action == WriteAction::Commit {
+            self.expected.clone()
+        } else {
+            String::new()
+        };
         api::WriteContentRequest {
             action: action as i32,
             r#ref: self.reference.clone(),
             total: self.total as i64,
-            expected: self.expected.clone(),
+            expected,
             offset: offset as i64,
             data,
             labels: Default::default(),
@@ -305,20 +314,28 @@ impl ProxyWriter {
         &mut self,
         req: api::WriteContentRequest,
     ) -> Result<api::WriteContentResponse, ContentError> {
+        let deadline = if req.action == WriteAction::Commit as i32 {
+            COMMIT_TIMEOUT
+        } else {
+            CALL_TIMEOUT
+        };
         self.requests
             .send(req)
             .await
             .map_err(|_| closed(&self.reference))?;
-        self.answer().await
+        self.answer(deadline).await
     }
 
-    async fn answer(&mut self) -> Result<api::WriteContentResponse, ContentError> {
+    async fn answer(
+        &mut self,
+        deadline: Duration,
+    ) -> Result<api::WriteContentResponse, ContentError> {
         let Some(responses) = self.responses.as_mut() else {
             return Err(closed(&self.reference));
         };
         let response = self
             .connection
-            .call("write", responses.message())
+            .call_within(deadline, "write", responses.message())
             .await
             .map_err(error)?
             .ok_or_else(|| closed(&self.reference))?;

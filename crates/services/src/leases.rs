@@ -18,10 +18,7 @@ pub struct LeasesService {
     gc: Option<Arc<Scheduler>>,
 }
 
-/// The response header of a synchronous lease Delete carrying what the collection did, as
-/// JSON ([`crated_gc::Stats`]); containerd's clients ignore it, `cratectl gc` prints it.
-pub const GC_STATS_HEADER: &str = "crated-gc-stats-bin";
-/// Removals listed in [`GC_STATS_HEADER`] at most, so the header stays small.
+/// Removals listed in [`crated_gc::STATS_HEADER`] at most, so the header stays small.
 const GC_STATS_LISTED: usize = 200;
 
 pub fn registrations() -> Vec<Registration> {
@@ -104,7 +101,7 @@ impl Leases for LeasesService {
             }
             if let Ok(json) = serde_json::to_vec(&stats) {
                 response.metadata_mut().insert_bin(
-                    GC_STATS_HEADER,
+                    crated_gc::STATS_HEADER,
                     tonic::metadata::MetadataValue::from_bytes(&json),
                 );
             }

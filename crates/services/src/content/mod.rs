@@ -11,8 +11,6 @@ use crated_api::containerd::services::content::v1::content_server::{Content, Con
 use crated_content::{ContentError, ContentStore, ContentWriter, IngestStatus, LocalStore};
 use crated_metadata::{ContentRecord, MetadataStore};
 use crated_plugin::{types, Instance, PluginError, Registration};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::edge::{blocking, filters, lease, namespace, status, timestamp};
@@ -98,6 +96,46 @@ fn record_adaptor(r: &ContentRecord) -> impl Fn(&[String]) -> Option<String> + '
         Some("labels") => r.labels.get(&path[1..].join(".")).cloned(),
         _ => None,
     }
+}
+
+/// The Read answer for a blob of `size` bytes: the requested range, streamed.
+pub(crate) async fn read_stream(
+    store: &dyn ContentStore,
+    req: &api::ReadContentRequest,
+    size: u64,
+) -> Result<Response<BoxStream<api::ReadContentResponse>>, Status> {
+    let offset = req.offset.max(0) as u64;
+    if offset > size {
+        return Err(Status::out_of_range(format!(
+            "offset {offset} beyond size {size}"
+        )));
+    }
+    let end = if req.size > 0 {
+        offset.saturating_add(req.size as u64).min(size)
+    } else {
+        size
+    };
+    let chunks = store
+        .read(&req.digest, offset, end, size)
+        .await
+        .map_err(|e| status(&e))?;
+    let responses = futures::StreamExt::map(chunks, |chunk| match chunk {
+        Ok((offset, data)) => Ok(api::ReadContentResponse {
+            offset: offset as i64,
+            data,
+        }),
+        Err(e) => Err(status(&e)),
+    });
+    Ok(Response::new(Box::pin(responses)))
+}
+
+/// Answers a List with `infos` in batches.
+pub(crate) fn list_stream(infos: Vec<api::Info>) -> BoxStream<api::ListContentResponse> {
+    let batches: Vec<Result<api::ListContentResponse, Status>> = infos
+        .chunks(LIST_BATCH)
+        .map(|c| Ok(api::ListContentResponse { info: c.to_vec() }))
+        .collect();
+    Box::pin(tokio_stream::iter(batches))
 }
 
 fn check_digest(digest: &str) -> Result<(), Status> {
@@ -217,17 +255,25 @@ impl write::Ingest for NamespacedIngest {
             self.reference.clone(),
             self.lease.clone(),
         );
-        let record =
+        let (record, created) =
             blocking(move || db.ingest_open(&ns, &r, lease.as_deref(), expires_at)).await?;
         record
             .backend_ref
             .clone_into(&mut self.backend_ref.lock().unwrap_or_else(|p| p.into_inner()));
         let expected = (!first.expected.is_empty()).then_some(first.expected.as_str());
-        self.service
+        let opened = self
+            .service
             .store
             .writer(&record.backend_ref, first.total.max(0) as u64, expected)
-            .await
-            .map_err(|e| status(&e))
+            .await;
+        if opened.is_err() && created {
+            // Nothing was written under this record: it must not hold the ref for a day. (A
+            // record that was there before belongs to a writer that may still be at work.)
+            self.service
+                .drop_ingest_record(&self.ns, &self.reference)
+                .await;
+        }
+        opened.map_err(|e| status(&e))
     }
 
     async fn already_there(
@@ -336,11 +382,7 @@ impl Content for ContentService {
             .filter(|r| filter.matches(&record_adaptor(r)))
             .map(to_api)
             .collect();
-        let batches: Vec<Result<api::ListContentResponse, Status>> = matching
-            .chunks(LIST_BATCH)
-            .map(|c| Ok(api::ListContentResponse { info: c.to_vec() }))
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
+        Ok(Response::new(list_stream(matching)))
     }
 
     async fn delete(
@@ -363,31 +405,7 @@ impl Content for ContentService {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let record = self.record(&ns, &req.digest).await?;
-        let offset = req.offset.max(0) as u64;
-        if offset > record.size {
-            return Err(Status::out_of_range(format!(
-                "offset {offset} beyond size {}",
-                record.size
-            )));
-        }
-        let end = if req.size > 0 {
-            (offset + req.size as u64).min(record.size)
-        } else {
-            record.size
-        };
-        let chunks = self
-            .store
-            .read(&req.digest, offset, end, record.size)
-            .await
-            .map_err(|e| status(&e))?;
-        let responses = futures::StreamExt::map(chunks, |chunk| match chunk {
-            Ok((offset, data)) => Ok(api::ReadContentResponse {
-                offset: offset as i64,
-                data,
-            }),
-            Err(e) => Err(status(&e)),
-        });
-        Ok(Response::new(Box::pin(responses)))
+        read_stream(self.store.as_ref(), &req, record.size).await
     }
 
     async fn status(
@@ -450,30 +468,17 @@ impl Content for ContentService {
     ) -> Result<Response<BoxStream<api::WriteContentResponse>>, Status> {
         let ns = namespace(&req)?;
         let lease = lease(&req);
-        let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(16);
         let service = self.clone();
-        tokio::spawn(async move {
-            let first = match inbound.message().await {
-                Ok(Some(first)) => first,
-                Ok(None) => return,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            let ingest = NamespacedIngest {
+        Ok(Response::new(write::serve(
+            req.into_inner(),
+            move |first| NamespacedIngest {
                 service,
                 ns,
                 lease,
                 reference: first.r#ref.clone(),
                 backend_ref: Default::default(),
-            };
-            if let Err(e) = write::run(&ingest, first, &mut inbound, &tx).await {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            },
+        )))
     }
 
     async fn abort(&self, req: Request<api::AbortRequest>) -> Result<Response<()>, Status> {

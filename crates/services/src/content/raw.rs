@@ -7,11 +7,9 @@ use std::sync::Arc;
 use crated_api::containerd::services::content::v1 as api;
 use crated_api::containerd::services::content::v1::content_server::{Content, ContentServer};
 use crated_content::{ContentError, ContentStore, ContentWriter, Info};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{status_to_api, write, BoxStream, LIST_BATCH};
+use super::{list_stream, read_stream, status_to_api, write, BoxStream};
 use crate::edge::{filters, status};
 
 #[derive(Clone)]
@@ -139,11 +137,7 @@ impl Content for BareContentServer {
                 })
             })
             .collect();
-        let batches: Vec<Result<api::ListContentResponse, Status>> = matching
-            .chunks(LIST_BATCH)
-            .map(|c| Ok(api::ListContentResponse { info: c.to_vec() }))
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
+        Ok(Response::new(list_stream(matching)))
     }
 
     async fn delete(
@@ -163,31 +157,7 @@ impl Content for BareContentServer {
     ) -> Result<Response<BoxStream<api::ReadContentResponse>>, Status> {
         let req = req.into_inner();
         let info = self.store.info(&req.digest).await.map_err(|e| status(&e))?;
-        let offset = req.offset.max(0) as u64;
-        if offset > info.size {
-            return Err(Status::out_of_range(format!(
-                "offset {offset} beyond size {}",
-                info.size
-            )));
-        }
-        let end = if req.size > 0 {
-            (offset + req.size as u64).min(info.size)
-        } else {
-            info.size
-        };
-        let chunks = self
-            .store
-            .read(&req.digest, offset, end, info.size)
-            .await
-            .map_err(|e| status(&e))?;
-        let responses = futures::StreamExt::map(chunks, |chunk| match chunk {
-            Ok((offset, data)) => Ok(api::ReadContentResponse {
-                offset: offset as i64,
-                data,
-            }),
-            Err(e) => Err(status(&e)),
-        });
-        Ok(Response::new(Box::pin(responses)))
+        read_stream(self.store.as_ref(), &req, info.size).await
     }
 
     async fn status(
@@ -231,27 +201,14 @@ impl Content for BareContentServer {
         &self,
         req: Request<Streaming<api::WriteContentRequest>>,
     ) -> Result<Response<BoxStream<api::WriteContentResponse>>, Status> {
-        let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(16);
         let store = self.store.clone();
-        tokio::spawn(async move {
-            let first = match inbound.message().await {
-                Ok(Some(first)) => first,
-                Ok(None) => return,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            let ingest = BareIngest {
+        Ok(Response::new(write::serve(
+            req.into_inner(),
+            move |first| BareIngest {
                 store,
                 reference: first.r#ref.clone(),
-            };
-            if let Err(e) = write::run(&ingest, first, &mut inbound, &tx).await {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            },
+        )))
     }
 
     async fn abort(&self, req: Request<api::AbortRequest>) -> Result<Response<()>, Status> {

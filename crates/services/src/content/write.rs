@@ -46,6 +46,30 @@ async fn finish(write: PendingWrite) -> Result<Box<dyn ContentWriter>, Status> {
         .map_err(|e| status(&e))
 }
 
+/// Serves one Write stream in its own task: `make` builds the stream's ingest from the first
+/// message.
+pub(crate) fn serve<I: Ingest + 'static>(
+    mut inbound: Streaming<api::WriteContentRequest>,
+    make: impl FnOnce(&api::WriteContentRequest) -> I + Send + 'static,
+) -> super::BoxStream<api::WriteContentResponse> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let first = match inbound.message().await {
+            Ok(Some(first)) => first,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let ingest = make(&first);
+        if let Err(e) = run(&ingest, first, &mut inbound, &tx).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
 /// Runs the stream whose first message is `first`.
 pub(crate) async fn run(
     ingest: &dyn Ingest,
@@ -58,6 +82,13 @@ pub(crate) async fn run(
         return Err(Status::invalid_argument(
             "first message must have a reference",
         ));
+    }
+    // A blob that is there already is not written again: decided before any writer opens
+    // (a remote store would refuse to open it).
+    if !req.expected.is_empty() {
+        if let Some(done) = ingest.already_there(&req).await? {
+            return Err(done);
+        }
     }
     let mut writer = Some(ingest.open(&req).await?);
     let mut pending: Option<PendingWrite> = None;
