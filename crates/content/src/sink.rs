@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Direct I/O wants buffers, offsets and lengths in multiples of the device block; 4 KiB
 /// covers every common device.
@@ -18,15 +19,49 @@ const STAGE: usize = 8 << 20;
 /// Buffered fallback: start writeback of what was written every this many bytes.
 const WRITEBACK: u64 = 16 << 20;
 
+/// A block-aligned buffer of `STAGE` bytes.
+struct Stage {
+    bytes: Vec<u8>,
+    /// Where the aligned `STAGE` bytes start in `bytes`.
+    start: usize,
+}
+
+impl Stage {
+    fn new() -> Stage {
+        let bytes = vec![0u8; STAGE + BLOCK];
+        let start = bytes.as_ptr().align_offset(BLOCK);
+        Stage { bytes, start }
+    }
+
+    fn get(&self, len: usize) -> &[u8] {
+        &self.bytes[self.start..self.start + len]
+    }
+
+    fn get_mut(&mut self, from: usize, len: usize) -> &mut [u8] {
+        &mut self.bytes[self.start + from..self.start + from + len]
+    }
+}
+
+/// A direct write running on its own thread, so the device works while the next data is
+/// received, hashed and staged. One runs at a time, in order: the file is always a prefix of
+/// the data.
+struct InFlight {
+    at: u64,
+    len: usize,
+    done: std::thread::JoinHandle<(Stage, io::Result<()>)>,
+}
+
 pub(crate) struct DataSink {
     /// Buffered descriptor: reads, the partial tail, truncation, fsync.
     file: File,
-    direct: Option<File>,
-    /// `STAGE + BLOCK` bytes, of which `[start, start + STAGE)` is block-aligned.
-    stage: Vec<u8>,
-    start: usize,
+    direct: Option<Arc<File>>,
+    stage: Stage,
+    /// The other buffer, while no write is in flight.
+    spare: Option<Stage>,
+    in_flight: Option<InFlight>,
     staged: usize,
-    /// Bytes in the file before the staged ones (a multiple of BLOCK when direct).
+    /// Bytes in the file (or being written to it) before the staged ones; a multiple of BLOCK
+    /// when direct.
     flushed: u64,
     written_back: u64,
 }
@@ -44,14 +79,14 @@ impl DataSink {
             .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(path)
-            .ok();
-        let stage = vec![0u8; STAGE + BLOCK];
-        let start = stage.as_ptr().align_offset(BLOCK);
+            .ok()
+            .map(Arc::new);
         let mut sink = DataSink {
             file,
             direct,
-            stage,
-            start,
+            stage: Stage::new(),
+            spare: None,
+            in_flight: None,
             staged: 0,
             flushed: len,
             written_back: len,
@@ -62,8 +97,7 @@ impl DataSink {
             let tail = (len % BLOCK as u64) as usize;
             if tail > 0 {
                 let at = len - tail as u64;
-                let s = sink.start;
-                sink.file.read_exact_at(&mut sink.stage[s..s + tail], at)?;
+                sink.file.read_exact_at(sink.stage.get_mut(0, tail), at)?;
                 sink.staged = tail;
                 sink.flushed = at;
             }
@@ -74,6 +108,7 @@ impl DataSink {
     /// After a commit the file is no longer ours to write: drop what is staged (it is in the
     /// file already) so nothing is written again.
     pub fn seal(&mut self) {
+        let _ = self.land();
         self.staged = 0;
         self.direct = None;
     }
@@ -97,44 +132,80 @@ impl DataSink {
             return Ok(());
         }
         while !data.is_empty() {
-            let room = STAGE - self.staged;
-            let n = room.min(data.len());
-            let at = self.start + self.staged;
-            self.stage[at..at + n].copy_from_slice(&data[..n]);
+            let n = (STAGE - self.staged).min(data.len());
+            self.stage
+                .get_mut(self.staged, n)
+                .copy_from_slice(&data[..n]);
             self.staged += n;
             data = &data[n..];
             if self.staged == STAGE {
                 self.write_blocks()?;
+                if self.direct.is_none() {
+                    // Direct writes were refused: the rest goes through the page cache.
+                    return self.append(data);
+                }
             }
         }
         Ok(())
     }
 
-    /// Writes the whole blocks of the stage directly, keeping the partial one staged.
+    /// Waits for the write in flight, if any. A filesystem that took O_DIRECT at open but
+    /// refuses the writes gets them again through the page cache, and no more direct ones.
+    fn land(&mut self) -> io::Result<()> {
+        let Some(flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let (stage, result) = flight
+            .done
+            .join()
+            .map_err(|_| io::Error::other("direct write thread panicked"))?;
+        let result = match result {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::debug!("direct writes refused ({e}); writing through the page cache");
+                self.direct = None;
+                self.file.write_all_at(stage.get(flight.len), flight.at)
+            }
+            other => other,
+        };
+        self.spare = Some(stage);
+        result
+    }
+
+    /// Sends the whole blocks of the stage to the device on a thread of their own, keeping the
+    /// partial block staged (in the other buffer, which becomes the stage).
     fn write_blocks(&mut self) -> io::Result<()> {
-        let Some(direct) = &self.direct else {
+        self.land()?;
+        let Some(direct) = self.direct.clone() else {
+            // Direct writes were refused: what is staged goes through the page cache.
+            self.file
+                .write_all_at(self.stage.get(self.staged), self.flushed)?;
+            self.flushed += self.staged as u64;
+            self.staged = 0;
             return Ok(());
         };
         let whole = self.staged - self.staged % BLOCK;
         if whole == 0 {
             return Ok(());
         }
-        match direct.write_all_at(&self.stage[self.start..self.start + whole], self.flushed) {
-            Ok(()) => {}
-            // The filesystem took O_DIRECT at open but refuses these writes: go buffered.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::debug!("direct writes refused ({e}); writing through the page cache");
-                self.direct = None;
-                let staged = self.stage[self.start..self.start + self.staged].to_vec();
-                self.staged = 0;
-                return self.append(&staged);
-            }
-            Err(e) => return Err(e),
-        }
+        let mut next = self.spare.take().unwrap_or_else(Stage::new);
+        let rest = self.staged - whole;
+        next.get_mut(0, rest)
+            .copy_from_slice(&self.stage.get(self.staged)[whole..]);
+        let full = std::mem::replace(&mut self.stage, next);
+        let at = self.flushed;
+        let done = std::thread::Builder::new()
+            .name("ingest-write".into())
+            .spawn(move || {
+                let result = direct.write_all_at(full.get(whole), at);
+                (full, result)
+            })?;
+        self.in_flight = Some(InFlight {
+            at,
+            len: whole,
+            done,
+        });
         self.flushed += whole as u64;
-        self.stage
-            .copy_within(self.start + whole..self.start + self.staged, self.start);
-        self.staged -= whole;
+        self.staged = rest;
         Ok(())
     }
 
@@ -142,11 +213,10 @@ impl DataSink {
     /// file holds exactly `len()` bytes. The partial block stays staged for later direct writes.
     pub fn flush(&mut self) -> io::Result<()> {
         self.write_blocks()?;
+        self.land()?;
         if self.staged > 0 {
-            self.file.write_all_at(
-                &self.stage[self.start..self.start + self.staged],
-                self.flushed,
-            )?;
+            self.file
+                .write_all_at(self.stage.get(self.staged), self.flushed)?;
         }
         Ok(())
     }
@@ -158,15 +228,26 @@ impl DataSink {
     }
 
     pub fn truncate(&mut self) -> io::Result<()> {
+        // A write still landing would put old bytes back after the truncation.
+        let landed = self.land();
         self.file.set_len(0)?;
         self.staged = 0;
         self.flushed = 0;
         self.written_back = 0;
-        Ok(())
+        landed.or(Ok(()))
     }
 
     pub fn file(&self) -> &File {
         &self.file
+    }
+}
+
+impl Drop for DataSink {
+    fn drop(&mut self) {
+        // The next writer of this ref reads the file: no write may still be landing then.
+        if let Err(e) = self.land() {
+            tracing::warn!("finishing an ingest write: {e}");
+        }
     }
 }
 
