@@ -13,6 +13,44 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<(u64, Vec<u8>), ContentE
 /// How much one read chunk holds.
 pub const READ_CHUNK: usize = 1 << 20;
 
+/// Checks a read of a whole blob against its digest as its chunks go by: the chunk that ends
+/// the blob is refused when the data is not what the digest says.
+pub struct WholeBlobCheck {
+    hasher: Option<Sha256>,
+    digest: String,
+    end: u64,
+}
+
+impl WholeBlobCheck {
+    /// For a read of `[offset, end)` of a blob of `size` bytes: only a whole read is checked.
+    pub fn new(digest: &str, offset: u64, end: u64, size: u64) -> Self {
+        WholeBlobCheck {
+            hasher: (offset == 0 && end == size).then(Sha256::new),
+            digest: digest.to_owned(),
+            end,
+        }
+    }
+
+    /// Takes the chunk ending at `upto`; `place` says where the data came from, for the error.
+    pub fn feed(&mut self, data: &[u8], upto: u64, place: &str) -> Result<(), ContentError> {
+        let Some(h) = self.hasher.as_mut() else {
+            return Ok(());
+        };
+        h.update(data);
+        if upto < self.end {
+            return Ok(());
+        }
+        let actual = format!("sha256:{:x}", h.clone().finalize());
+        if actual != self.digest {
+            return Err(ContentError::DataLoss(format!(
+                "content {} is corrupt {place}: its data has digest {actual}",
+                self.digest
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
 pub trait ContentStore: Send + Sync + 'static {
     async fn info(&self, digest: &str) -> Result<Info, ContentError>;
@@ -95,7 +133,6 @@ impl ContentStore for LocalStore {
     ) -> Result<ChunkStream, ContentError> {
         let store = self.clone();
         let digest = digest.to_owned();
-        let whole = offset == 0 && end == size;
         // A read from the start (how clients read a blob) first checks the data against its
         // digest, unless this very file was checked already.
         let file = {
@@ -112,7 +149,7 @@ impl ContentStore for LocalStore {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
-            let mut hasher = whole.then(Sha256::new);
+            let mut check = WholeBlobCheck::new(&digest, offset, end, size);
             let mut at = offset;
             while at < end {
                 let mut data = vec![0u8; ((end - at) as usize).min(READ_CHUNK)];
@@ -129,20 +166,10 @@ impl ContentStore for LocalStore {
                         source: e,
                     }),
                 };
-                let item = match (item, hasher.as_mut()) {
-                    (Ok((off, data)), Some(h)) => {
-                        h.update(&data);
-                        let last = off + data.len() as u64 >= end;
-                        let actual = last.then(|| format!("sha256:{:x}", h.clone().finalize()));
-                        match actual {
-                            Some(actual) if actual != digest => Err(ContentError::DataLoss(
-                                format!("content {digest} is corrupt on disk: its data has digest {actual}"),
-                            )),
-                            _ => Ok((off, data)),
-                        }
-                    }
-                    (item, _) => item,
-                };
+                let item = item.and_then(|(off, data)| {
+                    check.feed(&data, off + data.len() as u64, "on disk")?;
+                    Ok((off, data))
+                });
                 let failed = item.is_err();
                 if let Ok((_, ref data)) = item {
                     at += data.len() as u64;

@@ -11,7 +11,7 @@ mod sink;
 mod store;
 mod writer;
 
-pub use backend::{ChunkStream, ContentStore, ContentWriter, READ_CHUNK};
+pub use backend::{ChunkStream, ContentStore, ContentWriter, WholeBlobCheck, READ_CHUNK};
 pub use digest::{validate as validate_digest, Digest};
 pub use error::ContentError;
 pub use store::{Info, IngestStatus, LocalStore};

@@ -9,9 +9,9 @@ use crated_api::containerd::services::content::v1::content_client::ContentClient
 use crated_api::containerd::services::content::v1::WriteAction;
 use crated_content::{
     ChunkStream, ContentError, ContentStore, ContentWriter, Digest, Info, IngestStatus,
+    WholeBlobCheck,
 };
 use crated_errdefs::Kind;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -149,9 +149,8 @@ impl ContentStore for ProxyContentStore {
         let (tx, rx) = mpsc::channel(4);
         let connection = self.connection.clone();
         let digest = digest.to_owned();
-        let whole = offset == 0 && end == size;
+        let mut check = WholeBlobCheck::new(&digest, offset, end, size);
         tokio::spawn(async move {
-            let mut hasher = whole.then(Sha256::new);
             let mut at = offset;
             loop {
                 let item = match connection.call("read", stream.message()).await {
@@ -169,17 +168,7 @@ impl ContentStore for ProxyContentStore {
                 let item = item.and_then(|data| {
                     let chunk_at = at;
                     at += data.len() as u64;
-                    if let Some(h) = hasher.as_mut() {
-                        h.update(&data);
-                        if at >= end {
-                            let actual = format!("sha256:{:x}", h.clone().finalize());
-                            if actual != digest {
-                                return Err(ContentError::DataLoss(format!(
-                                    "content {digest} from the proxy store is corrupt: its data has digest {actual}"
-                                )));
-                            }
-                        }
-                    }
+                    check.feed(&data, at, "in the proxy store")?;
                     Ok((chunk_at, data))
                 });
                 let failed = item.is_err();
