@@ -35,6 +35,10 @@ pub enum ContentCommand {
         expected_size: i64,
         #[arg(long, default_value = "")]
         expected_digest: String,
+        /// Let GC abort the write if it is not committed within this long (Go's form: 30s,
+        /// 1h); by default a write no lease holds lasts a day.
+        #[arg(long)]
+        expires: Option<String>,
         reference: String,
     },
     /// Remove blobs from the namespace.
@@ -79,6 +83,7 @@ async fn ingest(
     reference: String,
     size: i64,
     expected: String,
+    labels: HashMap<String, String>,
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<WriteContentRequest>(8);
     tx.send(WriteContentRequest {
@@ -86,6 +91,7 @@ async fn ingest(
         r#ref: reference.clone(),
         total: size,
         expected: expected.clone(),
+        labels,
         ..Default::default()
     })
     .await?;
@@ -190,9 +196,14 @@ pub async fn run(conn: &Connection, command: ContentCommand) -> anyhow::Result<(
         ContentCommand::Ingest {
             expected_size,
             expected_digest,
+            expires,
             reference,
         } => {
-            ingest(conn, reference, expected_size, expected_digest).await?;
+            let labels = match expires {
+                Some(after) => crate::gc::expire_label(&after)?.into_iter().collect(),
+                None => HashMap::new(),
+            };
+            ingest(conn, reference, expected_size, expected_digest, labels).await?;
         }
         ContentCommand::Rm { digests } => {
             for digest in digests {

@@ -62,3 +62,17 @@ pub async fn run(conn: &Connection, show: Show) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The `containerd.io/gc.expire` label for something that expires after `after` (Go's
+/// duration form; `0` for never, which gives no label), as ctr writes it: an RFC 3339 time.
+pub fn expire_label(after: &str) -> anyhow::Result<Option<(String, String)>> {
+    let after = crated_gc::duration::parse(after).map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
+    if after.is_zero() {
+        return Ok(None);
+    }
+    let at = time::OffsetDateTime::now_utc() + after;
+    let text = at
+        .replace_nanosecond(0)?
+        .format(&time::format_description::well_known::Rfc3339)?;
+    Ok(Some(("containerd.io/gc.expire".into(), text)))
+}

@@ -55,16 +55,7 @@ pub async fn run(conn: &Connection, command: LeasesCommand) -> anyhow::Result<()
                     (k.to_owned(), v.to_owned())
                 })
                 .collect();
-            let expires = crated_gc::duration::parse(&expires)
-                .map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
-            if !expires.is_zero() {
-                // As ctr: an RFC 3339 time in the label GC reads.
-                let at = time::OffsetDateTime::now_utc() + expires;
-                let text = at
-                    .replace_nanosecond(0)?
-                    .format(&time::format_description::well_known::Rfc3339)?;
-                labels.insert("containerd.io/gc.expire".into(), text);
-            }
+            labels.extend(crate::gc::expire_label(&expires)?);
             let lease = client
                 .create(conn.request(CreateRequest { id, labels }))
                 .await?

@@ -203,3 +203,46 @@ fn a_removed_blob_leaves_the_disk_at_the_next_collection() {
     assert!(report.contains(&format!("removed blob {d}")), "{report}");
     assert!(on_disk(&daemon).is_empty());
 }
+
+#[test]
+fn an_expired_ingest_is_aborted_on_an_idle_daemon() {
+    let Some(ctr) = tool("ctr", "containerd") else {
+        return;
+    };
+    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    let cratectl = workspace_bin("cratectl");
+    let blob = data(3_000_000, 21);
+    let d = digest(&blob);
+    let size = blob.len().to_string();
+    let common = ["--expected-size", &size, "--expected-digest", &d];
+    // Two writes stop short: one may last a day, the other 2 seconds.
+    for (reference, expires) in [("lasting", "24h"), ("brief", "2s")] {
+        let mut args = vec!["content", "ingest", "--expires", expires];
+        args.extend(common);
+        args.push(reference);
+        let out = with_stdin(&cratectl, &daemon, &args, &blob[..1_000_000]);
+        assert!(!out.status.success(), "a short write committed");
+    }
+    let active = ok(daemon.client(&ctr, &["content", "active"]));
+    assert!(
+        active.contains("brief") && active.contains("lasting"),
+        "{active}"
+    );
+    let ingests = daemon.root.join("io.containerd.content.v1.content/ingest");
+    let count = || std::fs::read_dir(&ingests).map_or(0, |d| d.count());
+    assert_eq!(count(), 2);
+    // No call from here: only the disk is watched.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the expired ingest is still there"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let active = ok(daemon.client(&ctr, &["content", "active"]));
+    assert!(
+        !active.contains("brief") && active.contains("lasting"),
+        "{active}"
+    );
+}
