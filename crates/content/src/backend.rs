@@ -217,6 +217,10 @@ impl ContentStore for LocalStore {
     }
 }
 
+fn failed_earlier() -> ContentError {
+    ContentError::FailedPrecondition("writer failed earlier".into())
+}
+
 /// A local writer, handed to a blocking thread for each write.
 struct LocalWriter {
     store: LocalStore,
@@ -226,9 +230,11 @@ struct LocalWriter {
 
 impl LocalWriter {
     fn writer(&mut self) -> Result<&mut Writer, ContentError> {
-        self.writer
-            .as_mut()
-            .ok_or_else(|| ContentError::FailedPrecondition("writer failed earlier".into()))
+        self.writer.as_mut().ok_or_else(failed_earlier)
+    }
+
+    fn take(&mut self) -> Result<Writer, ContentError> {
+        self.writer.take().ok_or_else(failed_earlier)
     }
 }
 
@@ -254,10 +260,7 @@ impl ContentWriter for LocalWriter {
     }
 
     async fn write(&mut self, data: Vec<u8>, reset: bool) -> Result<(), ContentError> {
-        let mut w = self
-            .writer
-            .take()
-            .ok_or_else(|| ContentError::FailedPrecondition("writer failed earlier".into()))?;
+        let mut w = self.take()?;
         let w = blocking(move || {
             if reset {
                 w.truncate()?;
@@ -275,10 +278,7 @@ impl ContentWriter for LocalWriter {
         size: u64,
         expected: Option<String>,
     ) -> Result<String, ContentError> {
-        let w = self
-            .writer
-            .take()
-            .ok_or_else(|| ContentError::FailedPrecondition("writer failed earlier".into()))?;
+        let w = self.take()?;
         let store = self.store.clone();
         blocking(move || {
             store

@@ -13,10 +13,6 @@ fn crated() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crated"))
 }
 
-fn blob_files(daemon: &Daemon) -> Vec<String> {
-    crated_testsupport::blobs::blob_files(&daemon.root.join("io.containerd.content.v1.content"))
-}
-
 /// These tests keep blobs that nothing references, which containerd's GC (and ours) takes at
 /// its next pass; GC is off here and has tests of its own (`gc.rs`).
 const NO_GC: &str = "version = 2\ndisabled_plugins = [\"io.containerd.gc.v1.scheduler\"]\n";
@@ -45,7 +41,7 @@ fn ctr_ingests_lists_reads_labels_removes_and_cratectl_agrees() {
         ],
         &blob,
     ));
-    assert_eq!(blob_files(&daemon), [d[7..].to_string()]);
+    assert_eq!(daemon.blob_files(), [d[7..].to_string()]);
 
     let ls = ok(daemon.client(&ctr, &["content", "ls"]));
     assert!(ls.lines().any(|l| l.starts_with(&d)), "{ls}");
@@ -205,7 +201,7 @@ fn wrong_digest_or_size_commits_nothing() {
     );
     assert!(!out.status.success());
     assert!(
-        blob_files(&daemon).is_empty(),
+        daemon.blob_files().is_empty(),
         "a failed commit left a blob"
     );
     assert_eq!(ok(daemon.client(&ctr, &["content", "ls", "-q"])).trim(), "");

@@ -4,15 +4,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crated_testsupport::blobs::{blob_files, data, digest, ok, with_stdin};
+use crated_testsupport::blobs::{data, digest, ok, with_stdin};
 use crated_testsupport::{tool, workspace_bin, Daemon};
 
 fn crated() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crated"))
-}
-
-fn on_disk(daemon: &Daemon) -> Vec<String> {
-    blob_files(&daemon.root.join("io.containerd.content.v1.content"))
 }
 
 fn hex(d: &str) -> String {
@@ -49,14 +45,14 @@ fn a_blob_of_an_expired_lease_goes_on_an_idle_daemon() {
     ok(daemon.client(&ctr, &["leases", "create", "--id", "lasting"]));
     let brief = ingest(&daemon, Some("brief"), 1);
     let lasting = ingest(&daemon, Some("lasting"), 2);
-    assert_eq!(on_disk(&daemon), {
+    assert_eq!(daemon.blob_files(), {
         let mut v = vec![hex(&brief), hex(&lasting)];
         v.sort();
         v
     });
     // No call at all from here: only the disk is watched.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while on_disk(&daemon).contains(&hex(&brief)) {
+    while daemon.blob_files().contains(&hex(&brief)) {
         assert!(
             Instant::now() < deadline,
             "the expired lease's blob is still there\n{}",
@@ -64,7 +60,7 @@ fn a_blob_of_an_expired_lease_goes_on_an_idle_daemon() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(on_disk(&daemon), [hex(&lasting)]);
+    assert_eq!(daemon.blob_files(), [hex(&lasting)]);
     let leases = ok(daemon.client(&ctr, &["leases", "ls", "-q"]));
     assert_eq!(leases.trim(), "lasting");
     let listed = ok(daemon.client(&ctr, &["content", "ls", "-q"]));
@@ -127,7 +123,7 @@ fn references_roots_and_flat_leases_decide_what_stays() {
     ok(daemon.client(&ctr, &["leases", "rm", "--sync", "hold"]));
     let mut kept = vec![hex(&root), hex(&child), hex(&grandchild), hex(&flat_held)];
     kept.sort();
-    assert_eq!(on_disk(&daemon), kept);
+    assert_eq!(daemon.blob_files(), kept);
     let listed = ok(daemon.client(&ctr, &["content", "ls", "-q"]));
     assert!(!listed.contains(&stray) && !listed.contains(&behind_flat));
 
@@ -139,7 +135,7 @@ fn references_roots_and_flat_leases_decide_what_stays() {
     let mut chain = vec![root.as_str(), child.as_str(), grandchild.as_str()];
     chain.sort();
     assert_eq!(pruned, chain);
-    assert_eq!(on_disk(&daemon), [hex(&flat_held)]);
+    assert_eq!(daemon.blob_files(), [hex(&flat_held)]);
 
     // `cratectl gc` reports removals and how long writers were held.
     ok(daemon.client(&ctr, &["leases", "rm", "flat"]));
@@ -150,7 +146,7 @@ fn references_roots_and_flat_leases_decide_what_stays() {
             && report.contains("writers held for"),
         "{report}"
     );
-    assert!(on_disk(&daemon).is_empty());
+    assert!(daemon.blob_files().is_empty());
 }
 
 #[test]
@@ -201,7 +197,7 @@ fn a_removed_blob_leaves_the_disk_at_the_next_collection() {
     ok(daemon.client(&ctr, &["content", "rm", &d]));
     let report = ok(daemon.client(&workspace_bin("cratectl"), &["gc"]));
     assert!(report.contains(&format!("removed blob {d}")), "{report}");
-    assert!(on_disk(&daemon).is_empty());
+    assert!(daemon.blob_files().is_empty());
 }
 
 #[test]

@@ -85,13 +85,7 @@ impl Collector {
             self.sweep_content(&collection.live_blobs, &collection.live_ingests, &mut stats)
                 .await;
             if !stats.failed.is_empty() {
-                self.db.set_backends_dirty();
-            }
-        }
-        for r in &collection.removed {
-            if let Resource::Snapshot { .. } = r {
-                // Snapshotter backends join GC with the snapshotters.
-                tracing::debug!("snapshot record {r} removed; no snapshotter backend yet");
+                self.db.mark_backends_dirty();
             }
         }
         stats.lock_held = locked.elapsed();

@@ -112,13 +112,7 @@ impl MetadataStore {
                 return Err(not_found(digest));
             }
         }
-        self.commit(
-            tx,
-            Mutation {
-                dirty: true,
-                ..Default::default()
-            },
-        )?;
+        self.commit(tx, Mutation::DELETION)?;
         self.mark_backends_dirty();
         Ok(())
     }

@@ -78,6 +78,22 @@ pub struct Mutation {
     pub expires_at: Option<u64>,
 }
 
+impl Mutation {
+    /// A change that deleted something.
+    pub const DELETION: Mutation = Mutation {
+        dirty: true,
+        expires_at: None,
+    };
+
+    /// A change that wrote a record expiring at `expires_at` (if any).
+    pub fn expiring(expires_at: Option<u64>) -> Mutation {
+        Mutation {
+            dirty: false,
+            expires_at,
+        }
+    }
+}
+
 type MutationHook = Box<dyn Fn(Mutation) + Send + Sync>;
 
 /// The metadata database. Cheap to share behind an `Arc`; redb serialises writers.
@@ -156,7 +172,8 @@ impl MetadataStore {
         Ok(())
     }
 
-    pub(crate) fn mark_backends_dirty(&self) {
+    /// The backends may hold data no record keeps: the next collection sweeps them.
+    pub fn mark_backends_dirty(&self) {
         self.backends_dirty
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
@@ -166,11 +183,6 @@ impl MetadataStore {
     pub fn take_backends_dirty(&self) -> bool {
         self.backends_dirty
             .swap(false, std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// See [`MetadataStore::take_backends_dirty`].
-    pub fn set_backends_dirty(&self) {
-        self.mark_backends_dirty();
     }
 
     /// See the field: shared by writers into a backend, exclusive for a collection.

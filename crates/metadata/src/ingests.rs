@@ -92,14 +92,7 @@ impl MetadataStore {
         }
         tx.open_table(table("ingests"))?
             .insert(k.as_str(), serde_json::to_vec(&record)?.as_slice())?;
-        let expires_at = record.expires_at;
-        self.commit(
-            tx,
-            Mutation {
-                dirty: false,
-                expires_at,
-            },
-        )?;
+        self.commit(tx, Mutation::expiring(record.expires_at))?;
         Ok((record, created))
     }
 

@@ -21,11 +21,6 @@ pub struct LeaseResource {
     pub id: String,
 }
 
-const DIRTY: Mutation = Mutation {
-    dirty: true,
-    expires_at: None,
-};
-
 fn key(ns: &str, id: &str) -> String {
     format!("{ns}/{id}")
 }
@@ -77,13 +72,7 @@ impl MetadataStore {
             .labels
             .get(crate::gc::LABEL_EXPIRE)
             .and_then(|v| crate::gc::parse_expire(v));
-        self.commit(
-            tx,
-            Mutation {
-                dirty: false,
-                expires_at,
-            },
-        )?;
+        self.commit(tx, Mutation::expiring(expires_at))?;
         Ok(())
     }
 
@@ -95,7 +84,7 @@ impl MetadataStore {
     pub fn lease_delete(&self, ns: &str, id: &str) -> Result<(), MetadataError> {
         let tx = self.db.begin_write()?;
         self.lease_delete_in(&tx, ns, id)?;
-        self.commit(tx, DIRTY)?;
+        self.commit(tx, Mutation::DELETION)?;
         Ok(())
     }
 
@@ -149,7 +138,7 @@ impl MetadataStore {
             let mut t = tx.open_table(LEASE_RESOURCES)?;
             t.remove(resource_key(ns, lease, &resource.resource_type, &resource.id).as_str())?;
         }
-        self.commit(tx, DIRTY)?;
+        self.commit(tx, Mutation::DELETION)?;
         Ok(())
     }
 

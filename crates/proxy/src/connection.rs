@@ -19,6 +19,8 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Connection {
     name: String,
     address: String,
+    /// `address` without its optional `unix://` scheme.
+    path: String,
     channel: Channel,
 }
 
@@ -30,13 +32,14 @@ impl Connection {
             .strip_prefix("unix://")
             .unwrap_or(address)
             .to_owned();
+        let dial = path.clone();
         let channel =
             Endpoint::from_static("http://[::]:0")
                 .connect_timeout(CONNECT_TIMEOUT)
                 .initial_connection_window_size(8 << 20)
                 .initial_stream_window_size(4 << 20)
                 .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
+                    let path = dial.clone();
                     async move {
                         Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
                     }
@@ -44,6 +47,7 @@ impl Connection {
         Connection {
             name: name.to_owned(),
             address: address.to_owned(),
+            path,
             channel,
         }
     }
@@ -54,11 +58,7 @@ impl Connection {
 
     /// Whether the socket takes connections now.
     pub async fn check(&self) -> Result<(), String> {
-        let path = self
-            .address
-            .strip_prefix("unix://")
-            .unwrap_or(&self.address);
-        match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(path)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.path)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!(
                 "proxy plugin {:?} unavailable: cannot connect to {}: {e}",

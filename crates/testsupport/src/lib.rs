@@ -215,6 +215,11 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// The hex digests of the blobs in the daemon's local content store, sorted.
+    pub fn blob_files(&self) -> Vec<String> {
+        blobs::blob_files(&self.root.join("io.containerd.content.v1.content"))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
