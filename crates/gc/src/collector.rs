@@ -2,13 +2,14 @@
 //! keeps. The metadata store's GC lock is held exclusively from the mark to the end of the
 //! backend sweep, so nothing committed meanwhile can be taken for garbage.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crated_content::{ContentError, ContentStore};
 use crated_errdefs::{HasKind, Kind};
-use crated_metadata::{MetadataStore, Resource};
+use crated_metadata::MetadataStore;
+use crated_snapshots::{SnapshotError, Snapshotter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
@@ -47,11 +48,20 @@ pub struct Stats {
 pub struct Collector {
     db: Arc<MetadataStore>,
     content: Arc<dyn ContentStore>,
+    snapshotters: Vec<(String, Arc<dyn Snapshotter>)>,
 }
 
 impl Collector {
-    pub fn new(db: Arc<MetadataStore>, content: Arc<dyn ContentStore>) -> Self {
-        Collector { db, content }
+    pub fn new(
+        db: Arc<MetadataStore>,
+        content: Arc<dyn ContentStore>,
+        snapshotters: Vec<(String, Arc<dyn Snapshotter>)>,
+    ) -> Self {
+        Collector {
+            db,
+            content,
+            snapshotters,
+        }
     }
 
     pub fn metadata(&self) -> &Arc<MetadataStore> {
@@ -77,12 +87,11 @@ impl Collector {
         }
         // The backends are swept once after start (whatever a crash left), and whenever
         // records went: in this collection, or by a delete or abort since the last one.
-        let records_removed = collection
-            .removed
-            .iter()
-            .any(|r| matches!(r, Resource::Content { .. } | Resource::Ingest { .. }));
+        let records_removed = !collection.removed.is_empty();
         if self.db.take_backends_dirty() || records_removed {
             self.sweep_content(&collection.live_blobs, &collection.live_ingests, &mut stats)
+                .await;
+            self.sweep_snapshots(&collection.live_snapshots, &mut stats)
                 .await;
             if !stats.failed.is_empty() {
                 self.db.mark_backends_dirty();
@@ -153,6 +162,85 @@ impl Collector {
             }
         }
     }
+}
+
+impl Collector {
+    /// Removes from each snapshotter every snapshot no record keeps, children before their
+    /// parents, then lets it clean up. One failing removal is logged and the sweep goes on.
+    async fn sweep_snapshots(&self, live: &HashMap<String, HashSet<String>>, stats: &mut Stats) {
+        let nothing = HashSet::new();
+        for (name, snapshotter) in &self.snapshotters {
+            let live = live.get(name).unwrap_or(&nothing);
+            let infos = match snapshotter.walk(&[]).await {
+                Ok(infos) => infos,
+                Err(e) => {
+                    tracing::warn!("gc: listing snapshots of {name}: {e}");
+                    stats
+                        .failed
+                        .push(format!("listing snapshots of {name}: {e}"));
+                    continue;
+                }
+            };
+            let mut children: HashMap<String, usize> = HashMap::new();
+            for info in &infos {
+                *children.entry(info.parent.clone()).or_default() += 1;
+            }
+            let mut garbage: Vec<_> = infos
+                .into_iter()
+                .filter(|i| !live.contains(&i.name))
+                .collect();
+            // Leaves first: each round removes what has no children left.
+            let mut removed_any = false;
+            loop {
+                let (leaves, rest): (Vec<_>, Vec<_>) = garbage
+                    .into_iter()
+                    .partition(|i| children.get(&i.name).copied().unwrap_or(0) == 0);
+                garbage = rest;
+                if leaves.is_empty() {
+                    break;
+                }
+                let mut progress = false;
+                for info in leaves {
+                    match snapshotter.remove(&info.name).await {
+                        Ok(()) => {
+                            removed_any = true;
+                            progress = true;
+                            if let Some(n) = children.get_mut(&info.parent) {
+                                *n -= 1;
+                            }
+                            stats.removed.push(format!("snapshot {name}/{}", info.name));
+                        }
+                        Err(e) => {
+                            tracing::warn!("gc: removing snapshot {name}/{}: {e}", info.name);
+                            stats
+                                .failed
+                                .push(format!("snapshot {name}/{}: {e}", info.name));
+                            if snapshot_unreachable(&e) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                if !progress {
+                    break;
+                }
+            }
+            if removed_any {
+                match snapshotter.cleanup().await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == Kind::NotImplemented => {}
+                    Err(e) => {
+                        tracing::warn!("gc: cleaning up {name}: {e}");
+                        stats.failed.push(format!("cleanup of {name}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn snapshot_unreachable(e: &SnapshotError) -> bool {
+    matches!(e.kind(), Kind::Unavailable | Kind::DeadlineExceeded)
 }
 
 /// A store that does not answer: the rest of the sweep waits for the next collection rather

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crated_content::ContentStore;
 use crated_metadata::MetadataStore;
 use crated_plugin::{types, Instance, Registration};
+use crated_snapshots::Snapshotter;
 use serde::{Deserialize, Serialize};
 
 pub use collector::{Collector, GcError, Stats};
@@ -76,12 +77,17 @@ pub fn registration() -> Registration {
             );
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let collector = Collector::new(db, Arc::clone(&content));
+        let snapshotters = ctx
+            .get_by_type::<Arc<dyn Snapshotter>>(types::SNAPSHOTTER)?
+            .into_iter()
+            .map(|(id, s)| (id, Arc::clone(&*s)))
+            .collect();
+        let collector = Collector::new(db, Arc::clone(&content), snapshotters);
         let scheduler = Scheduler::start(collector, &config, stop_rx);
         Ok(Instance::new(scheduler).with_close(move || async move {
             let _ = stop_tx.send(true);
         }))
     })
-    .requires(&[types::METADATA])
+    .requires(&[types::METADATA, types::SNAPSHOTTER])
     .with_config::<GcConfig>()
 }

@@ -74,6 +74,9 @@ pub struct Collection {
     pub live_blobs: HashSet<String>,
     /// Backend refs of the ingests still recorded: every other backend ingest is garbage.
     pub live_ingests: HashSet<String>,
+    /// Per snapshotter, the backend keys of the snapshots still recorded: every other
+    /// snapshot in that backend is garbage.
+    pub live_snapshots: HashMap<String, HashSet<String>>,
     /// The earliest future expiry of a lease or ingest (ns since the epoch): collect again then.
     pub next_expiry: Option<u64>,
 }
@@ -241,7 +244,8 @@ impl MetadataStore {
             }
             label_refs(ns, &labels, &mut to);
             edges.insert(node.clone(), to);
-            snapshots.push((key, node));
+            let backend_name = str_field(&v, &["name"]).unwrap_or_default().to_owned();
+            snapshots.push((key, node, backend_name));
         }
         roots.extend(refs.into_iter().map(|n| (n, false)));
 
@@ -275,8 +279,14 @@ impl MetadataStore {
                 }
             }
             let mut snaps = tx.open_table(table("snapshots"))?;
-            for (key, node) in snapshots {
+            for (key, node, backend_name) in snapshots {
                 if reached.contains(&node) {
+                    if let Node::Snapshot(_, snapshotter, _) = node {
+                        out.live_snapshots
+                            .entry(snapshotter)
+                            .or_default()
+                            .insert(backend_name);
+                    }
                     continue;
                 }
                 snaps.remove(key.as_str())?;

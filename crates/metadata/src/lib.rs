@@ -10,6 +10,7 @@ pub mod gc;
 mod ingests;
 mod leases;
 mod namespaces;
+mod snapshots;
 pub mod validate;
 
 pub use content::ContentRecord;
@@ -19,6 +20,7 @@ pub use gc::{Collection, Resource};
 pub use ingests::{IngestRecord, INGEST_RESOURCE, UNLEASED_INGEST_LIFETIME_NANOS};
 pub use leases::{Lease, LeaseResource};
 pub use namespaces::Namespace;
+pub use snapshots::{snapshot_resource, SnapshotRecord};
 
 /// Nanoseconds since the epoch, the timestamps records keep.
 pub fn now_nanos() -> u64 {

@@ -10,6 +10,7 @@ pub mod introspection;
 pub mod leases;
 pub mod metadata;
 pub mod namespaces;
+pub mod snapshots;
 pub mod version;
 
 pub use grpc::GrpcService;
@@ -21,6 +22,7 @@ pub fn registrations() -> Vec<crated_plugin::Registration> {
     regs.insert(2, crated_gc::registration());
     regs.extend(namespaces::registrations());
     regs.extend(leases::registrations());
+    regs.extend(snapshots::registrations());
     regs.extend(introspection::registrations());
     regs.push(version::registration());
     regs.push(healthcheck::registration());

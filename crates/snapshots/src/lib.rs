@@ -1,99 +1,165 @@
-//! Snapshotter plugins, type `io.containerd.snapshotter.v1`, with containerd's ids, config keys,
-//! exports and skip rules. This version carries each snapshotter's host check: on a host where
-//! a snapshotter cannot work it skips with containerd's reason; where it could work it fails
-//! with "not implemented", never claiming `ok` for a store that does not exist yet.
+//! The Snapshotter contract (containerd's `snapshots.Snapshotter`) and the snapshotter plugins
+//! of type `io.containerd.snapshotter.v1`: `native`, `overlayfs`, `btrfs`, `devmapper`, `zfs`
+//! and `aufs`, with containerd's ids, config keys, exports and skip rules. Keys here are the
+//! backend's own: the metadata layer above namespaces them.
 
+mod error;
+mod fsutil;
 mod host;
+mod local;
+pub mod mount;
+pub mod native;
+pub mod overlayfs;
+mod plugins;
+pub mod storage;
+pub mod wire;
 
-use std::path::Path;
+use std::collections::HashMap;
 
-use crated_plugin::{types, InitContext, Instance, PluginError, Registration};
-use serde::{Deserialize, Serialize};
-
+pub use error::SnapshotError;
 pub use host::{filesystem_type, platform};
+pub use local::{Driver, LocalSnapshotter};
+pub use plugins::registrations;
 
-/// `[plugins."io.containerd.snapshotter.v1.devmapper"]`, containerd's keys.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DevmapperConfig {
-    pub root_path: String,
-    pub pool_name: String,
-    pub base_image_size: String,
-    pub async_remove: bool,
-    pub discard_blocks: bool,
-    pub fs_type: String,
-    pub fs_options: String,
+/// Labels a snapshotter itself keeps and reports; the metadata layer hands it only these.
+pub const INHERITED_LABEL_PREFIX: &str = "containerd.io/snapshot/";
+pub const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+
+/// What a snapshot is: a read-only `View`, a writable `Active` one, or a `Committed` one that
+/// can be a parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    View,
+    Active,
+    Committed,
 }
 
-fn advertise(ctx: &InitContext, root: &Path) {
-    let mut meta = ctx.meta();
-    meta.platforms = vec![platform()];
-    meta.exports
-        .insert("root".into(), root.display().to_string());
-}
-
-fn not_implemented(id: &str) -> PluginError {
-    PluginError::failed(format!(
-        "the {id} snapshotter could run on this host but is not implemented in this version of crated"
-    ))
-}
-
-fn fs_check(
-    ctx: &InitContext,
-    id: &str,
-    want: &str,
-    message: impl Fn(&str) -> String,
-) -> Result<Instance, PluginError> {
-    let root = ctx.root()?;
-    advertise(ctx, &root);
-    let found = filesystem_type(&root).map_err(|e| PluginError::failed(format!("{id}: {e}")))?;
-    if found != want {
-        return Err(PluginError::skip(message(&found)));
+impl Kind {
+    /// containerd's name for the kind, as filters and `ctr` show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::View => "view",
+            Kind::Active => "active",
+            Kind::Committed => "committed",
+        }
     }
-    Err(not_implemented(id))
 }
 
-pub fn registrations() -> Vec<Registration> {
-    vec![
-        Registration::new(types::SNAPSHOTTER, "aufs", |ctx| async move {
-            advertise(&ctx, ctx.root_path());
-            if !host::kernel_has_filesystem("aufs") {
-                return Err(PluginError::skip(
-                    "aufs is not supported (the kernel lists no aufs in /proc/filesystems)",
-                ));
-            }
-            Err(not_implemented("aufs"))
-        }),
-        Registration::new(types::SNAPSHOTTER, "btrfs", |ctx| async move {
-            let root = ctx.root_path().display().to_string();
-            fs_check(&ctx, "btrfs", "btrfs", |found| {
-                format!("path {root} ({found}) must be a btrfs filesystem to be used with the btrfs snapshotter")
-            })
-        }),
-        Registration::new(types::SNAPSHOTTER, "devmapper", |mut ctx| async move {
-            let config: DevmapperConfig = ctx.config()?;
-            let root = if config.root_path.is_empty() {
-                ctx.root_path().to_path_buf()
-            } else {
-                config.root_path.clone().into()
-            };
-            advertise(&ctx, &root);
-            if config.pool_name.is_empty() {
-                return Err(PluginError::skip("devmapper not configured"));
-            }
-            if !Path::new("/dev/mapper/control").exists() {
-                return Err(PluginError::skip(
-                    "device-mapper is not available on this host (/dev/mapper/control is missing)",
-                ));
-            }
-            Err(not_implemented("devmapper"))
-        })
-        .with_config::<DevmapperConfig>(),
-        Registration::new(types::SNAPSHOTTER, "zfs", |ctx| async move {
-            let root = ctx.root_path().display().to_string();
-            fs_check(&ctx, "zfs", "zfs", |_| {
-                format!("path {root} must be a zfs filesystem to be used with the zfs snapshotter")
-            })
-        }),
-    ]
+/// A snapshot's information. Timestamps are nanoseconds since the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub name: String,
+    /// The committed snapshot this one is built on; empty for none.
+    pub parent: String,
+    pub kind: Kind,
+    pub labels: HashMap<String, String>,
+    pub created: u64,
+    pub updated: u64,
+}
+
+/// Disk use of a snapshot's own layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    pub size: i64,
+    pub inodes: i64,
+}
+
+/// A mount that makes a snapshot's filesystem appear, as containerd's `mount.Mount`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub r#type: String,
+    pub source: String,
+    pub target: String,
+    pub options: Vec<String>,
+}
+
+/// containerd's snapshotter contract. A key names an active snapshot or a view, a name a
+/// committed one; both share one namespace per snapshotter.
+#[async_trait::async_trait]
+pub trait Snapshotter: Send + Sync + 'static {
+    async fn stat(&self, key: &str) -> Result<Info, SnapshotError>;
+    /// Changes labels. Without field paths all labels are replaced; with them only `labels`
+    /// (all) or `labels.<key>` (one) may be named. Returns the stored result.
+    async fn update(&self, info: Info, field_paths: &[String]) -> Result<Info, SnapshotError>;
+    async fn usage(&self, key: &str) -> Result<Usage, SnapshotError>;
+    async fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError>;
+    async fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError>;
+    async fn view(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError>;
+    async fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), SnapshotError>;
+    async fn remove(&self, key: &str) -> Result<(), SnapshotError>;
+    /// Every snapshot matching any of the filters (containerd's syntax; none: all).
+    async fn walk(&self, filters: &[String]) -> Result<Vec<Info>, SnapshotError>;
+    /// Frees whatever removed snapshots left behind.
+    async fn cleanup(&self) -> Result<(), SnapshotError>;
+    async fn close(&self) -> Result<(), SnapshotError>;
+}
+
+/// The fields containerd's snapshot filters know: `kind`, `name`, `parent`, `labels.<key>`.
+pub fn filter_field(info: &Info, path: &[String]) -> Option<String> {
+    match path.first().map(String::as_str) {
+        Some("kind") => Some(info.kind.as_str().to_owned()),
+        Some("name") => Some(info.name.clone()),
+        Some("parent") => Some(info.parent.clone()),
+        Some("labels") => crated_filters::label_field(&info.labels, &path[1..]),
+        _ => None,
+    }
+}
+
+/// Keeps the infos any of `filters` matches.
+pub fn filter_infos(infos: Vec<Info>, filters: &[String]) -> Result<Vec<Info>, SnapshotError> {
+    let filter = crated_filters::parse_all(filters)
+        .map_err(|e| SnapshotError::InvalidArgument(format!("filters: parse error: {e}")))?;
+    Ok(infos
+        .into_iter()
+        .filter(|i| filter.matches(&|p: &[String]| filter_field(i, p)))
+        .collect())
+}
+
+/// Nanoseconds since the epoch.
+pub fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+pub mod testsuite;
+
+#[cfg(test)]
+mod suite_tests {
+    mod native {
+        use std::sync::Arc;
+
+        fn make(root: &std::path::Path) -> Arc<dyn crate::Snapshotter> {
+            let driver = crate::native::Native::new(root).unwrap();
+            Arc::new(crate::LocalSnapshotter::open(root, driver).unwrap())
+        }
+        crate::snapshotter_suite!(make);
+    }
+
+    mod overlayfs {
+        use std::sync::Arc;
+
+        fn make(root: &std::path::Path) -> Arc<dyn crate::Snapshotter> {
+            let config = crate::overlayfs::OverlayConfig::default();
+            let driver = crate::overlayfs::Overlay::new(root, &config).unwrap();
+            Arc::new(crate::LocalSnapshotter::open(root, driver).unwrap())
+        }
+        crate::snapshotter_suite!(make);
+    }
 }

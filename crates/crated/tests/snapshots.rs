@@ -1,0 +1,230 @@
+//! Snapshots through Debian's `ctr` against crated: each built-in snapshotter that can run
+//! here, data written through a mounted active snapshot, checked in a view of its commit, and
+//! the backend's copy gone once the record is removed and a collection ran.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crated_testsupport::blobs::ok;
+use crated_testsupport::{tool, Daemon};
+
+fn crated() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_crated"))
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn fails(out: std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs the command `ctr snapshots mounts` prints.
+fn mount(ctr: &Path, daemon: &Daemon, snapshotter: &str, key: &str, at: &Path) {
+    std::fs::create_dir_all(at).unwrap();
+    let cmd = ok(daemon.client(
+        ctr,
+        &[
+            "snapshots",
+            "--snapshotter",
+            snapshotter,
+            "mounts",
+            at.to_str().unwrap(),
+            key,
+        ],
+    ));
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(cmd.trim())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{cmd}");
+}
+
+fn unmount(at: &Path) {
+    assert!(Command::new("umount").arg(at).status().unwrap().success());
+}
+
+/// The entries of the backend's `snapshots` directory.
+fn backend_entries(daemon: &Daemon, snapshotter: &str) -> Vec<String> {
+    let dir = daemon.root.join(format!(
+        "io.containerd.snapshotter.v1.{snapshotter}/snapshots"
+    ));
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+pub fn ctr_round_trip(ctr: &Path, daemon: &Daemon, snapshotter: &str, work: &Path) {
+    let run = |args: &[&str]| {
+        let mut all = vec!["snapshots", "--snapshotter", snapshotter];
+        all.extend_from_slice(args);
+        daemon.client(ctr, &all)
+    };
+    ok(run(&["prepare", "a", ""]));
+    let err = fails(run(&["prepare", "a", ""]));
+    assert!(err.contains("already exists"), "{err}");
+    let mounted = is_root();
+    if mounted {
+        let at = work.join(format!("{snapshotter}-a"));
+        mount(ctr, daemon, snapshotter, "a", &at);
+        std::fs::write(at.join("hello"), b"from a\n").unwrap();
+        std::fs::create_dir(at.join("dir")).unwrap();
+        unmount(&at);
+    } else {
+        eprintln!("not mounting snapshots: needs root");
+    }
+    ok(run(&["commit", "c", "a"]));
+    ok(run(&["prepare", "b", "c"]));
+    ok(run(&["view", "v", "c"]));
+    if mounted {
+        let at = work.join(format!("{snapshotter}-b"));
+        mount(ctr, daemon, snapshotter, "b", &at);
+        assert_eq!(std::fs::read(at.join("hello")).unwrap(), b"from a\n");
+        std::fs::write(at.join("second"), b"from b").unwrap();
+        std::fs::remove_dir(at.join("dir")).unwrap();
+        unmount(&at);
+        ok(run(&["commit", "c2", "b"]));
+        ok(run(&["view", "v2", "c2"]));
+        let at = work.join(format!("{snapshotter}-v2"));
+        mount(ctr, daemon, snapshotter, "v2", &at);
+        assert_eq!(std::fs::read(at.join("hello")).unwrap(), b"from a\n");
+        assert_eq!(std::fs::read(at.join("second")).unwrap(), b"from b");
+        assert!(!at.join("dir").exists());
+        assert!(
+            std::fs::write(at.join("x"), b"x").is_err(),
+            "a view is read-only"
+        );
+        unmount(&at);
+    } else {
+        ok(run(&["commit", "c2", "b"]));
+        ok(run(&["view", "v2", "c2"]));
+    }
+
+    let ls = ok(run(&["ls"]));
+    let rows: Vec<Vec<&str>> = ls
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(rows.contains(&vec!["c", "Committed"]), "{ls}");
+    assert!(rows.contains(&vec!["c2", "c", "Committed"]), "{ls}");
+    assert!(rows.contains(&vec!["v", "c", "View"]), "{ls}");
+    assert!(rows.contains(&vec!["v2", "c2", "View"]), "{ls}");
+    let tree = ok(run(&["tree"]));
+    assert!(tree.contains(" c\n") && tree.contains("\\_ c2"), "{tree}");
+    let usage = ok(run(&["usage", "c"]));
+    assert!(
+        usage.lines().nth(1).unwrap_or("").starts_with("c "),
+        "{usage}"
+    );
+    let info = ok(run(&["info", "c2"]));
+    assert!(
+        info.contains("\"Kind\": \"Committed\"") && info.contains("\"Parent\": \"c\""),
+        "{info}"
+    );
+    ok(run(&["label", "c2", "team=storage"]));
+    assert!(ok(run(&["info", "c2"])).contains("\"team\": \"storage\""));
+
+    let err = fails(run(&["rm", "c"]));
+    assert!(err.contains("failed precondition"), "{err}");
+    // Namespaces do not see each other's snapshots.
+    let err = fails(daemon.client(
+        ctr,
+        &[
+            "-n",
+            "other",
+            "snapshots",
+            "--snapshotter",
+            snapshotter,
+            "prepare",
+            "x",
+            "c",
+        ],
+    ));
+    assert!(err.contains("not found"), "{err}");
+    assert!(ok(daemon.client(
+        ctr,
+        &[
+            "-n",
+            "other",
+            "snapshots",
+            "--snapshotter",
+            snapshotter,
+            "ls"
+        ]
+    ))
+    .lines()
+    .nth(1)
+    .is_none());
+
+    assert!(!backend_entries(daemon, snapshotter).is_empty());
+    ok(run(&["rm", "v", "v2", "c2"]));
+    ok(run(&["rm", "c"]));
+    assert_eq!(ok(run(&["ls"])).lines().count(), 1);
+    // Removal forgets the records; the collector then removes the backend's snapshots.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !backend_entries(daemon, snapshotter).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "backend snapshots left: {:?}\n{}",
+            backend_entries(daemon, snapshotter),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctr_drives_native_and_overlayfs() {
+    let Some(ctr) = tool("ctr", "containerd") else {
+        return;
+    };
+    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    let work = daemon.dir.path().join("mnt");
+    for snapshotter in ["native", "overlayfs"] {
+        ctr_round_trip(&ctr, &daemon, snapshotter, &work);
+    }
+    let err = fails(daemon.client(&ctr, &["snapshots", "--snapshotter", "nope", "ls"]));
+    assert!(err.contains("snapshotter not loaded: nope"), "{err}");
+}
+
+#[test]
+fn plugins_ls_shows_every_snapshotter_with_this_hosts_status() {
+    let Some(ctr) = tool("ctr", "containerd") else {
+        return;
+    };
+    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    let table = ok(daemon.client(&ctr, &["plugins", "ls"]));
+    let status = |id: &str| -> String {
+        table
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|c| c.len() == 4 && c[0] == "io.containerd.snapshotter.v1" && c[1] == id)
+            .unwrap_or_else(|| panic!("no {id} in {table}"))[3]
+            .to_owned()
+    };
+    assert_eq!(status("native"), "ok");
+    assert_eq!(status("overlayfs"), "ok");
+    // The daemon root here is not on btrfs or zfs, no pool is configured, no aufs.
+    for id in ["aufs", "btrfs", "devmapper", "zfs"] {
+        assert_eq!(status(id), "skip", "{id}");
+    }
+    let detail = ok(daemon.client(&ctr, &["plugins", "ls", "-d", "id==btrfs"]));
+    assert!(
+        detail.contains("must be a btrfs filesystem to be used with the btrfs snapshotter"),
+        "{detail}"
+    );
+    let detail = ok(daemon.client(&ctr, &["plugins", "ls", "-d", "id==devmapper"]));
+    assert!(detail.contains("devmapper not configured"), "{detail}");
+}

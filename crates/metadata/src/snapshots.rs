@@ -1,0 +1,284 @@
+//! Snapshot records: the namespaced view of every snapshotter, as containerd's metadata
+//! `snapshotter` wrapper keeps it. A record `<ns>/<snapshotter>/<key>` holds the backend's key
+//! for the snapshot (`name`), the namespace-local key of its parent, its labels, timestamps,
+//! and its children (so a parent with children is refused removal without a scan).
+//! The backend calls themselves are the caller's; these are the record halves.
+
+use std::collections::BTreeMap;
+
+use redb::ReadableDatabase;
+use serde::{Deserialize, Serialize};
+
+use crate::db::{ensure_namespace, table};
+use crate::leases::add_resource_in;
+use crate::{MetadataError, MetadataStore, Mutation};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// The snapshot's key in the backend snapshotter.
+    pub name: String,
+    /// The namespace-local key of the parent; empty for none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub parent: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub created: u64,
+    pub updated: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<String>,
+}
+
+/// The lease resource type of a snapshot of `snapshotter`.
+pub fn snapshot_resource(snapshotter: &str) -> String {
+    format!("snapshots/{snapshotter}")
+}
+
+fn key(ns: &str, snapshotter: &str, key: &str) -> String {
+    format!("{ns}/{snapshotter}/{key}")
+}
+
+fn not_found(k: &str) -> MetadataError {
+    MetadataError::NotFound(format!("snapshot {k} does not exist"))
+}
+
+type Table<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+
+fn get(
+    t: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    k: &str,
+) -> Result<Option<SnapshotRecord>, MetadataError> {
+    match t.get(k)? {
+        Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn put(t: &mut Table<'_>, k: &str, r: &SnapshotRecord) -> Result<(), MetadataError> {
+    t.insert(k, serde_json::to_vec(r)?.as_slice())?;
+    Ok(())
+}
+
+impl MetadataStore {
+    pub fn snapshot_get(
+        &self,
+        ns: &str,
+        snapshotter: &str,
+        k: &str,
+    ) -> Result<SnapshotRecord, MetadataError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table("snapshots"))?;
+        get(&t, &key(ns, snapshotter, k))?.ok_or_else(|| not_found(k))
+    }
+
+    /// Every snapshot of `snapshotter` in `ns`, with its key.
+    pub fn snapshot_list(
+        &self,
+        ns: &str,
+        snapshotter: &str,
+    ) -> Result<Vec<(String, SnapshotRecord)>, MetadataError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table("snapshots"))?;
+        let prefix = format!("{ns}/{snapshotter}/");
+        let mut out = Vec::new();
+        for entry in t.range(prefix.as_str()..)? {
+            let (k, v) = entry?;
+            let Some(local) = k.value().strip_prefix(&prefix) else {
+                break;
+            };
+            out.push((local.to_owned(), serde_json::from_slice(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Checks that `k` is free and `parent` (if any) exists in `ns`; returns the parent's
+    /// backend key (empty for none). The caller then creates the backend snapshot.
+    pub fn snapshot_check_new(
+        &self,
+        ns: &str,
+        snapshotter: &str,
+        k: &str,
+        parent: &str,
+    ) -> Result<String, MetadataError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table("snapshots"))?;
+        if get(&t, &key(ns, snapshotter, k))?.is_some() {
+            return Err(MetadataError::AlreadyExists(format!("snapshot {k}")));
+        }
+        if parent.is_empty() {
+            return Ok(String::new());
+        }
+        Ok(get(&t, &key(ns, snapshotter, parent))?
+            .ok_or_else(|| {
+                MetadataError::NotFound(format!("parent snapshot {parent} does not exist"))
+            })?
+            .name)
+    }
+
+    /// Records the snapshot `k` the backend has just created (under the call's lease, if any).
+    pub fn snapshot_create(
+        &self,
+        ns: &str,
+        snapshotter: &str,
+        k: &str,
+        record: &SnapshotRecord,
+        lease: Option<&str>,
+    ) -> Result<(), MetadataError> {
+        let tx = self.db.begin_write()?;
+        ensure_namespace(&tx, ns)?;
+        {
+            let mut t = tx.open_table(table("snapshots"))?;
+            let full = key(ns, snapshotter, k);
+            if get(&t, &full)?.is_some() {
+                return Err(MetadataError::AlreadyExists(format!("snapshot {k}")));
+            }
+            if !record.parent.is_empty() {
+                let pk = key(ns, snapshotter, &record.parent);
+                let mut parent = get(&t, &pk)?.ok_or_else(|| {
+                    MetadataError::NotFound(format!(
+                        "parent snapshot {} does not exist",
+                        record.parent
+                    ))
+                })?;
+                parent.children.push(k.to_owned());
+                put(&mut t, &pk, &parent)?;
+            }
+            put(&mut t, &full, record)?;
+        }
+        if let Some(lease) = lease {
+            add_resource_in(&tx, ns, lease, &snapshot_resource(snapshotter), k)?;
+        }
+        self.commit(tx, Mutation::default())
+    }
+
+    /// Checks that the active `k` exists and `name` is free; returns `k`'s record.
+    pub fn snapshot_check_commit(
+        &self,
+        ns: &str,
+        snapshotter: &str,
+        name: &str,
+        k: &str,
+    ) -> Result<SnapshotRecord, MetadataError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table("snapshots"))?;
+        if get(&t, &key(ns, snapshotter, name))?.is_some() {
+            return Err(MetadataError::AlreadyExists(format!("snapshot {name}")));
+        }
+        get(&t, &key(ns, snapshotter, k))?.ok_or_else(|| not_found(k))
+    }
+
+    /// Replaces the record of the active `k` by the committed `name`, whose backend key and
+    /// labels `committed` gives (its parent and times are set here), moving it in its
+    /// parent's children and in the call's lease.
+    pub fn snapshot_commit(
+        &self,
+        ns: &str,
+        snapshotter: &str,
+        name: &str,
+        k: &str,
+        committed: SnapshotRecord,
+        lease: Option<&str>,
+    ) -> Result<SnapshotRecord, MetadataError> {
+        let tx = self.db.begin_write()?;
+        let record = {
+            let mut t = tx.open_table(table("snapshots"))?;
+            let full_name = key(ns, snapshotter, name);
+            if get(&t, &full_name)?.is_some() {
+                return Err(MetadataError::AlreadyExists(format!("snapshot {name}")));
+            }
+            let full = key(ns, snapshotter, k);
+            let active = get(&t, &full)?.ok_or_else(|| not_found(k))?;
+            let now = crate::now_nanos();
+            let record = SnapshotRecord {
+                parent: active.parent.clone(),
+                created: now,
+                updated: now,
+                children: Vec::new(),
+                ..committed
+            };
+            t.remove(full.as_str())?;
+            put(&mut t, &full_name, &record)?;
+            if !active.parent.is_empty() {
+                let pk = key(ns, snapshotter, &active.parent);
+                if let Some(mut parent) = get(&t, &pk)? {
+                    parent.children.retain(|c| c != k);
+                    parent.children.push(name.to_owned());
+                    put(&mut t, &pk, &parent)?;
+                }
+            }
+            record
+        };
+        if let Some(lease) = lease {
+            let resource = snapshot_resource(snapshotter);
+            let mut held = tx.open_table(crate::db::LEASE_RESOURCES)?;
+            held.remove(crate::leases::resource_key(ns, lease, &resource, k).as_str())?;
+            drop(held);
+            add_resource_in(&tx, ns, lease, &resource, name)?;
+        }
+        self.commit(tx, Mutation::default())?;
+        Ok(record)
+    }
+
+    /// Forgets the snapshot `k`; one with children is FailedPrecondition. The backend's copy
+    /// goes at the next collection.
+    pub fn snapshot_remove(
+        &self,
+        ns: &str,
+        snapshotter: &str,
+        k: &str,
+    ) -> Result<(), MetadataError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(table("snapshots"))?;
+            let full = key(ns, snapshotter, k);
+            let record = get(&t, &full)?.ok_or_else(|| not_found(k))?;
+            for child in &record.children {
+                // A child the collector removed may still be listed.
+                if get(&t, &key(ns, snapshotter, child))?.is_some() {
+                    return Err(MetadataError::FailedPrecondition(format!(
+                        "cannot remove snapshot {k} with child {child}"
+                    )));
+                }
+            }
+            t.remove(full.as_str())?;
+            if !record.parent.is_empty() {
+                let pk = key(ns, snapshotter, &record.parent);
+                if let Some(mut parent) = get(&t, &pk)? {
+                    parent.children.retain(|c| c != k);
+                    put(&mut t, &pk, &parent)?;
+                }
+            }
+        }
+        self.commit(tx, Mutation::DELETION)?;
+        self.mark_backends_dirty();
+        Ok(())
+    }
+
+    /// Changes the labels of `k` by containerd's field-path rules.
+    pub fn snapshot_update(
+        &self,
+        ns: &str,
+        snapshotter: &str,
+        k: &str,
+        labels: &BTreeMap<String, String>,
+        paths: &[String],
+    ) -> Result<SnapshotRecord, MetadataError> {
+        let tx = self.db.begin_write()?;
+        let record = {
+            let mut t = tx.open_table(table("snapshots"))?;
+            let full = key(ns, snapshotter, k);
+            let mut record = get(&t, &full)?.ok_or_else(|| not_found(k))?;
+            crate::content::apply_label_paths(
+                &mut record.labels,
+                labels,
+                paths,
+                &format!("snapshot {k:?}"),
+            )?;
+            record.labels.retain(|_, v| !v.is_empty());
+            record.updated = crate::now_nanos();
+            put(&mut t, &full, &record)?;
+            record
+        };
+        self.commit(tx, Mutation::default())?;
+        Ok(record)
+    }
+}

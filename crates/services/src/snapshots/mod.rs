@@ -1,0 +1,413 @@
+//! Snapshots: `io.containerd.service.v1.snapshots-service` + `io.containerd.grpc.v1.snapshots`,
+//! every snapshotter by name through the metadata store ([`namespaced`]). The same gRPC front
+//! serves one snapshotter bare, without namespaces ([`SnapshotsService::bare`]): that is what a
+//! proxy snapshotter plugin of crated or containerd talks to (`crated-snapshotter`).
+
+pub mod namespaced;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crated_api::containerd::services::snapshots::v1 as api;
+use crated_api::containerd::services::snapshots::v1::snapshots_server::{
+    Snapshots, SnapshotsServer,
+};
+use crated_metadata::MetadataStore;
+use crated_plugin::{types, Instance, Registration};
+use crated_snapshots::wire::{info_from_api, info_to_api, mounts_to_api};
+use crated_snapshots::{Info, Mount, SnapshotError, Snapshotter, Usage};
+use tonic::{Request, Response, Status};
+
+use crate::edge::{lease, namespace, status};
+use crate::GrpcService;
+use namespaced::{NamespacedError, NamespacedSnapshotter};
+
+/// One snapshotter as a call reaches it: namespaced through the metadata store, or bare.
+#[tonic::async_trait]
+trait Target: Send + Sync {
+    async fn stat(&self, ns: &str, key: &str) -> Result<Info, NamespacedError>;
+    async fn create(
+        &self,
+        ns: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+        lease: Option<String>,
+        view: bool,
+    ) -> Result<Vec<Mount>, NamespacedError>;
+    async fn mounts(&self, ns: &str, key: &str) -> Result<Vec<Mount>, NamespacedError>;
+    async fn commit(
+        &self,
+        ns: &str,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+        lease: Option<String>,
+    ) -> Result<(), NamespacedError>;
+    async fn remove(&self, ns: &str, key: &str) -> Result<(), NamespacedError>;
+    async fn usage(&self, ns: &str, key: &str) -> Result<Usage, NamespacedError>;
+    async fn update(&self, ns: &str, info: Info, paths: &[String])
+        -> Result<Info, NamespacedError>;
+    async fn walk(&self, ns: &str, filters: &[String]) -> Result<Vec<Info>, NamespacedError>;
+    async fn cleanup(&self) -> Result<(), NamespacedError>;
+}
+
+#[tonic::async_trait]
+impl Target for NamespacedSnapshotter {
+    async fn stat(&self, ns: &str, key: &str) -> Result<Info, NamespacedError> {
+        NamespacedSnapshotter::stat(self, ns, key).await
+    }
+    async fn create(
+        &self,
+        ns: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+        lease: Option<String>,
+        view: bool,
+    ) -> Result<Vec<Mount>, NamespacedError> {
+        NamespacedSnapshotter::create(self, ns, key, parent, labels, lease, view).await
+    }
+    async fn mounts(&self, ns: &str, key: &str) -> Result<Vec<Mount>, NamespacedError> {
+        NamespacedSnapshotter::mounts(self, ns, key).await
+    }
+    async fn commit(
+        &self,
+        ns: &str,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+        lease: Option<String>,
+    ) -> Result<(), NamespacedError> {
+        NamespacedSnapshotter::commit(self, ns, name, key, labels, lease).await
+    }
+    async fn remove(&self, ns: &str, key: &str) -> Result<(), NamespacedError> {
+        NamespacedSnapshotter::remove(self, ns, key).await
+    }
+    async fn usage(&self, ns: &str, key: &str) -> Result<Usage, NamespacedError> {
+        NamespacedSnapshotter::usage(self, ns, key).await
+    }
+    async fn update(
+        &self,
+        ns: &str,
+        info: Info,
+        paths: &[String],
+    ) -> Result<Info, NamespacedError> {
+        NamespacedSnapshotter::update(self, ns, info, paths).await
+    }
+    async fn walk(&self, ns: &str, filters: &[String]) -> Result<Vec<Info>, NamespacedError> {
+        NamespacedSnapshotter::walk(self, ns, filters).await
+    }
+    async fn cleanup(&self) -> Result<(), NamespacedError> {
+        NamespacedSnapshotter::cleanup(self).await
+    }
+}
+
+/// A snapshotter served as it is: keys are the caller's, namespaces and leases are not ours.
+struct Bare(Arc<dyn Snapshotter>);
+
+#[tonic::async_trait]
+impl Target for Bare {
+    async fn stat(&self, _: &str, key: &str) -> Result<Info, NamespacedError> {
+        Ok(self.0.stat(key).await?)
+    }
+    async fn create(
+        &self,
+        _: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+        _: Option<String>,
+        view: bool,
+    ) -> Result<Vec<Mount>, NamespacedError> {
+        Ok(if view {
+            self.0.view(key, parent, labels).await?
+        } else {
+            self.0.prepare(key, parent, labels).await?
+        })
+    }
+    async fn mounts(&self, _: &str, key: &str) -> Result<Vec<Mount>, NamespacedError> {
+        Ok(self.0.mounts(key).await?)
+    }
+    async fn commit(
+        &self,
+        _: &str,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+        _: Option<String>,
+    ) -> Result<(), NamespacedError> {
+        Ok(self.0.commit(name, key, labels).await?)
+    }
+    async fn remove(&self, _: &str, key: &str) -> Result<(), NamespacedError> {
+        Ok(self.0.remove(key).await?)
+    }
+    async fn usage(&self, _: &str, key: &str) -> Result<Usage, NamespacedError> {
+        Ok(self.0.usage(key).await?)
+    }
+    async fn update(&self, _: &str, info: Info, paths: &[String]) -> Result<Info, NamespacedError> {
+        Ok(self.0.update(info, paths).await?)
+    }
+    async fn walk(&self, _: &str, filters: &[String]) -> Result<Vec<Info>, NamespacedError> {
+        Ok(self.0.walk(filters).await?)
+    }
+    async fn cleanup(&self) -> Result<(), NamespacedError> {
+        Ok(self.0.cleanup().await?)
+    }
+}
+
+pub struct SnapshotsService {
+    by_name: HashMap<String, Arc<dyn Target>>,
+    /// Serving one snapshotter bare: every name reaches it.
+    only: Option<Arc<dyn Target>>,
+}
+
+impl SnapshotsService {
+    /// Every snapshotter by name, namespaced through the metadata store.
+    pub fn namespaced(
+        db: Arc<MetadataStore>,
+        snapshotters: Vec<(String, Arc<dyn Snapshotter>)>,
+    ) -> Self {
+        SnapshotsService {
+            by_name: snapshotters
+                .into_iter()
+                .map(|(name, backend)| {
+                    let target: Arc<dyn Target> =
+                        Arc::new(NamespacedSnapshotter::new(db.clone(), &name, backend));
+                    (name, target)
+                })
+                .collect(),
+            only: None,
+        }
+    }
+
+    /// One snapshotter, bare, whatever name a call gives.
+    pub fn bare(snapshotter: Arc<dyn Snapshotter>) -> Self {
+        SnapshotsService {
+            by_name: HashMap::new(),
+            only: Some(Arc::new(Bare(snapshotter))),
+        }
+    }
+
+    pub fn into_service(self) -> SnapshotsServer<SnapshotsService> {
+        SnapshotsServer::new(self)
+    }
+
+    /// containerd's lookup: a missing or unknown name is InvalidArgument.
+    fn target(&self, name: &str) -> Result<&Arc<dyn Target>, Status> {
+        if let Some(only) = &self.only {
+            return Ok(only);
+        }
+        if name.is_empty() {
+            return Err(Status::invalid_argument(
+                "snapshotter argument missing: invalid argument",
+            ));
+        }
+        self.by_name.get(name).ok_or_else(|| {
+            Status::invalid_argument(format!("snapshotter not loaded: {name}: invalid argument"))
+        })
+    }
+
+    /// The namespace of a call; a bare server has none of its own.
+    fn namespace<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        if self.only.is_some() {
+            return Ok(String::new());
+        }
+        namespace(req)
+    }
+}
+
+pub fn registrations() -> Vec<Registration> {
+    vec![
+        Registration::new(types::SERVICE, "snapshots-service", |ctx| async move {
+            let db = ctx.get_single::<MetadataStore>(types::METADATA)?;
+            let snapshotters = ctx
+                .get_by_type::<Arc<dyn Snapshotter>>(types::SNAPSHOTTER)?
+                .into_iter()
+                .map(|(id, s)| (id, Arc::clone(&*s)))
+                .collect();
+            Ok(Instance::new(Arc::new(SnapshotsService::namespaced(
+                db,
+                snapshotters,
+            ))))
+        })
+        .requires(&[types::METADATA, types::SNAPSHOTTER]),
+        Registration::new(types::GRPC, "snapshots", |ctx| async move {
+            let service = ctx.get_by_id::<SnapshotsService>(types::SERVICE, "snapshots-service")?;
+            Ok(Instance::new(GrpcService::new(move |routes| {
+                routes.add_service(SnapshotsServer::from_arc(service.clone()));
+            })))
+        })
+        .requires(&[types::SERVICE]),
+    ]
+}
+
+fn edge(e: NamespacedError) -> Status {
+    status(&e)
+}
+
+type ListStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<api::ListSnapshotsResponse, Status>> + Send>,
+>;
+
+/// Infos per List message, as containerd batches them.
+const LIST_BATCH: usize = 100;
+
+#[tonic::async_trait]
+impl Snapshots for SnapshotsService {
+    async fn prepare(
+        &self,
+        req: Request<api::PrepareSnapshotRequest>,
+    ) -> Result<Response<api::PrepareSnapshotResponse>, Status> {
+        let (ns, lease) = (self.namespace(&req)?, lease(&req));
+        let r = req.into_inner();
+        let mounts = self
+            .target(&r.snapshotter)?
+            .create(&ns, &r.key, &r.parent, r.labels, lease, false)
+            .await
+            .map_err(edge)?;
+        Ok(Response::new(api::PrepareSnapshotResponse {
+            mounts: mounts_to_api(mounts),
+        }))
+    }
+
+    async fn view(
+        &self,
+        req: Request<api::ViewSnapshotRequest>,
+    ) -> Result<Response<api::ViewSnapshotResponse>, Status> {
+        let (ns, lease) = (self.namespace(&req)?, lease(&req));
+        let r = req.into_inner();
+        let mounts = self
+            .target(&r.snapshotter)?
+            .create(&ns, &r.key, &r.parent, r.labels, lease, true)
+            .await
+            .map_err(edge)?;
+        Ok(Response::new(api::ViewSnapshotResponse {
+            mounts: mounts_to_api(mounts),
+        }))
+    }
+
+    async fn mounts(
+        &self,
+        req: Request<api::MountsRequest>,
+    ) -> Result<Response<api::MountsResponse>, Status> {
+        let ns = self.namespace(&req)?;
+        let r = req.into_inner();
+        let mounts = self
+            .target(&r.snapshotter)?
+            .mounts(&ns, &r.key)
+            .await
+            .map_err(edge)?;
+        Ok(Response::new(api::MountsResponse {
+            mounts: mounts_to_api(mounts),
+        }))
+    }
+
+    async fn commit(
+        &self,
+        req: Request<api::CommitSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (ns, lease) = (self.namespace(&req)?, lease(&req));
+        let r = req.into_inner();
+        self.target(&r.snapshotter)?
+            .commit(&ns, &r.name, &r.key, r.labels, lease)
+            .await
+            .map_err(edge)?;
+        Ok(Response::new(()))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<api::RemoveSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        let ns = self.namespace(&req)?;
+        let r = req.into_inner();
+        self.target(&r.snapshotter)?
+            .remove(&ns, &r.key)
+            .await
+            .map_err(edge)?;
+        Ok(Response::new(()))
+    }
+
+    async fn stat(
+        &self,
+        req: Request<api::StatSnapshotRequest>,
+    ) -> Result<Response<api::StatSnapshotResponse>, Status> {
+        let ns = self.namespace(&req)?;
+        let r = req.into_inner();
+        let info = self
+            .target(&r.snapshotter)?
+            .stat(&ns, &r.key)
+            .await
+            .map_err(edge)?;
+        Ok(Response::new(api::StatSnapshotResponse {
+            info: Some(info_to_api(info)),
+        }))
+    }
+
+    async fn update(
+        &self,
+        req: Request<api::UpdateSnapshotRequest>,
+    ) -> Result<Response<api::UpdateSnapshotResponse>, Status> {
+        let ns = self.namespace(&req)?;
+        let r = req.into_inner();
+        let info = r.info.ok_or_else(|| {
+            status(&SnapshotError::InvalidArgument(
+                "snapshot info is required".into(),
+            ))
+        })?;
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let info = self
+            .target(&r.snapshotter)?
+            .update(&ns, info_from_api(info), &paths)
+            .await
+            .map_err(edge)?;
+        Ok(Response::new(api::UpdateSnapshotResponse {
+            info: Some(info_to_api(info)),
+        }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<api::ListSnapshotsRequest>,
+    ) -> Result<Response<ListStream>, Status> {
+        let ns = self.namespace(&req)?;
+        let r = req.into_inner();
+        let infos = self
+            .target(&r.snapshotter)?
+            .walk(&ns, &r.filters)
+            .await
+            .map_err(edge)?;
+        let mut batches = Vec::new();
+        let mut infos = infos.into_iter().map(info_to_api).peekable();
+        while infos.peek().is_some() {
+            batches.push(Ok(api::ListSnapshotsResponse {
+                info: infos.by_ref().take(LIST_BATCH).collect(),
+            }));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(batches))))
+    }
+
+    async fn usage(
+        &self,
+        req: Request<api::UsageRequest>,
+    ) -> Result<Response<api::UsageResponse>, Status> {
+        let ns = self.namespace(&req)?;
+        let r = req.into_inner();
+        let u = self
+            .target(&r.snapshotter)?
+            .usage(&ns, &r.key)
+            .await
+            .map_err(edge)?;
+        Ok(Response::new(api::UsageResponse {
+            size: u.size,
+            inodes: u.inodes,
+        }))
+    }
+
+    async fn cleanup(&self, req: Request<api::CleanupRequest>) -> Result<Response<()>, Status> {
+        let r = req.into_inner();
+        self.target(&r.snapshotter)?.cleanup().await.map_err(edge)?;
+        Ok(Response::new(()))
+    }
+}

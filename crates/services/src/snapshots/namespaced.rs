@@ -1,0 +1,315 @@
+//! A snapshotter seen through the metadata store, as containerd's metadata `snapshotter`:
+//! keys are per namespace, the backend gets keys of its own (`<ns>/<seq>/<key>`), labels live
+//! in the records (the backend sees only the `containerd.io/snapshot/` ones it keeps itself),
+//! new snapshots go under the call's lease, and Remove forgets the record: the collector
+//! removes the backend's snapshot once nothing keeps it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crated_errdefs::{HasKind, Kind as ErrKind};
+use crated_metadata::{MetadataError, MetadataStore, SnapshotRecord};
+use crated_snapshots::{
+    filter_infos, Info, Mount, SnapshotError, Snapshotter, Usage, INHERITED_LABEL_PREFIX,
+    LABEL_SNAPSHOT_REF,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NamespacedError {
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("snapshot metadata task failed: {0}")]
+    Task(String),
+}
+
+impl HasKind for NamespacedError {
+    fn kind(&self) -> ErrKind {
+        match self {
+            NamespacedError::Metadata(e) => e.kind(),
+            NamespacedError::Snapshot(e) => e.kind(),
+            NamespacedError::Task(_) => ErrKind::Unknown,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, NamespacedError>;
+
+pub struct NamespacedSnapshotter {
+    db: Arc<MetadataStore>,
+    name: String,
+    backend: Arc<dyn Snapshotter>,
+    /// Makes backend keys unique: started from the clock, so a restart does not reuse one.
+    seq: AtomicU64,
+}
+
+/// Labels the backend keeps for itself.
+fn inherited(labels: &HashMap<String, String>) -> HashMap<String, String> {
+    labels
+        .iter()
+        .filter(|(k, _)| k.starts_with(INHERITED_LABEL_PREFIX) || k.as_str() == LABEL_SNAPSHOT_REF)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn validate_labels(labels: &HashMap<String, String>) -> Result<()> {
+    for (k, v) in labels {
+        crated_metadata::validate::label(k, v)?;
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, MetadataError> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NamespacedError::Task(e.to_string()))?
+        .map_err(Into::into)
+}
+
+impl NamespacedSnapshotter {
+    pub fn new(db: Arc<MetadataStore>, name: &str, backend: Arc<dyn Snapshotter>) -> Self {
+        NamespacedSnapshotter {
+            db,
+            name: name.to_owned(),
+            backend,
+            seq: AtomicU64::new(crated_metadata::now_nanos()),
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Snapshotter> {
+        &self.backend
+    }
+
+    fn backend_key(&self, ns: &str, key: &str) -> String {
+        format!("{ns}/{}/{key}", self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    async fn record(&self, ns: &str, key: &str) -> Result<SnapshotRecord> {
+        let (db, ns, sn, key) = (
+            self.db.clone(),
+            ns.to_owned(),
+            self.name.clone(),
+            key.to_owned(),
+        );
+        blocking(move || db.snapshot_get(&ns, &sn, &key)).await
+    }
+
+    /// The backend's info with the record's name, parent, times and labels over it.
+    fn merge(key: &str, record: &SnapshotRecord, backend: Info) -> Info {
+        let mut labels = backend.labels;
+        labels.extend(record.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Info {
+            name: key.to_owned(),
+            parent: record.parent.clone(),
+            kind: backend.kind,
+            labels,
+            created: record.created,
+            updated: record.updated,
+        }
+    }
+
+    pub async fn stat(&self, ns: &str, key: &str) -> Result<Info> {
+        let record = self.record(ns, key).await?;
+        let backend = self.backend.stat(&record.name).await?;
+        Ok(Self::merge(key, &record, backend))
+    }
+
+    pub async fn create(
+        &self,
+        ns: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+        lease: Option<String>,
+        view: bool,
+    ) -> Result<Vec<Mount>> {
+        validate_labels(&labels)?;
+        let (db, n, sn, k, p) = (
+            self.db.clone(),
+            ns.to_owned(),
+            self.name.clone(),
+            key.to_owned(),
+            parent.to_owned(),
+        );
+        let backend_parent = blocking(move || db.snapshot_check_new(&n, &sn, &k, &p)).await?;
+        let backend_key = self.backend_key(ns, key);
+        // Held from the backend's create until the record exists, so a collection in between
+        // cannot take the new snapshot for garbage.
+        let _writing = self.db.gc_lock().read().await;
+        let backend_labels = inherited(&labels);
+        let mounts = if view {
+            self.backend
+                .view(&backend_key, &backend_parent, backend_labels)
+                .await?
+        } else {
+            self.backend
+                .prepare(&backend_key, &backend_parent, backend_labels)
+                .await?
+        };
+        let now = crated_metadata::now_nanos();
+        let record = SnapshotRecord {
+            name: backend_key,
+            parent: parent.to_owned(),
+            labels: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+            created: now,
+            updated: now,
+            children: Vec::new(),
+        };
+        let (db, n, sn, k) = (
+            self.db.clone(),
+            ns.to_owned(),
+            self.name.clone(),
+            key.to_owned(),
+        );
+        let recorded =
+            blocking(move || db.snapshot_create(&n, &sn, &k, &record, lease.as_deref())).await;
+        if recorded.is_err() {
+            // The backend's snapshot has no record: the next collection removes it.
+            self.db.mark_backends_dirty();
+        }
+        recorded.map(|()| mounts)
+    }
+
+    pub async fn mounts(&self, ns: &str, key: &str) -> Result<Vec<Mount>> {
+        let record = self.record(ns, key).await?;
+        Ok(self.backend.mounts(&record.name).await?)
+    }
+
+    pub async fn commit(
+        &self,
+        ns: &str,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+        lease: Option<String>,
+    ) -> Result<()> {
+        validate_labels(&labels)?;
+        let (db, n, sn, nm, k) = (
+            self.db.clone(),
+            ns.to_owned(),
+            self.name.clone(),
+            name.to_owned(),
+            key.to_owned(),
+        );
+        let active = blocking(move || db.snapshot_check_commit(&n, &sn, &nm, &k)).await?;
+        let backend_name = self.backend_key(ns, name);
+        let _writing = self.db.gc_lock().read().await;
+        self.backend
+            .commit(&backend_name, &active.name, inherited(&labels))
+            .await?;
+        let committed = SnapshotRecord {
+            name: backend_name.clone(),
+            parent: String::new(),
+            labels: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+            created: 0,
+            updated: 0,
+            children: Vec::new(),
+        };
+        let (db, n, sn, nm, k) = (
+            self.db.clone(),
+            ns.to_owned(),
+            self.name.clone(),
+            name.to_owned(),
+            key.to_owned(),
+        );
+        let recorded =
+            blocking(move || db.snapshot_commit(&n, &sn, &nm, &k, committed, lease.as_deref()))
+                .await;
+        if recorded.is_err() {
+            self.db.mark_backends_dirty();
+        }
+        recorded.map(|_| ())
+    }
+
+    pub async fn remove(&self, ns: &str, key: &str) -> Result<()> {
+        let (db, n, sn, k) = (
+            self.db.clone(),
+            ns.to_owned(),
+            self.name.clone(),
+            key.to_owned(),
+        );
+        blocking(move || db.snapshot_remove(&n, &sn, &k)).await
+    }
+
+    pub async fn usage(&self, ns: &str, key: &str) -> Result<Usage> {
+        let record = self.record(ns, key).await?;
+        Ok(self.backend.usage(&record.name).await?)
+    }
+
+    /// containerd's Update: labels by field paths, in the record; those the backend keeps
+    /// are passed on to it.
+    pub async fn update(&self, ns: &str, info: Info, paths: &[String]) -> Result<Info> {
+        if info.name.is_empty() {
+            return Err(
+                SnapshotError::InvalidArgument("snapshot name must not be empty".into()).into(),
+            );
+        }
+        validate_labels(&info.labels)?;
+        let record = self.record(ns, &info.name).await?;
+        let touches_backend = if paths.is_empty() {
+            true
+        } else {
+            paths.iter().any(|p| {
+                p == "labels"
+                    || p.strip_prefix("labels.").is_some_and(|l| {
+                        l.starts_with(INHERITED_LABEL_PREFIX) || l == LABEL_SNAPSHOT_REF
+                    })
+            })
+        };
+        let mut backend_info = None;
+        if touches_backend {
+            let mut forwarded = info.clone();
+            forwarded.name = record.name.clone();
+            forwarded.labels = inherited(&info.labels);
+            let backend_paths: Vec<String> = paths
+                .iter()
+                .filter(|p| {
+                    *p == "labels"
+                        || p.strip_prefix("labels.").is_some_and(|l| {
+                            l.starts_with(INHERITED_LABEL_PREFIX) || l == LABEL_SNAPSHOT_REF
+                        })
+                })
+                .cloned()
+                .collect();
+            backend_info = Some(self.backend.update(forwarded, &backend_paths).await?);
+        }
+        let labels: BTreeMap<String, String> = info.labels.into_iter().collect();
+        let (db, n, sn, k, p) = (
+            self.db.clone(),
+            ns.to_owned(),
+            self.name.clone(),
+            info.name.clone(),
+            paths.to_vec(),
+        );
+        let updated = blocking(move || db.snapshot_update(&n, &sn, &k, &labels, &p)).await?;
+        let backend = match backend_info {
+            Some(b) => b,
+            None => self.backend.stat(&updated.name).await?,
+        };
+        Ok(Self::merge(&info.name, &updated, backend))
+    }
+
+    /// Every snapshot of the namespace that a filter matches; records whose backend snapshot
+    /// is gone are left out.
+    pub async fn walk(&self, ns: &str, filters: &[String]) -> Result<Vec<Info>> {
+        let (db, n, sn) = (self.db.clone(), ns.to_owned(), self.name.clone());
+        let records = blocking(move || db.snapshot_list(&n, &sn)).await?;
+        let mut infos = Vec::with_capacity(records.len());
+        for (key, record) in records {
+            match self.backend.stat(&record.name).await {
+                Ok(b) => infos.push(Self::merge(&key, &record, b)),
+                Err(e) if e.kind() == ErrKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(filter_infos(infos, filters)?)
+    }
+
+    pub async fn cleanup(&self) -> Result<()> {
+        Ok(self.backend.cleanup().await?)
+    }
+}

@@ -1,0 +1,266 @@
+//! A snapshotter whose snapshots live on this host: the contract's bookkeeping over the
+//! [`MetaStore`], with a [`Driver`] doing what differs between native, overlayfs and btrfs.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::storage::{MetaStore, Snapshot};
+use crate::{filter_infos, Info, Kind, Mount, SnapshotError, Snapshotter, Usage};
+
+/// The filesystem side of a local snapshotter. Calls are blocking.
+pub trait Driver: Send + Sync + 'static {
+    /// Makes the filesystem of a new snapshot; its record is written only if this succeeds.
+    fn create(&self, snapshot: &Snapshot) -> io::Result<()>;
+    fn mounts(&self, snapshot: &Snapshot) -> Vec<Mount>;
+    /// Seals the active snapshot `id` for commit and returns what it uses.
+    fn commit(&self, id: &str) -> io::Result<Usage>;
+    /// Takes the filesystem of a snapshot being removed out of use. What it returns is
+    /// deleted once the removal is durable.
+    fn detach(&self, id: &str, kind: Kind, has_parent: bool) -> io::Result<Option<PathBuf>>;
+    /// What the active snapshot `id` uses now.
+    fn usage(&self, id: &str) -> io::Result<Usage>;
+    /// Deletes whatever belongs to no snapshot in `live` (ids).
+    fn cleanup(&self, live: &HashSet<String>) -> io::Result<()>;
+    /// Labels the driver computes for a snapshot (overlayfs's `upperdir_label`).
+    fn computed_labels(&self, _id: &str, _info: &mut Info) {}
+}
+
+struct Inner<D> {
+    store: MetaStore,
+    driver: D,
+}
+
+pub struct LocalSnapshotter<D> {
+    inner: Arc<Inner<D>>,
+}
+
+impl<D: Driver> LocalSnapshotter<D> {
+    /// Opens the snapshotter keeping its records in `<root>/metadata.db`, and removes what a
+    /// crash left behind (directories of snapshots that were never recorded).
+    pub fn open(root: &Path, driver: D) -> Result<Self, SnapshotError> {
+        let store = MetaStore::open(&root.join("metadata.db"))?;
+        let s = LocalSnapshotter {
+            inner: Arc::new(Inner { store, driver }),
+        };
+        s.inner.cleanup()?;
+        Ok(s)
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, SnapshotError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner<D>) -> Result<T, SnapshotError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| SnapshotError::Io {
+                context: "snapshotter task".into(),
+                source: io::Error::other(e.to_string()),
+            })?
+    }
+}
+
+impl<D: Driver> Inner<D> {
+    fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        let mut tx = self.store.write()?;
+        let snapshot = tx.create(kind, key, parent, labels)?;
+        self.driver
+            .create(&snapshot)
+            .map_err(SnapshotError::io(format!("creating snapshot {key}")))?;
+        if let Err(e) = tx.commit() {
+            // The record is not there: neither may its filesystem be.
+            if let Ok(Some(path)) =
+                self.driver
+                    .detach(&snapshot.id, kind, !snapshot.parent_ids.is_empty())
+            {
+                let _ = crate::fsutil::remove_tree(&path);
+            }
+            return Err(e);
+        }
+        Ok(self.driver.mounts(&snapshot))
+    }
+
+    fn info(&self, key: &str) -> Result<Info, SnapshotError> {
+        let (id, mut info, _) = self.store.read()?.info(key)?;
+        self.driver.computed_labels(&id, &mut info);
+        Ok(info)
+    }
+
+    fn cleanup(&self) -> Result<(), SnapshotError> {
+        // A write transaction, though nothing is written: it keeps creates (which build their
+        // directory before their record is committed) out while orphans are told apart.
+        let tx = self.store.write()?;
+        let live = tx.all()?.into_iter().map(|(id, _)| id).collect();
+        let result = self
+            .driver
+            .cleanup(&live)
+            .map_err(SnapshotError::io("cleaning up snapshots"));
+        drop(tx);
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
+    async fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
+        let key = key.to_owned();
+        self.run(move |s| s.info(&key)).await
+    }
+
+    async fn update(&self, info: Info, field_paths: &[String]) -> Result<Info, SnapshotError> {
+        let paths = field_paths.to_vec();
+        self.run(move |s| {
+            let mut tx = s.store.write()?;
+            let id = tx.info(&info.name)?.0;
+            let mut out = tx.update(info, &paths)?;
+            tx.commit()?;
+            s.driver.computed_labels(&id, &mut out);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
+        let key = key.to_owned();
+        self.run(move |s| {
+            let (id, info, stored) = s.store.read()?.info(&key)?;
+            match info.kind {
+                Kind::Active => s
+                    .driver
+                    .usage(&id)
+                    .map_err(SnapshotError::io(format!("usage of {key}"))),
+                Kind::Committed => Ok(stored),
+                Kind::View => Ok(Usage::default()),
+            }
+        })
+        .await
+    }
+
+    async fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
+        let key = key.to_owned();
+        self.run(move |s| {
+            let snapshot = s.store.read()?.snapshot(&key)?;
+            Ok(s.driver.mounts(&snapshot))
+        })
+        .await
+    }
+
+    async fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        let (key, parent) = (key.to_owned(), parent.to_owned());
+        self.run(move |s| s.create(Kind::Active, &key, &parent, labels))
+            .await
+    }
+
+    async fn view(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        let (key, parent) = (key.to_owned(), parent.to_owned());
+        self.run(move |s| s.create(Kind::View, &key, &parent, labels))
+            .await
+    }
+
+    async fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), SnapshotError> {
+        let (name, key) = (name.to_owned(), key.to_owned());
+        self.run(move |s| {
+            let mut tx = s.store.write()?;
+            // The key is looked up first: a missing key is NotFound whatever the name.
+            let (id, info, _) = tx.info(&key)?;
+            if info.kind != Kind::Active {
+                return Err(SnapshotError::FailedPrecondition(format!(
+                    "snapshot {key} is not active"
+                )));
+            }
+            let usage = s
+                .driver
+                .commit(&id)
+                .map_err(SnapshotError::io(format!("committing {key}")))?;
+            tx.commit_active(&key, &name, usage, labels)?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+        let key = key.to_owned();
+        self.run(move |s| {
+            let mut tx = s.store.write()?;
+            let has_parent = !tx.info(&key)?.1.parent.is_empty();
+            let (id, kind) = tx.remove(&key)?;
+            let staged = s
+                .driver
+                .detach(&id, kind, has_parent)
+                .map_err(SnapshotError::io(format!("removing {key}")))?;
+            tx.commit()?;
+            if let Some(path) = staged {
+                if let Err(e) = crate::fsutil::remove_tree(&path) {
+                    // The record is gone; Cleanup deletes what is left.
+                    tracing::warn!("removing {}: {e}", path.display());
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn walk(&self, filters: &[String]) -> Result<Vec<Info>, SnapshotError> {
+        let filters = filters.to_vec();
+        self.run(move |s| {
+            let mut infos = Vec::new();
+            for (id, mut info) in s.store.read()?.all()? {
+                s.driver.computed_labels(&id, &mut info);
+                infos.push(info);
+            }
+            filter_infos(infos, &filters)
+        })
+        .await
+    }
+
+    async fn cleanup(&self) -> Result<(), SnapshotError> {
+        self.run(|s| s.cleanup()).await
+    }
+
+    async fn close(&self) -> Result<(), SnapshotError> {
+        Ok(())
+    }
+}
+
+/// Names under a snapshots directory that belong to no live snapshot: ids not in `live`,
+/// and the `new-*` and `rm-*` leftovers of interrupted creates and removes.
+pub(crate) fn orphans(dir: &Path, live: &HashSet<String>) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !live.contains(&name) {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}

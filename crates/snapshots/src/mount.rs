@@ -1,0 +1,264 @@
+//! Performing the mounts a snapshotter returns, as containerd's `mount.All` does on Linux:
+//! options become mount flags or filesystem data, a read-only bind is remounted read-only,
+//! and an overlay whose options would overflow the kernel's one-page limit is mounted from
+//! inside the directory its layers share, with relative paths (a deep image needs this).
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::mount::MsFlags;
+
+use crate::Mount;
+
+/// Mount data longer than this is shortened: the kernel copies at most one page of it.
+const MAX_DATA: usize = 4096 - 512;
+
+/// Flags named by mount options; the rest is data for the filesystem.
+fn parse_options(options: &[String]) -> (MsFlags, MsFlags, Vec<String>) {
+    let mut flags = MsFlags::empty();
+    let mut propagation = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        let (set, clear) = match o.as_str() {
+            "defaults" | "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" => {
+                propagation |= match o.as_str() {
+                    "private" => MsFlags::MS_PRIVATE,
+                    "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+                    "shared" => MsFlags::MS_SHARED,
+                    "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+                    "slave" => MsFlags::MS_SLAVE,
+                    _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                };
+                continue;
+            }
+            _ => {
+                data.push(o.clone());
+                continue;
+            }
+        };
+        flags = (flags | set) & !clear;
+    }
+    (flags, propagation, data)
+}
+
+fn cstring(s: impl AsRef<[u8]>) -> io::Result<CString> {
+    CString::new(s.as_ref()).map_err(|_| io::Error::other("mount argument holds a NUL byte"))
+}
+
+/// Mounts each of `mounts` on `target`, in order.
+pub fn mount_all(mounts: &[Mount], target: &Path) -> io::Result<()> {
+    for m in mounts {
+        mount_one(m, target)?;
+    }
+    Ok(())
+}
+
+fn mount_one(m: &Mount, target: &Path) -> io::Result<()> {
+    let (flags, propagation, mut data) = parse_options(&m.options);
+    let mut dir = None;
+    if m.r#type == "overlay" && data.join(",").len() > MAX_DATA {
+        let (common, relative) = compact_overlay(&data);
+        dir = Some(common);
+        data = relative;
+    }
+    let target_c = cstring(target.as_os_str().as_bytes())?;
+    let source = cstring(&m.source)?;
+    let fstype = cstring(&m.r#type)?;
+    let data = cstring(data.join(","))?;
+    match dir {
+        None => nix::mount::mount(
+            Some(source.as_c_str()),
+            target_c.as_c_str(),
+            Some(fstype.as_c_str()),
+            flags,
+            Some(data.as_c_str()),
+        )?,
+        Some(dir) => mount_from(&cstring(dir)?, &source, &target_c, &fstype, flags, &data)?,
+    }
+    if !propagation.is_empty() {
+        nix::mount::mount(
+            None::<&str>,
+            target_c.as_c_str(),
+            None::<&str>,
+            propagation,
+            None::<&str>,
+        )?;
+    }
+    let read_only_bind = MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    if flags.contains(read_only_bind) {
+        nix::mount::mount(
+            None::<&str>,
+            target_c.as_c_str(),
+            None::<&str>,
+            flags | MsFlags::MS_REMOUNT,
+            None::<&str>,
+        )?;
+    }
+    Ok(())
+}
+
+/// The directory every overlay layer path shares, and the options relative to it.
+fn compact_overlay(data: &[String]) -> (String, Vec<String>) {
+    let mut paths: Vec<&str> = Vec::new();
+    for o in data {
+        if let Some(lower) = o.strip_prefix("lowerdir=") {
+            paths.extend(lower.split(':'));
+        } else if let Some(p) = o
+            .strip_prefix("upperdir=")
+            .or_else(|| o.strip_prefix("workdir="))
+        {
+            paths.push(p);
+        }
+    }
+    let mut common: Vec<&str> = paths
+        .first()
+        .map(|p| p.split('/').collect())
+        .unwrap_or_default();
+    // The last component is the layer itself: the common part is a directory above it.
+    common.pop();
+    for p in &paths {
+        let parts: Vec<&str> = p.split('/').collect();
+        let shared = common
+            .iter()
+            .zip(&parts[..parts.len().saturating_sub(1)])
+            .take_while(|(a, b)| a == b)
+            .count();
+        common.truncate(shared);
+    }
+    let common = common.join("/");
+    let prefix = format!("{common}/");
+    let relative = |p: &str| p.strip_prefix(&prefix).unwrap_or(p).to_owned();
+    let out = data
+        .iter()
+        .map(|o| {
+            if let Some(lower) = o.strip_prefix("lowerdir=") {
+                let parts: Vec<String> = lower.split(':').map(relative).collect();
+                format!("lowerdir={}", parts.join(":"))
+            } else if let Some(p) = o.strip_prefix("upperdir=") {
+                format!("upperdir={}", relative(p))
+            } else if let Some(p) = o.strip_prefix("workdir=") {
+                format!("workdir={}", relative(p))
+            } else {
+                o.clone()
+            }
+        })
+        .collect();
+    (
+        if common.is_empty() {
+            "/".into()
+        } else {
+            common
+        },
+        out,
+    )
+}
+
+/// Mounts from inside `dir` so relative paths in `data` resolve there. The working directory
+/// is per process, so a child does it: it only makes system calls before it exits.
+fn mount_from(
+    dir: &CString,
+    source: &CString,
+    target: &CString,
+    fstype: &CString,
+    flags: MsFlags,
+    data: &CString,
+) -> io::Result<()> {
+    // SAFETY: the child calls only chdir, mount and _exit, all async-signal-safe, on data
+    // prepared before the fork.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => unsafe {
+            if libc::chdir(dir.as_ptr()) != 0 {
+                libc::_exit(*libc::__errno_location());
+            }
+            let r = libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                flags.bits(),
+                data.as_ptr().cast(),
+            );
+            libc::_exit(if r == 0 { 0 } else { *libc::__errno_location() });
+        },
+        nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None)? {
+            nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+            nix::sys::wait::WaitStatus::Exited(_, errno) => {
+                Err(io::Error::from_raw_os_error(errno))
+            }
+            other => Err(io::Error::other(format!("mount helper ended: {other:?}"))),
+        },
+    }
+}
+
+/// Unmounts `target` (lazily when busy, as a last resort).
+pub fn unmount(target: &Path) -> io::Result<()> {
+    match nix::mount::umount2(target, nix::mount::MntFlags::empty()) {
+        Err(nix::errno::Errno::EBUSY) => {
+            nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)?;
+            Ok(())
+        }
+        other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let (flags, prop, data) = parse_options(&[
+            "ro".into(),
+            "rbind".into(),
+            "rprivate".into(),
+            "lowerdir=/a".into(),
+        ]);
+        assert!(flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC));
+        assert_eq!(prop, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        assert_eq!(data, vec!["lowerdir=/a".to_string()]);
+        let (flags, _, _) = parse_options(&["ro".into(), "rw".into()]);
+        assert!(!flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn overlay_paths_become_relative_to_their_common_directory() {
+        let (dir, data) = compact_overlay(&[
+            "index=off".into(),
+            "workdir=/r/snapshots/9/work".into(),
+            "upperdir=/r/snapshots/9/fs".into(),
+            "lowerdir=/r/snapshots/8/fs:/r/snapshots/10/fs".into(),
+        ]);
+        assert_eq!(dir, "/r/snapshots");
+        assert_eq!(
+            data,
+            vec![
+                "index=off".to_string(),
+                "workdir=9/work".into(),
+                "upperdir=9/fs".into(),
+                "lowerdir=8/fs:10/fs".into()
+            ]
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! The `overlayfs` snapshotter, with containerd's layout: `snapshots/<id>/fs` holds a
+//! snapshot's own layer and `snapshots/<id>/work` overlayfs's work directory (active ones
+//! only). An active snapshot mounts as an overlay on its parents' layers; a snapshot without
+//! parents, and a view of a single layer, are bind mounts.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{disk_usage, make_dir, remove_tree};
+use crate::local::{orphans, Driver};
+use crate::storage::Snapshot;
+use crate::{Info, Kind, Mount, Usage};
+
+/// The label `upperdir_label` adds: where a snapshot's upper directory is.
+pub const UPPERDIR_LABEL: &str = "containerd.io/snapshot/overlay.upperdir";
+
+/// `[plugins."io.containerd.snapshotter.v1.overlayfs"]`, containerd's keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlayConfig {
+    pub root_path: String,
+    pub upperdir_label: bool,
+    pub sync_remove: bool,
+    pub slow_chown: bool,
+    pub mount_options: Vec<String>,
+}
+
+pub struct Overlay {
+    snapshots: PathBuf,
+    upperdir_label: bool,
+    sync_remove: bool,
+    /// Options every overlay mount carries: the configured ones, and `index=off` where the
+    /// kernel has the index feature and the config does not choose.
+    options: Vec<String>,
+}
+
+impl Overlay {
+    pub fn new(root: &Path, config: &OverlayConfig) -> io::Result<Self> {
+        let snapshots = root.join("snapshots");
+        if !snapshots.exists() {
+            std::fs::create_dir_all(root)?;
+            make_dir(&snapshots, 0o700)?;
+        }
+        let mut options = config.mount_options.clone();
+        if !options.iter().any(|o| o.starts_with("index="))
+            && Path::new("/sys/module/overlay/parameters/index").exists()
+        {
+            // Layers are shared between overlays: an index would tie each to one of them.
+            options.push("index=off".into());
+        }
+        Ok(Overlay {
+            snapshots,
+            upperdir_label: config.upperdir_label,
+            sync_remove: config.sync_remove,
+            options,
+        })
+    }
+
+    fn upper(&self, id: &str) -> PathBuf {
+        self.snapshots.join(id).join("fs")
+    }
+
+    fn path(p: PathBuf) -> String {
+        p.display().to_string()
+    }
+}
+
+impl Driver for Overlay {
+    fn create(&self, s: &Snapshot) -> io::Result<()> {
+        let staging = self.snapshots.join(format!("new-{}", s.id));
+        remove_tree(&staging)?;
+        let made = (|| {
+            make_dir(&staging, 0o700)?;
+            let fs = staging.join("fs");
+            make_dir(&fs, 0o755)?;
+            if s.kind == Kind::Active {
+                make_dir(&staging.join("work"), 0o711)?;
+            }
+            if let Some(parent) = s.parent_ids.first() {
+                // The new layer belongs to whoever owns the parent's root.
+                let owner = std::fs::metadata(self.upper(parent))?;
+                std::os::unix::fs::lchown(&fs, Some(owner.uid()), Some(owner.gid()))?;
+            }
+            let target = self.snapshots.join(&s.id);
+            // Left by a create whose record never got written (the id is free again).
+            remove_tree(&target)?;
+            std::fs::rename(&staging, &target)
+        })();
+        if made.is_err() {
+            let _ = remove_tree(&staging);
+        }
+        made
+    }
+
+    fn mounts(&self, s: &Snapshot) -> Vec<Mount> {
+        let access = if s.kind == Kind::Active { "rw" } else { "ro" };
+        let bind = |source: PathBuf, access: &str| Mount {
+            r#type: "bind".into(),
+            source: Self::path(source),
+            target: String::new(),
+            options: vec![access.into(), "rbind".into()],
+        };
+        if s.parent_ids.is_empty() {
+            return vec![bind(self.upper(&s.id), access)];
+        }
+        let mut options = self.options.clone();
+        if s.kind == Kind::Active {
+            options.push(format!(
+                "workdir={}",
+                Self::path(self.snapshots.join(&s.id).join("work"))
+            ));
+            options.push(format!("upperdir={}", Self::path(self.upper(&s.id))));
+        } else if s.parent_ids.len() == 1 {
+            return vec![bind(self.upper(&s.parent_ids[0]), "ro")];
+        }
+        let lower: Vec<String> = s
+            .parent_ids
+            .iter()
+            .map(|p| Self::path(self.upper(p)))
+            .collect();
+        options.push(format!("lowerdir={}", lower.join(":")));
+        vec![Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options,
+        }]
+    }
+
+    fn commit(&self, id: &str) -> io::Result<Usage> {
+        disk_usage(&self.upper(id))
+    }
+
+    fn detach(&self, id: &str, _kind: Kind, _has_parent: bool) -> io::Result<Option<PathBuf>> {
+        if !self.sync_remove {
+            // containerd's default: the directory goes at the next Cleanup.
+            return Ok(None);
+        }
+        let staged = self.snapshots.join(format!("rm-{id}"));
+        std::fs::rename(self.snapshots.join(id), &staged)?;
+        Ok(Some(staged))
+    }
+
+    fn usage(&self, id: &str) -> io::Result<Usage> {
+        disk_usage(&self.upper(id))
+    }
+
+    fn cleanup(&self, live: &HashSet<String>) -> io::Result<()> {
+        for path in orphans(&self.snapshots, live)? {
+            remove_tree(&path)?;
+        }
+        Ok(())
+    }
+
+    fn computed_labels(&self, id: &str, info: &mut Info) {
+        if self.upperdir_label {
+            info.labels
+                .insert(UPPERDIR_LABEL.into(), Self::path(self.upper(id)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LocalSnapshotter, Snapshotter};
+
+    fn open(root: &Path, config: OverlayConfig) -> LocalSnapshotter<Overlay> {
+        LocalSnapshotter::open(root, Overlay::new(root, &config).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn mounts_follow_containerds_layout() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let sn = open(root, OverlayConfig::default());
+        let snaps = root.join("snapshots").display().to_string();
+        let m = sn.prepare("a", "", Default::default()).await.unwrap();
+        assert_eq!(m[0].r#type, "bind");
+        assert_eq!(m[0].source, format!("{snaps}/1/fs"));
+        assert_eq!(m[0].options, vec!["rw", "rbind"]);
+        sn.commit("c1", "a", Default::default()).await.unwrap();
+        let m = sn.view("v1", "c1", Default::default()).await.unwrap();
+        assert_eq!(m[0].r#type, "bind");
+        assert_eq!(m[0].options, vec!["ro", "rbind"]);
+        assert_eq!(m[0].source, format!("{snaps}/1/fs"));
+        let m = sn.prepare("b", "c1", Default::default()).await.unwrap();
+        assert_eq!(m[0].r#type, "overlay");
+        let opts = &m[0].options;
+        assert!(
+            opts.contains(&format!("workdir={snaps}/3/work")),
+            "{opts:?}"
+        );
+        assert!(opts.contains(&format!("upperdir={snaps}/3/fs")), "{opts:?}");
+        assert_eq!(opts.last().unwrap(), &format!("lowerdir={snaps}/1/fs"));
+        sn.commit("c2", "b", Default::default()).await.unwrap();
+        let m = sn.view("v2", "c2", Default::default()).await.unwrap();
+        assert_eq!(m[0].r#type, "overlay");
+        assert_eq!(
+            m[0].options.last().unwrap(),
+            &format!("lowerdir={snaps}/3/fs:{snaps}/1/fs")
+        );
+        assert!(!m[0].options.iter().any(|o| o.starts_with("upperdir=")));
+        // Async removal: the directory stays until Cleanup.
+        sn.remove("v2").await.unwrap();
+        sn.remove("c2").await.unwrap();
+        assert!(root.join("snapshots/3").exists());
+        sn.cleanup().await.unwrap();
+        assert!(!root.join("snapshots/3").exists());
+        assert!(root.join("snapshots/1").exists());
+    }
+
+    #[tokio::test]
+    async fn upperdir_label_and_sync_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let sn = open(
+            root,
+            OverlayConfig {
+                upperdir_label: true,
+                sync_remove: true,
+                ..Default::default()
+            },
+        );
+        sn.prepare("a", "", Default::default()).await.unwrap();
+        let upper = root.join("snapshots/1/fs").display().to_string();
+        assert_eq!(
+            sn.stat("a").await.unwrap().labels.get(UPPERDIR_LABEL),
+            Some(&upper)
+        );
+        let walked = sn.walk(&[]).await.unwrap();
+        assert_eq!(walked[0].labels.get(UPPERDIR_LABEL), Some(&upper));
+        sn.remove("a").await.unwrap();
+        assert!(!root.join("snapshots/1").exists());
+    }
+
+    #[tokio::test]
+    async fn crash_leftovers_are_removed_on_open() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        {
+            let sn = open(root, OverlayConfig::default());
+            sn.prepare("a", "", Default::default()).await.unwrap();
+        }
+        // A create that died before its record was written, and one that died mid-way.
+        std::fs::create_dir_all(root.join("snapshots/2/fs")).unwrap();
+        std::fs::create_dir_all(root.join("snapshots/new-3/fs")).unwrap();
+        let sn = open(root, OverlayConfig::default());
+        assert!(!root.join("snapshots/2").exists());
+        assert!(!root.join("snapshots/new-3").exists());
+        assert!(root.join("snapshots/1/fs").exists());
+        // The next id is 2 again: the record was never written, so its id was never used.
+        sn.prepare("b", "", Default::default()).await.unwrap();
+        assert!(root.join("snapshots/2/fs").exists());
+    }
+}

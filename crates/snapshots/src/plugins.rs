@@ -1,0 +1,163 @@
+//! The snapshotter registrations, with containerd's ids, config keys, exports and skip rules.
+//! Each ready plugin's instance is an `Arc<dyn Snapshotter>`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crated_plugin::{types, InitContext, Instance, PluginError, Registration};
+use serde::{Deserialize, Serialize};
+
+use crate::host::{self, filesystem_type, platform};
+use crate::native::Native;
+use crate::overlayfs::{Overlay, OverlayConfig};
+use crate::{LocalSnapshotter, Snapshotter};
+
+/// `[plugins."io.containerd.snapshotter.v1.native"]` (and btrfs): containerd's key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RootConfig {
+    pub root_path: String,
+}
+
+/// `[plugins."io.containerd.snapshotter.v1.devmapper"]`, containerd's keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevmapperConfig {
+    pub root_path: String,
+    pub pool_name: String,
+    pub base_image_size: String,
+    pub async_remove: bool,
+    pub discard_blocks: bool,
+    pub fs_type: String,
+    pub fs_options: String,
+}
+
+fn advertise(ctx: &InitContext, root: &Path) {
+    let mut meta = ctx.meta();
+    meta.platforms = vec![platform()];
+    meta.exports
+        .insert("root".into(), root.display().to_string());
+}
+
+/// The configured `root_path`, or the plugin's own root directory.
+fn root_dir(ctx: &InitContext, root_path: &str) -> Result<PathBuf, PluginError> {
+    if root_path.is_empty() {
+        ctx.root()
+    } else {
+        std::fs::create_dir_all(root_path)
+            .map_err(|e| PluginError::failed(format!("creating {root_path}: {e}")))?;
+        Ok(root_path.into())
+    }
+}
+
+/// The plugin instance of a ready snapshotter; closing the daemon closes it.
+pub fn instance(snapshotter: Arc<dyn Snapshotter>) -> Instance {
+    let closing = snapshotter.clone();
+    Instance::new(Arc::new(snapshotter)).with_close(move || async move {
+        if let Err(e) = closing.close().await {
+            tracing::warn!("closing snapshotter: {e}");
+        }
+    })
+}
+
+async fn open_local<D: crate::Driver>(
+    root: PathBuf,
+    driver: impl FnOnce(&Path) -> std::io::Result<D> + Send + 'static,
+) -> Result<Arc<dyn Snapshotter>, PluginError> {
+    tokio::task::spawn_blocking(move || {
+        let d =
+            driver(&root).map_err(|e| PluginError::failed(format!("{}: {e}", root.display())))?;
+        LocalSnapshotter::open(&root, d)
+            .map(|s| Arc::new(s) as Arc<dyn Snapshotter>)
+            .map_err(PluginError::failed)
+    })
+    .await
+    .map_err(PluginError::failed)?
+}
+
+fn not_implemented(id: &str) -> PluginError {
+    PluginError::failed(format!(
+        "the {id} snapshotter could run on this host but is not implemented in this version of crated"
+    ))
+}
+
+fn fs_check(
+    ctx: &InitContext,
+    id: &str,
+    want: &str,
+    message: impl Fn(&str) -> String,
+) -> Result<Instance, PluginError> {
+    let root = ctx.root()?;
+    advertise(ctx, &root);
+    let found = filesystem_type(&root).map_err(|e| PluginError::failed(format!("{id}: {e}")))?;
+    if found != want {
+        return Err(PluginError::skip(message(&found)));
+    }
+    Err(not_implemented(id))
+}
+
+pub fn registrations() -> Vec<Registration> {
+    vec![
+        Registration::new(types::SNAPSHOTTER, "aufs", |ctx| async move {
+            advertise(&ctx, ctx.root_path());
+            if !host::kernel_has_filesystem("aufs") {
+                return Err(PluginError::skip(
+                    "aufs is not supported (the kernel lists no aufs in /proc/filesystems)",
+                ));
+            }
+            Err(not_implemented("aufs"))
+        }),
+        Registration::new(types::SNAPSHOTTER, "btrfs", |ctx| async move {
+            let root = ctx.root_path().display().to_string();
+            fs_check(&ctx, "btrfs", "btrfs", |found| {
+                format!("path {root} ({found}) must be a btrfs filesystem to be used with the btrfs snapshotter")
+            })
+        }),
+        Registration::new(types::SNAPSHOTTER, "devmapper", |mut ctx| async move {
+            let config: DevmapperConfig = ctx.config()?;
+            let root = if config.root_path.is_empty() {
+                ctx.root_path().to_path_buf()
+            } else {
+                config.root_path.clone().into()
+            };
+            advertise(&ctx, &root);
+            if config.pool_name.is_empty() {
+                return Err(PluginError::skip("devmapper not configured"));
+            }
+            if !Path::new("/dev/mapper/control").exists() {
+                return Err(PluginError::skip(
+                    "device-mapper is not available on this host (/dev/mapper/control is missing)",
+                ));
+            }
+            Err(not_implemented("devmapper"))
+        })
+        .with_config::<DevmapperConfig>(),
+        Registration::new(types::SNAPSHOTTER, "native", |mut ctx| async move {
+            let config: RootConfig = ctx.config()?;
+            let root = root_dir(&ctx, &config.root_path)?;
+            advertise(&ctx, &root);
+            Ok(instance(open_local(root, Native::new).await?))
+        })
+        .with_config::<RootConfig>(),
+        Registration::new(types::SNAPSHOTTER, "overlayfs", |mut ctx| async move {
+            let config: OverlayConfig = ctx.config()?;
+            let root = root_dir(&ctx, &config.root_path)?;
+            advertise(&ctx, &root);
+            if !host::kernel_has_filesystem("overlay") {
+                return Err(PluginError::skip(
+                    "overlayfs is not supported (the kernel lists no overlay in /proc/filesystems)",
+                ));
+            }
+            Ok(instance(
+                open_local(root, move |r| Overlay::new(r, &config)).await?,
+            ))
+        })
+        .with_config::<OverlayConfig>(),
+        Registration::new(types::SNAPSHOTTER, "zfs", |ctx| async move {
+            let root = ctx.root_path().display().to_string();
+            fs_check(&ctx, "zfs", "zfs", |_| {
+                format!("path {root} must be a zfs filesystem to be used with the zfs snapshotter")
+            })
+        }),
+    ]
+}
