@@ -3,16 +3,14 @@
 //! the unix socket SOCKET. Configure it in crated or containerd as
 //! `[proxy_plugins.NAME] type = "content" address = "SOCKET"`.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use crated_content::{ContentStore, LocalStore};
 use crated_services::content::BareContentServer;
-use tokio::net::UnixListener;
-use tokio::signal::unix::{signal, SignalKind};
+use crated_services::socket::{bind_unix, shutdown_signal};
 use tokio_stream::wrappers::UnixListenerStream;
 
 #[derive(Parser, Debug)]
@@ -31,47 +29,21 @@ struct Cli {
     log_level: String,
 }
 
-/// Removes a socket file left by a process that died; refuses one in use or a non-socket.
-fn clear_stale(socket: &Path) -> anyhow::Result<()> {
-    let Ok(meta) = std::fs::symlink_metadata(socket) else {
-        return Ok(());
-    };
-    if !meta.file_type().is_socket() {
-        bail!("{} exists and is not a socket", socket.display());
-    }
-    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-        bail!("{} is in use by another process", socket.display());
-    }
-    std::fs::remove_file(socket).with_context(|| format!("removing stale {}", socket.display()))
-}
-
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     let root = cli.root.clone();
     let store = tokio::task::spawn_blocking(move || LocalStore::open(&root))
         .await?
         .with_context(|| format!("opening the store at {}", cli.root.display()))?;
     let store: Arc<dyn ContentStore> = Arc::new(store);
-    clear_stale(&cli.socket)?;
-    if let Some(parent) = cli.socket.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let listener = UnixListener::bind(&cli.socket)
-        .with_context(|| format!("listening on {}", cli.socket.display()))?;
-    std::fs::set_permissions(&cli.socket, std::fs::Permissions::from_mode(0o660))?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let listener = bind_unix(&cli.socket, 0, 0)?;
+    let stop = shutdown_signal()?;
     tracing::info!(socket = %cli.socket.display(), root = %cli.root.display(), "serving content");
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
         .max_frame_size(1 << 20)
         .add_service(BareContentServer::new(store).into_service())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        })
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
         .await;
     let _ = std::fs::remove_file(&cli.socket);
     result.context("serving gRPC")

@@ -2,7 +2,6 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -118,39 +117,9 @@ fn make_dir(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))
 }
 
-/// Binds the socket, removing a stale one left by a daemon that died, but never one in use
-/// and never a file that is not a socket.
+/// Binds the socket (see [`crated_services::socket::bind_unix`]).
 fn bind(address: &Path, uid: u32, gid: u32) -> anyhow::Result<UnixListener> {
-    if let Some(parent) = address.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(address) {
-        use std::os::unix::fs::FileTypeExt;
-        if !meta.file_type().is_socket() {
-            bail!("{} exists and is not a socket", address.display());
-        }
-        if std::os::unix::net::UnixStream::connect(address).is_ok() {
-            bail!("{} is in use by another process", address.display());
-        }
-        std::fs::remove_file(address)
-            .with_context(|| format!("removing stale {}", address.display()))?;
-    }
-    let listener = UnixListener::bind(address)
-        .with_context(|| format!("listening on {}", address.display()))?;
-    let owned =
-        std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660)).and_then(|_| {
-            if uid != 0 || gid != 0 {
-                std::os::unix::fs::chown(address, Some(uid), Some(gid))
-            } else {
-                Ok(())
-            }
-        });
-    if let Err(e) = owned {
-        let _ = std::fs::remove_file(address);
-        return Err(e).with_context(|| format!("setting owner and mode of {}", address.display()));
-    }
-    Ok(listener)
+    Ok(crated_services::socket::bind_unix(address, uid, gid)?)
 }
 
 /// How long open calls (streams) may run on after SIGTERM before they are cut.

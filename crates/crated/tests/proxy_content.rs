@@ -2,45 +2,22 @@
 //! by Debian's containerd as `[proxy_plugins.x] type = "content"`, driven by Debian's `ctr`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crated_testsupport::blobs::{blob_files, data, digest, ok, with_stdin};
-use crated_testsupport::{tool, workspace_bin, Daemon};
+use crated_testsupport::{tool, workspace_bin, Daemon, SocketServer};
 
 fn crated() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crated"))
 }
 
 /// A running `crated-content`, stopped on drop.
-struct ContentServer {
-    child: Child,
-}
-
-impl ContentServer {
-    fn start(socket: &Path, root: &Path) -> ContentServer {
-        let child = Command::new(workspace_bin("crated-content"))
-            .arg(socket)
-            .arg(root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting crated-content");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            assert!(Instant::now() < deadline, "crated-content did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        ContentServer { child }
-    }
-}
-
-impl Drop for ContentServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn content_server(socket: &Path, root: &Path) -> SocketServer {
+    SocketServer::start(
+        "crated-content",
+        &[socket.as_os_str(), root.as_os_str()],
+        socket,
+    )
 }
 
 fn proxy_config(socket: &Path) -> String {
@@ -79,7 +56,7 @@ fn crated_uses_a_proxy_store_and_survives_its_restarts() {
     };
     let dir = tempfile::tempdir().unwrap();
     let (socket, store) = (dir.path().join("content.sock"), dir.path().join("store"));
-    let mut server = Some(ContentServer::start(&socket, &store));
+    let mut server = Some(content_server(&socket, &store));
     let daemon = Daemon::crated(&crated(), Some(&proxy_config(&socket)), &[]).unwrap();
     ok(daemon.client(&ctr, &["leases", "create", "--id", "keep"]));
     let d = {
@@ -140,7 +117,7 @@ fn crated_uses_a_proxy_store_and_survives_its_restarts() {
     );
 
     // It comes back: reconnected, same data.
-    let _server = ContentServer::start(&socket, &store);
+    let _server = content_server(&socket, &store);
     let status = ok(daemon.client(&ctr, &["plugins", "ls", "id==remote"]));
     assert!(status.trim_end().ends_with("ok"), "{status}");
     let out = daemon.client(&ctr, &["content", "get", &d]);
@@ -169,7 +146,7 @@ fn debian_containerd_uses_crated_content_as_its_proxy_store() {
     };
     let dir = tempfile::tempdir().unwrap();
     let (socket, store) = (dir.path().join("content.sock"), dir.path().join("store"));
-    let _server = ContentServer::start(&socket, &store);
+    let _server = content_server(&socket, &store);
     let daemon = Daemon::containerd(&containerd, Some(&proxy_config(&socket))).unwrap();
     let d = round_trip(&ctr, &daemon, 9);
     assert_eq!(blob_files(&store), [d.trim_start_matches("sha256:")]);

@@ -11,6 +11,7 @@ pub mod leases;
 pub mod metadata;
 pub mod namespaces;
 pub mod snapshots;
+pub mod socket;
 pub mod version;
 
 pub use grpc::GrpcService;

@@ -18,32 +18,39 @@ pub fn platform() -> String {
 /// The type of the filesystem mounted under `path` (the longest mount point that contains it),
 /// from `/proc/self/mountinfo`.
 pub fn filesystem_type(path: &Path) -> io::Result<String> {
+    Ok(mount_of(path)?.0)
+}
+
+/// The source (the device, for a block filesystem) of the mount under `path`.
+pub fn mount_source(path: &Path) -> io::Result<String> {
+    Ok(mount_of(path)?.1)
+}
+
+/// The filesystem type and source of the longest mount point containing `path`.
+fn mount_of(path: &Path) -> io::Result<(String, String)> {
     let path = path.canonicalize()?;
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut best: Option<(usize, String)> = None;
+    let mut best: Option<(usize, String, String)> = None;
     for line in info.lines() {
         // id parent major:minor root mount-point options [optional...] - fstype source super
         let mut fields = line.split(' ');
         let Some(mount_point) = fields.nth(4) else {
             continue;
         };
-        let Some(fstype) = line
-            .split(" - ")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-        else {
+        let mut tail = line.split(" - ").nth(1).unwrap_or("").split(' ');
+        let (Some(fstype), Some(source)) = (tail.next(), tail.next()) else {
             continue;
         };
         let mount_point = unescape(mount_point);
         if path.starts_with(&mount_point)
             && best
                 .as_ref()
-                .is_none_or(|(len, _)| mount_point.len() >= *len)
+                .is_none_or(|(len, _, _)| mount_point.len() >= *len)
         {
-            best = Some((mount_point.len(), fstype.to_owned()));
+            best = Some((mount_point.len(), fstype.to_owned(), unescape(source)));
         }
     }
-    best.map(|(_, t)| t)
+    best.map(|(_, t, s)| (t, s))
         .ok_or_else(|| io::Error::other(format!("no mount found for {}", path.display())))
 }
 

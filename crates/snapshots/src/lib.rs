@@ -3,6 +3,7 @@
 //! and `aufs`, with containerd's ids, config keys, exports and skip rules. Keys here are the
 //! backend's own: the metadata layer above namespaces them.
 
+pub mod btrfs;
 mod error;
 mod fsutil;
 mod host;
@@ -19,7 +20,7 @@ use std::collections::HashMap;
 pub use error::SnapshotError;
 pub use host::{filesystem_type, platform};
 pub use local::{Driver, LocalSnapshotter};
-pub use plugins::registrations;
+pub use plugins::{open_snapshotter, registrations, SnapshotterKind};
 
 /// Labels a snapshotter itself keeps and reports; the metadata layer hands it only these.
 pub const INHERITED_LABEL_PREFIX: &str = "containerd.io/snapshot/";
@@ -161,5 +162,15 @@ mod suite_tests {
             Arc::new(crate::LocalSnapshotter::open(root, driver).unwrap())
         }
         crate::snapshotter_suite!(make);
+    }
+
+    mod btrfs {
+        use std::sync::Arc;
+
+        fn make(root: &std::path::Path) -> Arc<dyn crate::Snapshotter> {
+            crate::testsuite::mount_loop_btrfs(root);
+            crate::open_snapshotter(root, crate::SnapshotterKind::Btrfs).unwrap()
+        }
+        crate::snapshotter_suite!(make, if crate::testsuite::btrfs_available);
     }
 }

@@ -1,7 +1,7 @@
 //! A snapshotter whose snapshots live on this host: the contract's bookkeeping over the
 //! [`MetaStore`], with a [`Driver`] doing what differs between native, overlayfs and btrfs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,8 +21,8 @@ pub trait Driver: Send + Sync + 'static {
     fn detach(&self, id: &str, kind: Kind, has_parent: bool) -> io::Result<Option<PathBuf>>;
     /// What the active snapshot `id` uses now.
     fn usage(&self, id: &str) -> io::Result<Usage>;
-    /// Deletes whatever belongs to no snapshot in `live` (ids).
-    fn cleanup(&self, live: &HashSet<String>) -> io::Result<()>;
+    /// Deletes whatever belongs to no snapshot in `live` (ids and their kinds).
+    fn cleanup(&self, live: &HashMap<String, Kind>) -> io::Result<()>;
     /// Labels the driver computes for a snapshot (overlayfs's `upperdir_label`).
     fn computed_labels(&self, _id: &str, _info: &mut Info) {}
 }
@@ -99,7 +99,11 @@ impl<D: Driver> Inner<D> {
         // A write transaction, though nothing is written: it keeps creates (which build their
         // directory before their record is committed) out while orphans are told apart.
         let tx = self.store.write()?;
-        let live = tx.all()?.into_iter().map(|(id, _)| id).collect();
+        let live = tx
+            .all()?
+            .into_iter()
+            .map(|(id, info)| (id, info.kind))
+            .collect();
         let result = self
             .driver
             .cleanup(&live)
@@ -246,9 +250,9 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
     }
 }
 
-/// Names under a snapshots directory that belong to no live snapshot: ids not in `live`,
+/// Entries of a snapshots directory that belong to no live snapshot: ids `is_live` refuses,
 /// and the `new-*` and `rm-*` leftovers of interrupted creates and removes.
-pub(crate) fn orphans(dir: &Path, live: &HashSet<String>) -> io::Result<Vec<PathBuf>> {
+pub(crate) fn orphans(dir: &Path, is_live: impl Fn(&str) -> bool) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -258,7 +262,7 @@ pub(crate) fn orphans(dir: &Path, live: &HashSet<String>) -> io::Result<Vec<Path
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !live.contains(&name) {
+        if !is_live(&name) {
             out.push(entry.path());
         }
     }

@@ -1,7 +1,7 @@
 //! The `native` snapshotter: each snapshot is a full directory tree at `snapshots/<id>`, made
 //! by copying its parent's. It works on any filesystem, at the cost of copies.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -85,8 +85,8 @@ impl Driver for Native {
         disk_usage(&self.dir(id))
     }
 
-    fn cleanup(&self, live: &HashSet<String>) -> io::Result<()> {
-        for path in orphans(&self.snapshots, live)? {
+    fn cleanup(&self, live: &HashMap<String, Kind>) -> io::Result<()> {
+        for path in orphans(&self.snapshots, |id| live.contains_key(id))? {
             remove_tree(&path)?;
         }
         Ok(())

@@ -3,7 +3,7 @@
 //! only). An active snapshot mounts as an overlay on its parents' layers; a snapshot without
 //! parents, and a view of a single layer, are bind mounts.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -149,8 +149,8 @@ impl Driver for Overlay {
         disk_usage(&self.upper(id))
     }
 
-    fn cleanup(&self, live: &HashSet<String>) -> io::Result<()> {
-        for path in orphans(&self.snapshots, live)? {
+    fn cleanup(&self, live: &HashMap<String, Kind>) -> io::Result<()> {
+        for path in orphans(&self.snapshots, |id| live.contains_key(id))? {
             remove_tree(&path)?;
         }
         Ok(())

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crated_plugin::{types, InitContext, Instance, PluginError, Registration};
 use serde::{Deserialize, Serialize};
 
+use crate::btrfs::Btrfs;
 use crate::host::{self, filesystem_type, platform};
 use crate::native::Native;
 use crate::overlayfs::{Overlay, OverlayConfig};
@@ -60,19 +61,56 @@ pub fn instance(snapshotter: Arc<dyn Snapshotter>) -> Instance {
     })
 }
 
-async fn open_local<D: crate::Driver>(
-    root: PathBuf,
-    driver: impl FnOnce(&Path) -> std::io::Result<D> + Send + 'static,
-) -> Result<Arc<dyn Snapshotter>, PluginError> {
-    tokio::task::spawn_blocking(move || {
-        let d =
-            driver(&root).map_err(|e| PluginError::failed(format!("{}: {e}", root.display())))?;
-        LocalSnapshotter::open(&root, d)
-            .map(|s| Arc::new(s) as Arc<dyn Snapshotter>)
-            .map_err(PluginError::failed)
+/// One of the local snapshotters, for [`open_snapshotter`].
+#[derive(Debug, Clone)]
+pub enum SnapshotterKind {
+    Native,
+    Overlayfs(OverlayConfig),
+    /// `root` must be on a btrfs filesystem.
+    Btrfs,
+}
+
+/// Opens a local snapshotter on `root` (blocking): what a plugin's init and
+/// `crated-snapshotter` do.
+pub fn open_snapshotter(
+    root: &Path,
+    kind: SnapshotterKind,
+) -> Result<Arc<dyn Snapshotter>, crate::SnapshotError> {
+    let io = |e| crate::SnapshotError::io(root.display().to_string())(e);
+    Ok(match kind {
+        SnapshotterKind::Native => Arc::new(LocalSnapshotter::open(
+            root,
+            Native::new(root).map_err(io)?,
+        )?),
+        SnapshotterKind::Overlayfs(config) => Arc::new(LocalSnapshotter::open(
+            root,
+            Overlay::new(root, &config).map_err(io)?,
+        )?),
+        SnapshotterKind::Btrfs => {
+            let found = filesystem_type(root).map_err(io)?;
+            if found != "btrfs" {
+                return Err(crate::SnapshotError::FailedPrecondition(btrfs_message(
+                    root, &found,
+                )));
+            }
+            Arc::new(LocalSnapshotter::open(root, Btrfs::new(root).map_err(io)?)?)
+        }
     })
-    .await
-    .map_err(PluginError::failed)?
+}
+
+fn btrfs_message(root: &Path, found: &str) -> String {
+    format!(
+        "path {} ({found}) must be a btrfs filesystem to be used with the btrfs snapshotter",
+        root.display()
+    )
+}
+
+async fn open_kind(root: PathBuf, kind: SnapshotterKind) -> Result<Instance, PluginError> {
+    let sn = tokio::task::spawn_blocking(move || open_snapshotter(&root, kind))
+        .await
+        .map_err(PluginError::failed)?
+        .map_err(PluginError::failed)?;
+    Ok(instance(sn))
 }
 
 fn not_implemented(id: &str) -> PluginError {
@@ -107,12 +145,18 @@ pub fn registrations() -> Vec<Registration> {
             }
             Err(not_implemented("aufs"))
         }),
-        Registration::new(types::SNAPSHOTTER, "btrfs", |ctx| async move {
-            let root = ctx.root_path().display().to_string();
-            fs_check(&ctx, "btrfs", "btrfs", |found| {
-                format!("path {root} ({found}) must be a btrfs filesystem to be used with the btrfs snapshotter")
-            })
-        }),
+        Registration::new(types::SNAPSHOTTER, "btrfs", |mut ctx| async move {
+            let config: RootConfig = ctx.config()?;
+            let root = root_dir(&ctx, &config.root_path)?;
+            advertise(&ctx, &root);
+            let found =
+                filesystem_type(&root).map_err(|e| PluginError::failed(format!("btrfs: {e}")))?;
+            if found != "btrfs" {
+                return Err(PluginError::skip(btrfs_message(&root, &found)));
+            }
+            open_kind(root, SnapshotterKind::Btrfs).await
+        })
+        .with_config::<RootConfig>(),
         Registration::new(types::SNAPSHOTTER, "devmapper", |mut ctx| async move {
             let config: DevmapperConfig = ctx.config()?;
             let root = if config.root_path.is_empty() {
@@ -136,7 +180,7 @@ pub fn registrations() -> Vec<Registration> {
             let config: RootConfig = ctx.config()?;
             let root = root_dir(&ctx, &config.root_path)?;
             advertise(&ctx, &root);
-            Ok(instance(open_local(root, Native::new).await?))
+            open_kind(root, SnapshotterKind::Native).await
         })
         .with_config::<RootConfig>(),
         Registration::new(types::SNAPSHOTTER, "overlayfs", |mut ctx| async move {
@@ -148,9 +192,7 @@ pub fn registrations() -> Vec<Registration> {
                     "overlayfs is not supported (the kernel lists no overlay in /proc/filesystems)",
                 ));
             }
-            Ok(instance(
-                open_local(root, move |r| Overlay::new(r, &config)).await?,
-            ))
+            open_kind(root, SnapshotterKind::Overlayfs(config)).await
         })
         .with_config::<OverlayConfig>(),
         Registration::new(types::SNAPSHOTTER, "zfs", |ctx| async move {

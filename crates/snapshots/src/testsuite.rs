@@ -355,6 +355,62 @@ pub async fn deep_chain(sn: Arc<dyn Snapshotter>, work: PathBuf) {
     }
 }
 
+/// Makes a btrfs filesystem in a sparse file next to `root` and mounts it on `root`; false
+/// (saying why) where that cannot be done: not root, or no `mkfs.btrfs` (Debian's btrfs-progs).
+pub fn mount_loop_btrfs(root: &Path) -> bool {
+    let image = root.with_extension("btrfs.img");
+    let made = fs::File::create(&image).and_then(|f| f.set_len(512 << 20));
+    if let Err(e) = made {
+        panic!("creating {}: {e}", image.display());
+    }
+    let mkfs = std::process::Command::new("mkfs.btrfs")
+        .arg("-q")
+        .arg(&image)
+        .output()
+        .unwrap_or_else(|e| panic!("running mkfs.btrfs (Debian package btrfs-progs): {e}"));
+    assert!(
+        mkfs.status.success(),
+        "mkfs.btrfs: {}",
+        String::from_utf8_lossy(&mkfs.stderr)
+    );
+    let mounted = std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&image)
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(
+        mounted.status.success(),
+        "mounting {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&mounted.stderr)
+    );
+    true
+}
+
+/// Whether btrfs cases can run: root, and `mkfs.btrfs` on PATH. Says why not; on CI (`CI`
+/// set) a missing tool is a failure, since CI installs it.
+pub fn btrfs_available() -> bool {
+    if !can_mount("btrfs cases") {
+        return false;
+    }
+    let found = std::process::Command::new("mkfs.btrfs")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let on_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+        assert!(!on_ci, "mkfs.btrfs is missing on CI: install btrfs-progs");
+        eprintln!("skipping btrfs cases: mkfs.btrfs not found (Debian package btrfs-progs)");
+    }
+    found
+}
+
+/// The guard of cases that can run anywhere.
+pub fn always() -> bool {
+    true
+}
+
 /// Runs one case with a fresh snapshotter from `make` (given its root) and a scratch dir.
 pub async fn run_case<F, Fut, M>(make: M, case: F)
 where
@@ -367,6 +423,8 @@ where
     fs::create_dir_all(base.join("work")).unwrap();
     let sn = make(&base.join("root"));
     case(sn, base.join("work")).await;
+    // A snapshotter on a filesystem of its own (btrfs on a loop file) has it mounted at root.
+    let _ = mount::unmount(&base.join("root"));
     let _ = fs::remove_dir_all(&base);
 }
 
@@ -381,18 +439,23 @@ fn uuid_like() -> String {
     )
 }
 
-/// One test per suite case for a snapshotter made by `$make` (a `fn(&Path) -> Arc<dyn Snapshotter>`).
+/// One test per suite case for a snapshotter made by `$make` (a
+/// `fn(&Path) -> Arc<dyn Snapshotter>` given the root). With `if $guard`, each test first asks
+/// `$guard()` (a `fn() -> bool` that says why when it returns false) whether it can run here.
 #[macro_export]
 macro_rules! snapshotter_suite {
-    ($make:expr, $($case:ident),* $(,)?) => {$(
+    ($make:expr, if $guard:expr; $($case:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $case() {
+            if !$guard() {
+                return;
+            }
             $crate::testsuite::run_case($make, $crate::testsuite::$case).await;
         }
     )*};
-    ($make:expr) => {
+    ($make:expr, if $guard:expr) => {
         $crate::snapshotter_suite!(
-            $make,
+            $make, if $guard;
             stat_kinds_and_parents,
             key_conflicts,
             remove_rules,
@@ -402,5 +465,8 @@ macro_rules! snapshotter_suite {
             layers_through_mounts,
             deep_chain,
         );
+    };
+    ($make:expr) => {
+        $crate::snapshotter_suite!($make, if $crate::testsuite::always);
     };
 }

@@ -3,6 +3,7 @@
 //! the peer tools (`ctr`, `containerd`) with a loud skip outside CI and a failure on CI.
 
 pub mod blobs;
+pub mod oci;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -298,5 +299,41 @@ pub fn output_within(cmd: &mut Command, timeout: Duration) -> Output {
             );
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A plugin server (`crated-content`, `crated-snapshotter`) listening on a unix socket;
+/// killed on drop.
+pub struct SocketServer {
+    child: Child,
+}
+
+impl SocketServer {
+    /// Starts the workspace binary `name` with `args` and waits until `socket` accepts.
+    pub fn start(name: &str, args: &[&std::ffi::OsStr], socket: &Path) -> SocketServer {
+        let child = Command::new(workspace_bin(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not listen on {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SocketServer { child }
+    }
+}
+
+impl Drop for SocketServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

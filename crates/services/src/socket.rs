@@ -1,0 +1,69 @@
+//! The unix socket a gRPC server listens on, made the same way by the daemon and by the
+//! standalone plugin servers.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+
+use tokio::net::UnixListener;
+
+fn context(what: String) -> impl FnOnce(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Binds `address` (mode 0660, owned by `uid`:`gid` unless both are 0), creating its
+/// directory, and removing a stale socket left by a process that died, but never one in use
+/// and never a file that is not a socket.
+pub fn bind_unix(address: &Path, uid: u32, gid: u32) -> io::Result<UnixListener> {
+    if let Some(parent) = address.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(context(format!("creating {}", parent.display())))?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(address) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", address.display()),
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(address).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by another process", address.display()),
+            ));
+        }
+        std::fs::remove_file(address)
+            .map_err(context(format!("removing stale {}", address.display())))?;
+    }
+    let listener = UnixListener::bind(address)
+        .map_err(context(format!("listening on {}", address.display())))?;
+    let owned =
+        std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660)).and_then(|_| {
+            if uid != 0 || gid != 0 {
+                std::os::unix::fs::chown(address, Some(uid), Some(gid))
+            } else {
+                Ok(())
+            }
+        });
+    if let Err(e) = owned {
+        let _ = std::fs::remove_file(address);
+        return Err(context(format!(
+            "setting owner and mode of {}",
+            address.display()
+        ))(e));
+    }
+    Ok(listener)
+}
+
+/// Resolves on the first SIGTERM or SIGINT; the handlers are installed at the call.
+pub fn shutdown_signal() -> io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
