@@ -5,6 +5,7 @@ use crated_api::containerd::services::content::v1::content_client::ContentClient
 use crated_api::containerd::services::introspection::v1::introspection_client::IntrospectionClient;
 use crated_api::containerd::services::leases::v1::leases_client::LeasesClient;
 use crated_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
+use crated_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use crated_api::containerd::services::version::v1::version_client::VersionClient;
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -82,6 +83,10 @@ impl Connection {
 
     pub fn leases(&self) -> LeasesClient<Channel> {
         LeasesClient::new(self.channel.clone())
+    }
+
+    pub fn snapshots(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(self.channel.clone())
     }
 
     pub fn namespaces(&self) -> NamespacesClient<Channel> {

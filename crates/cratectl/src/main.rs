@@ -7,6 +7,7 @@ mod gc;
 mod leases;
 mod namespaces;
 mod plugins;
+mod snapshots;
 
 use clap::{Parser, Subcommand};
 
@@ -61,6 +62,9 @@ enum Command {
         #[command(subcommand)]
         command: leases::LeasesCommand,
     },
+    /// Manage snapshots.
+    #[command(alias = "snapshot")]
+    Snapshots(snapshots::SnapshotsArgs),
     /// Run a garbage collection now and print what it removed and how long it held writers.
     Gc,
     /// Print client and server versions.
@@ -81,6 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Namespaces { command } => namespaces::run(&conn, command).await,
         Command::Content { command } => content::run(&conn, command).await,
         Command::Leases { command } => leases::run(&conn, command).await,
+        Command::Snapshots(args) => snapshots::run(&conn, args).await,
         Command::Gc => gc::run(&conn, gc::Show::Everything).await,
         Command::Version => {
             let mut version = conn.version();

@@ -218,6 +218,78 @@ fn ctr_drives_native_and_overlayfs() {
 }
 
 #[test]
+fn cratectl_drives_native_and_overlayfs_as_ctr_does() {
+    let cratectl = crated_testsupport::workspace_bin("cratectl");
+    let daemon = Daemon::crated(&crated(), Some(NO_GC), &[]).unwrap();
+    let work = daemon.dir.path().join("mnt");
+    for snapshotter in ["native", "overlayfs"] {
+        ctr_round_trip(&cratectl, &daemon, snapshotter, &work);
+    }
+    // Filters, which ctr 1.6 has no flag for.
+    let run = |args: &[&str]| daemon.client(&cratectl, args);
+    ok(run(&[
+        "snapshots",
+        "--snapshotter",
+        "native",
+        "prepare",
+        "p",
+        "",
+    ]));
+    ok(run(&[
+        "snapshots",
+        "--snapshotter",
+        "native",
+        "commit",
+        "pc",
+        "p",
+    ]));
+    ok(run(&[
+        "snapshots",
+        "--snapshotter",
+        "native",
+        "prepare",
+        "q",
+        "pc",
+    ]));
+    ok(run(&[
+        "snapshots",
+        "--snapshotter",
+        "native",
+        "label",
+        "q",
+        "team=x",
+    ]));
+    let ls = ok(run(&[
+        "snapshots",
+        "--snapshotter",
+        "native",
+        "ls",
+        "labels.team==x",
+    ]));
+    assert_eq!(ls.lines().skip(1).collect::<Vec<_>>().len(), 1, "{ls}");
+    assert!(ls.lines().nth(1).unwrap().starts_with("q "), "{ls}");
+    let ls = ok(run(&[
+        "snapshots",
+        "--snapshotter",
+        "native",
+        "ls",
+        "kind==committed",
+    ]));
+    assert!(ls.lines().nth(1).unwrap().starts_with("pc "), "{ls}");
+    let err = fails(run(&[
+        "snapshots",
+        "--snapshotter",
+        "native",
+        "ls",
+        "labels.==",
+    ]));
+    assert!(
+        err.contains("invalid argument") || err.contains("parse"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_collector_removes_what_records_no_longer_keep() {
     let Some(ctr) = tool("ctr", "containerd") else {
         return;
