@@ -12,7 +12,7 @@ use crated_testsupport::{rss_kib, tool, Daemon};
 #[derive(Parser)]
 #[command(about = "crated vs containerd benchmarks")]
 struct Args {
-    /// Rows to run (default: all): startup, ingest
+    /// Rows to run (default: all): startup, ingest, snapshots
     rows: Vec<String>,
     /// Counted runs per daemon and row.
     #[arg(short, long, default_value_t = 7)]
@@ -245,6 +245,96 @@ fn ingest(runs: usize, crated: &Path, containerd: Option<&Path>) -> anyhow::Resu
     Ok(vec![rate, cpu])
 }
 
+/// Prepare + commit + remove of one snapshot through the snapshots API, `cycles` times, from
+/// one long-lived client; cycles per second.
+async fn snapshot_cycles(socket: &Path, snapshotter: &str, cycles: usize) -> anyhow::Result<f64> {
+    use crated_api::containerd::services::snapshots::v1 as api;
+    let channel = crated_testsupport::channel(socket).await?;
+    let mut client = api::snapshots_client::SnapshotsClient::new(channel.clone());
+    fn req<T>(m: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(m);
+        let md = r.metadata_mut();
+        md.insert(
+            "containerd-namespace",
+            tonic::metadata::MetadataValue::from_static("bench"),
+        );
+        md.insert(
+            "containerd-lease",
+            tonic::metadata::MetadataValue::from_static("bench"),
+        );
+        r
+    }
+    // Under a lease, as containerd's clients work: otherwise the collector may take an
+    // active snapshot before its commit.
+    use crated_api::containerd::services::leases::v1 as leases;
+    leases::leases_client::LeasesClient::new(channel)
+        .create(req(leases::CreateRequest {
+            id: "bench".into(),
+            ..Default::default()
+        }))
+        .await?;
+    let started = std::time::Instant::now();
+    for i in 0..cycles {
+        let (key, name) = (format!("active-{i}"), format!("committed-{i}"));
+        client
+            .prepare(req(api::PrepareSnapshotRequest {
+                snapshotter: snapshotter.into(),
+                key: key.clone(),
+                ..Default::default()
+            }))
+            .await?;
+        client
+            .commit(req(api::CommitSnapshotRequest {
+                snapshotter: snapshotter.into(),
+                name: name.clone(),
+                key,
+                ..Default::default()
+            }))
+            .await?;
+        client
+            .remove(req(api::RemoveSnapshotRequest {
+                snapshotter: snapshotter.into(),
+                key: name,
+            }))
+            .await?;
+    }
+    Ok(cycles as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Snapshot cycles per second for native and overlayfs, each run on a fresh daemon.
+fn snapshots(runs: usize, crated: &Path, containerd: Option<&Path>) -> anyhow::Result<Vec<Row>> {
+    const CYCLES: usize = 300;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    for snapshotter in ["native", "overlayfs"] {
+        let mut row = Row {
+            name: format!("{snapshotter} prepare+commit+remove"),
+            unit: "cycles/s",
+            crated: vec![],
+            containerd: vec![],
+        };
+        for _ in 0..runs {
+            let d = Daemon::crated(crated, None, &[]).map_err(anyhow::Error::msg)?;
+            row.crated
+                .push(runtime.block_on(snapshot_cycles(&d.socket, snapshotter, CYCLES))?);
+            drop(d);
+            if let Some(c) = containerd {
+                let d = Daemon::containerd(c, Some("")).map_err(anyhow::Error::msg)?;
+                row.containerd.push(runtime.block_on(snapshot_cycles(
+                    &d.socket,
+                    snapshotter,
+                    CYCLES,
+                ))?);
+                drop(d);
+            }
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let all = args.rows.is_empty();
@@ -259,6 +349,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || args.rows.iter().any(|r| r == "ingest") {
         rows.extend(ingest(args.runs.min(5), &crated, containerd.as_deref())?);
+    }
+    if all || args.rows.iter().any(|r| r == "snapshots") {
+        rows.extend(snapshots(args.runs.min(5), &crated, containerd.as_deref())?);
     }
     println!(
         "runs per daemon: {}; daemons alternate, each on a fresh private root",
