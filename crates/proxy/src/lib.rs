@@ -1,7 +1,8 @@
-//! Proxy plugins (`[proxy_plugins.NAME]`): plugins served by another process over containerd's
-//! gRPC API on a unix socket. A proxy plugin always starts (the socket may come later, as in
-//! containerd); introspection shows it unavailable, with the reason, while its socket does not
-//! answer; every call has a deadline; the connection is made again when the socket returns.
+//! Proxy plugins (`[proxy_plugins.NAME]`, types `content` and `snapshot`): plugins served by
+//! another process over containerd's gRPC API on a unix socket. A proxy plugin always starts
+//! (the socket may come later, as in containerd); introspection shows it unavailable, with the
+//! reason, while its socket does not answer; every call has a deadline; the connection is made
+//! again when the socket returns.
 
 mod connection;
 mod content;
