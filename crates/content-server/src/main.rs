@@ -10,8 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use crated_content::{ContentStore, LocalStore};
 use crated_services::content::BareContentServer;
-use crated_services::socket::{bind_unix, shutdown_signal};
-use tokio_stream::wrappers::UnixListenerStream;
+use crated_services::socket::serve as serve_unix;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,18 +34,13 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("opening the store at {}", cli.root.display()))?;
     let store: Arc<dyn ContentStore> = Arc::new(store);
-    let listener = bind_unix(&cli.socket, 0, 0)?;
-    let stop = shutdown_signal()?;
     tracing::info!(socket = %cli.socket.display(), root = %cli.root.display(), "serving content");
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
         .max_frame_size(1 << 20)
-        .add_service(BareContentServer::new(store).into_service())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
-        .await;
-    let _ = std::fs::remove_file(&cli.socket);
-    result.context("serving gRPC")
+        .add_service(BareContentServer::new(store).into_service());
+    Ok(serve_unix(router, &cli.socket).await?)
 }
 
 fn main() -> anyhow::Result<()> {

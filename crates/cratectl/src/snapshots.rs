@@ -116,6 +116,13 @@ fn mount_commands(mounts: &[Mount], target: &str) -> String {
         .collect()
 }
 
+/// With `--target`, the mount commands of a new snapshot.
+fn print_mounts(mounts: &[Mount], target: Option<String>) {
+    if let Some(t) = target {
+        print!("{}", mount_commands(mounts, &t));
+    }
+}
+
 /// A GC root label as ctr gives what it prepares and commits: these stay until removed.
 fn root_label() -> HashMap<String, String> {
     let now = time::OffsetDateTime::now_utc()
@@ -182,36 +189,28 @@ pub async fn run(conn: &Connection, args: SnapshotsArgs) -> anyhow::Result<()> {
             parent,
             target,
         } => {
-            let r = client
-                .prepare(conn.request(api::PrepareSnapshotRequest {
-                    snapshotter: sn,
-                    key,
-                    parent: parent.unwrap_or_default(),
-                    labels: root_label(),
-                }))
-                .await?
-                .into_inner();
-            if let Some(t) = target {
-                print!("{}", mount_commands(&r.mounts, &t));
-            }
+            let req = api::PrepareSnapshotRequest {
+                snapshotter: sn,
+                key,
+                parent: parent.unwrap_or_default(),
+                labels: root_label(),
+            };
+            let mounts = client.prepare(conn.request(req)).await?.into_inner().mounts;
+            print_mounts(&mounts, target);
         }
         SnapshotsCommand::View {
             key,
             parent,
             target,
         } => {
-            let r = client
-                .view(conn.request(api::ViewSnapshotRequest {
-                    snapshotter: sn,
-                    key,
-                    parent: parent.unwrap_or_default(),
-                    labels: root_label(),
-                }))
-                .await?
-                .into_inner();
-            if let Some(t) = target {
-                print!("{}", mount_commands(&r.mounts, &t));
-            }
+            let req = api::ViewSnapshotRequest {
+                snapshotter: sn,
+                key,
+                parent: parent.unwrap_or_default(),
+                labels: root_label(),
+            };
+            let mounts = client.view(conn.request(req)).await?.into_inner().mounts;
+            print_mounts(&mounts, target);
         }
         SnapshotsCommand::Commit { name, key } => {
             client

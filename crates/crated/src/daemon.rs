@@ -9,7 +9,6 @@ use anyhow::{bail, Context};
 use crated_config::Config;
 use crated_plugin::{graph, init_all, types, Environment, Registration, Status};
 use crated_services::GrpcService;
-use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::{lock, plugins, Cli, DEFAULT_CONFIG};
@@ -117,27 +116,8 @@ fn make_dir(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))
 }
 
-/// Binds the socket (see [`crated_services::socket::bind_unix`]).
-fn bind(address: &Path, uid: u32, gid: u32) -> anyhow::Result<UnixListener> {
-    Ok(crated_services::socket::bind_unix(address, uid, gid)?)
-}
-
 /// How long open calls (streams) may run on after SIGTERM before they are cut.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Installs the handlers at once (so a signal during start-up is not the default kill) and
-/// resolves on the first SIGTERM or SIGINT.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
-            _ = int.recv() => tracing::info!("received SIGINT, shutting down"),
-        }
-    })
-}
 
 /// Keys containerd has that this version reads but does not act on yet: said, not ignored silently.
 fn warn_unapplied(config: &Config) {
@@ -171,7 +151,7 @@ async fn serve(
     decoded: Decoded,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal()?;
+    let shutdown = crated_services::socket::shutdown_signal()?;
     warn_unapplied(&config);
     let root = PathBuf::from(&config.root);
     let state = PathBuf::from(&config.state);
@@ -216,13 +196,14 @@ async fn serve(
     for (_, service) in &services {
         service.register(&mut routes);
     }
-    let listener = match bind(&address, config.grpc.uid, config.grpc.gid) {
-        Ok(l) => l,
-        Err(e) => {
-            set.close_all().await;
-            return Err(e);
-        }
-    };
+    let listener =
+        match crated_services::socket::bind_unix(&address, config.grpc.uid, config.grpc.gid) {
+            Ok(l) => l,
+            Err(e) => {
+                set.close_all().await;
+                return Err(e.into());
+            }
+        };
     let server = tonic::transport::Server::builder()
         // Bulk streams (content writes and reads) move megabytes per message: wide windows
         // and large frames keep HTTP/2 bookkeeping off the hot path.

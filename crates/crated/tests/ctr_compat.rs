@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crated_testsupport::blobs::fails;
 use crated_testsupport::{tool, workspace_bin, Daemon};
 
 fn crated() -> PathBuf {
@@ -20,15 +21,6 @@ fn ok(out: Output) -> String {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "client failed: {stderr}\n{stdout}");
     stdout
-}
-
-fn fails(out: Output) -> String {
-    let (stdout, stderr) = text(&out);
-    assert!(
-        !out.status.success(),
-        "client should have failed, printed: {stdout}"
-    );
-    stderr
 }
 
 /// The row of `plugins ls` for one plugin, split into columns.

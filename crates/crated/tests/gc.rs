@@ -2,10 +2,10 @@
 //! store's disk.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crated_testsupport::blobs::{data, digest, ok, with_stdin};
-use crated_testsupport::{tool, workspace_bin, Daemon};
+use crated_testsupport::{tool, wait_until, workspace_bin, Daemon};
 
 fn crated() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crated"))
@@ -51,15 +51,11 @@ fn a_blob_of_an_expired_lease_goes_on_an_idle_daemon() {
         v
     });
     // No call at all from here: only the disk is watched.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while daemon.blob_files().contains(&hex(&brief)) {
-        assert!(
-            Instant::now() < deadline,
-            "the expired lease's blob is still there\n{}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        || !daemon.blob_files().contains(&hex(&brief)),
+        || format!("the expired lease's blob is still there\n{}", daemon.log()),
+    );
     assert_eq!(daemon.blob_files(), [hex(&lasting)]);
     let leases = ok(daemon.client(&ctr, &["leases", "ls", "-q"]));
     assert_eq!(leases.trim(), "lasting");
@@ -228,14 +224,11 @@ fn an_expired_ingest_is_aborted_on_an_idle_daemon() {
     let count = || std::fs::read_dir(&ingests).map_or(0, |d| d.count());
     assert_eq!(count(), 2);
     // No call from here: only the disk is watched.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while count() > 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the expired ingest is still there"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        || count() <= 1,
+        || "the expired ingest is still there".into(),
+    );
     let active = ok(daemon.client(&ctr, &["content", "active"]));
     assert!(
         !active.contains("brief") && active.contains("lasting"),

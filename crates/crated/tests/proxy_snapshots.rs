@@ -3,11 +3,12 @@
 //! by Debian's `ctr`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crated_testsupport::blobs::ok;
-use crated_testsupport::{tool, Daemon, SocketServer};
+use crated_testsupport::{
+    is_root, mount_snapshot, tool, unmount, wait_until, Daemon, SocketServer,
+};
 
 fn crated() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crated"))
@@ -49,22 +50,11 @@ fn served_snapshots(root: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Mounts `key` with the command `ctr snapshots mounts` prints, runs `check`, unmounts.
+/// Mounts `key` of the proxy snapshotter, runs `check`, unmounts.
 fn with_mounted(ctr: &Path, daemon: &Daemon, key: &str, at: &Path, check: impl FnOnce(&Path)) {
-    std::fs::create_dir_all(at).unwrap();
-    let cmd = ok(daemon.client(ctr, &custom(&["mounts", at.to_str().unwrap(), key])));
-    assert!(Command::new("sh")
-        .arg("-c")
-        .arg(cmd.trim())
-        .status()
-        .unwrap()
-        .success());
+    mount_snapshot(ctr, daemon, "custom", key, at);
     check(at);
-    assert!(Command::new("umount").arg(at).status().unwrap().success());
+    unmount(at);
 }
 
 #[test]
@@ -131,16 +121,17 @@ fn crated_uses_a_proxy_snapshotter_and_survives_its_restarts() {
     // Removal forgets the records; the collector removes the proxy's snapshots.
     ok(daemon.client(&ctr, &custom(&["rm", "b", "d"])));
     ok(daemon.client(&ctr, &custom(&["rm", "c"])));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !served_snapshots(&root).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the proxy still holds {:?}\n{}",
-            served_snapshots(&root),
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        || served_snapshots(&root).is_empty(),
+        || {
+            format!(
+                "the proxy still holds {:?}\n{}",
+                served_snapshots(&root),
+                daemon.log()
+            )
+        },
+    );
 }
 
 #[test]

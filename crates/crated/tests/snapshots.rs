@@ -3,53 +3,13 @@
 //! the backend's copy gone once the record is removed and a collection ran.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crated_testsupport::blobs::ok;
-use crated_testsupport::{tool, Daemon};
+use crated_testsupport::blobs::{fails, ok};
+use crated_testsupport::{is_root, mount_snapshot, tool, unmount, wait_until, Daemon};
 
 fn crated() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crated"))
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn fails(out: std::process::Output) -> String {
-    assert!(
-        !out.status.success(),
-        "should have failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Runs the command `ctr snapshots mounts` prints.
-fn mount(ctr: &Path, daemon: &Daemon, snapshotter: &str, key: &str, at: &Path) {
-    std::fs::create_dir_all(at).unwrap();
-    let cmd = ok(daemon.client(
-        ctr,
-        &[
-            "snapshots",
-            "--snapshotter",
-            snapshotter,
-            "mounts",
-            at.to_str().unwrap(),
-            key,
-        ],
-    ));
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(cmd.trim())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{cmd}");
-}
-
-fn unmount(at: &Path) {
-    assert!(Command::new("umount").arg(at).status().unwrap().success());
 }
 
 /// The entries of the backend's `snapshots` directory.
@@ -66,18 +26,19 @@ fn backend_entries(daemon: &Daemon, snapshotter: &str) -> Vec<String> {
 }
 
 pub fn ctr_round_trip(ctr: &Path, daemon: &Daemon, snapshotter: &str, work: &Path) {
-    let run = |args: &[&str]| {
-        let mut all = vec!["snapshots", "--snapshotter", snapshotter];
+    let run_in = |namespace: &str, args: &[&str]| {
+        let mut all = vec!["-n", namespace, "snapshots", "--snapshotter", snapshotter];
         all.extend_from_slice(args);
         daemon.client(ctr, &all)
     };
+    let run = |args: &[&str]| run_in("default", args);
     ok(run(&["prepare", "a", ""]));
     let err = fails(run(&["prepare", "a", ""]));
     assert!(err.contains("already exists"), "{err}");
     let mounted = is_root();
     if mounted {
         let at = work.join(format!("{snapshotter}-a"));
-        mount(ctr, daemon, snapshotter, "a", &at);
+        mount_snapshot(ctr, daemon, snapshotter, "a", &at);
         std::fs::write(at.join("hello"), b"from a\n").unwrap();
         std::fs::create_dir(at.join("dir")).unwrap();
         unmount(&at);
@@ -89,7 +50,7 @@ pub fn ctr_round_trip(ctr: &Path, daemon: &Daemon, snapshotter: &str, work: &Pat
     ok(run(&["view", "v", "c"]));
     if mounted {
         let at = work.join(format!("{snapshotter}-b"));
-        mount(ctr, daemon, snapshotter, "b", &at);
+        mount_snapshot(ctr, daemon, snapshotter, "b", &at);
         assert_eq!(std::fs::read(at.join("hello")).unwrap(), b"from a\n");
         std::fs::write(at.join("second"), b"from b").unwrap();
         std::fs::remove_dir(at.join("dir")).unwrap();
@@ -97,7 +58,7 @@ pub fn ctr_round_trip(ctr: &Path, daemon: &Daemon, snapshotter: &str, work: &Pat
         ok(run(&["commit", "c2", "b"]));
         ok(run(&["view", "v2", "c2"]));
         let at = work.join(format!("{snapshotter}-v2"));
-        mount(ctr, daemon, snapshotter, "v2", &at);
+        mount_snapshot(ctr, daemon, snapshotter, "v2", &at);
         assert_eq!(std::fs::read(at.join("hello")).unwrap(), b"from a\n");
         assert_eq!(std::fs::read(at.join("second")).unwrap(), b"from b");
         assert!(!at.join("dir").exists());
@@ -139,34 +100,9 @@ pub fn ctr_round_trip(ctr: &Path, daemon: &Daemon, snapshotter: &str, work: &Pat
     let err = fails(run(&["rm", "c"]));
     assert!(err.contains("failed precondition"), "{err}");
     // Namespaces do not see each other's snapshots.
-    let err = fails(daemon.client(
-        ctr,
-        &[
-            "-n",
-            "other",
-            "snapshots",
-            "--snapshotter",
-            snapshotter,
-            "prepare",
-            "x",
-            "c",
-        ],
-    ));
+    let err = fails(run_in("other", &["prepare", "x", "c"]));
     assert!(err.contains("not found"), "{err}");
-    assert!(ok(daemon.client(
-        ctr,
-        &[
-            "-n",
-            "other",
-            "snapshots",
-            "--snapshotter",
-            snapshotter,
-            "ls"
-        ]
-    ))
-    .lines()
-    .nth(1)
-    .is_none());
+    assert!(ok(run_in("other", &["ls"])).lines().nth(1).is_none());
 
     ok(run(&["rm", "v", "v2", "c2"]));
     ok(run(&["rm", "c"]));
@@ -191,16 +127,17 @@ fn backend_follows_removals(ctr: &Path, daemon: &Daemon, snapshotter: &str) {
     assert_eq!(backend_entries(daemon, snapshotter).len(), 2);
     ok(run(&["rm", "b"]));
     ok(run(&["rm", "c"]));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !backend_entries(daemon, snapshotter).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "backend snapshots left: {:?}\n{}",
-            backend_entries(daemon, snapshotter),
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        || backend_entries(daemon, snapshotter).is_empty(),
+        || {
+            format!(
+                "backend snapshots left: {:?}\n{}",
+                backend_entries(daemon, snapshotter),
+                daemon.log()
+            )
+        },
+    );
 }
 
 #[test]
@@ -330,12 +267,12 @@ fn plugins_ls_shows_every_snapshotter_with_this_hosts_status() {
     assert!(detail.contains("devmapper not configured"), "{detail}");
 }
 
-/// A btrfs filesystem on a loop file mounted at a path, unmounted on drop.
-struct LoopBtrfs(PathBuf);
+/// A mount, unmounted on drop.
+struct Mounted(PathBuf);
 
-impl Drop for LoopBtrfs {
+impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = crated_snapshots::mount::unmount(&self.0);
     }
 }
 
@@ -344,36 +281,15 @@ fn ctr_drives_btrfs_on_a_loop_file() {
     let Some(ctr) = tool("ctr", "containerd") else {
         return;
     };
-    if !is_root() {
-        eprintln!("SKIPPED: a loop-file btrfs needs root");
-        return;
-    }
-    if tool("mkfs.btrfs", "btrfs-progs").is_none() {
+    if !crated_snapshots::testsuite::btrfs_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let plugin_root = root.join("io.containerd.snapshotter.v1.btrfs");
     std::fs::create_dir_all(&plugin_root).unwrap();
-    let image = dir.path().join("btrfs.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(512 << 20)
-        .unwrap();
-    assert!(Command::new("mkfs.btrfs")
-        .arg("-q")
-        .arg(&image)
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&image)
-        .arg(&plugin_root)
-        .status()
-        .unwrap()
-        .success());
-    let _mounted = LoopBtrfs(plugin_root.clone());
+    crated_snapshots::testsuite::mount_loop_btrfs(&plugin_root);
+    let _mounted = Mounted(plugin_root.clone());
     let work = dir.path().join("mnt");
     let daemon = Daemon::crated_on_root(
         &crated(),

@@ -55,15 +55,33 @@ pub fn bind_unix(address: &Path, uid: u32, gid: u32) -> io::Result<UnixListener>
     Ok(listener)
 }
 
-/// Resolves on the first SIGTERM or SIGINT; the handlers are installed at the call.
+/// Installs the handlers at once (so a signal during start-up is not the default kill) and
+/// resolves on the first SIGTERM or SIGINT.
 pub fn shutdown_signal() -> io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(context("installing the SIGTERM handler".into()))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(context("installing the SIGINT handler".into()))?;
     Ok(async move {
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
+            _ = int.recv() => tracing::info!("received SIGINT, shutting down"),
         }
     })
+}
+
+/// Serves `router` on the unix socket `socket` (see [`bind_unix`]) until SIGTERM or SIGINT,
+/// then removes the socket: the standalone plugin servers' whole life.
+pub async fn serve(router: tonic::transport::server::Router, socket: &Path) -> io::Result<()> {
+    let listener = bind_unix(socket, 0, 0)?;
+    let stop = shutdown_signal()?;
+    let result = router
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            stop,
+        )
+        .await;
+    let _ = std::fs::remove_file(socket);
+    result.map_err(|e| io::Error::other(format!("serving gRPC: {e}")))
 }

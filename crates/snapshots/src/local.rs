@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::fsutil::{make_dir, remove_tree};
 use crate::storage::{MetaStore, Snapshot};
 use crate::{filter_infos, Info, Kind, Mount, SnapshotError, Snapshotter, Usage};
 
@@ -82,7 +83,7 @@ impl<D: Driver> Inner<D> {
                 self.driver
                     .detach(&snapshot.id, kind, !snapshot.parent_ids.is_empty())
             {
-                let _ = crate::fsutil::remove_tree(&path);
+                let _ = remove_tree(&path);
             }
             return Err(e);
         }
@@ -210,15 +211,14 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
         let key = key.to_owned();
         self.run(move |s| {
             let mut tx = s.store.write()?;
-            let has_parent = !tx.info(&key)?.1.parent.is_empty();
-            let (id, kind) = tx.remove(&key)?;
+            let (id, removed) = tx.remove(&key)?;
             let staged = s
                 .driver
-                .detach(&id, kind, has_parent)
+                .detach(&id, removed.kind, !removed.parent.is_empty())
                 .map_err(SnapshotError::io(format!("removing {key}")))?;
             tx.commit()?;
             if let Some(path) = staged {
-                if let Err(e) = crate::fsutil::remove_tree(&path) {
+                if let Err(e) = remove_tree(&path) {
                     // The record is gone; Cleanup deletes what is left.
                     tracing::warn!("removing {}: {e}", path.display());
                 }
@@ -267,4 +267,65 @@ pub(crate) fn orphans(dir: &Path, is_live: impl Fn(&str) -> bool) -> io::Result<
         }
     }
     Ok(out)
+}
+
+/// A `snapshots` directory holding one entry per snapshot id, as native and overlayfs keep
+/// them: built under `new-<id>` and renamed into place, moved to `rm-<id>` to be removed.
+pub(crate) struct SnapshotDirs {
+    dir: PathBuf,
+}
+
+impl SnapshotDirs {
+    /// `<root>/snapshots` (mode 0700), created when missing.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        let dir = root.join("snapshots");
+        if !dir.exists() {
+            std::fs::create_dir_all(root)?;
+            make_dir(&dir, 0o700)?;
+        }
+        Ok(SnapshotDirs { dir })
+    }
+
+    pub fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// Makes the entry of `id`: a directory with `mode` that `fill` completes, put in place
+    /// only once it is whole.
+    pub fn build(
+        &self,
+        id: &str,
+        mode: u32,
+        fill: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let staging = self.dir.join(format!("new-{id}"));
+        remove_tree(&staging)?;
+        let target = self.path(id);
+        let made = make_dir(&staging, mode)
+            .and_then(|()| fill(&staging))
+            .and_then(|()| {
+                // Left by a create whose record never got written (the id is free again).
+                remove_tree(&target)?;
+                std::fs::rename(&staging, &target)
+            });
+        if made.is_err() {
+            let _ = remove_tree(&staging);
+        }
+        made
+    }
+
+    /// Moves the entry of `id` aside; the returned path is deleted once the removal is durable.
+    pub fn stage_removal(&self, id: &str) -> io::Result<PathBuf> {
+        let staged = self.dir.join(format!("rm-{id}"));
+        std::fs::rename(self.path(id), &staged)?;
+        Ok(staged)
+    }
+
+    /// Deletes every entry that belongs to no snapshot in `live`.
+    pub fn remove_orphans(&self, live: &HashMap<String, Kind>) -> io::Result<()> {
+        for path in orphans(&self.dir, |id| live.contains_key(id))? {
+            remove_tree(&path)?;
+        }
+        Ok(())
+    }
 }

@@ -5,27 +5,24 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{copy_tree, disk_usage, make_dir, remove_tree};
-use crate::local::{orphans, Driver};
+use crate::fsutil::{copy_tree, disk_usage};
+use crate::local::{Driver, SnapshotDirs};
 use crate::storage::Snapshot;
 use crate::{Kind, Mount, Usage};
 
 pub struct Native {
-    snapshots: PathBuf,
+    snapshots: SnapshotDirs,
 }
 
 impl Native {
     pub fn new(root: &Path) -> io::Result<Self> {
-        let snapshots = root.join("snapshots");
-        if !snapshots.exists() {
-            std::fs::create_dir_all(root)?;
-            make_dir(&snapshots, 0o700)?;
-        }
-        Ok(Native { snapshots })
+        Ok(Native {
+            snapshots: SnapshotDirs::open(root)?,
+        })
     }
 
     fn dir(&self, id: &str) -> PathBuf {
-        self.snapshots.join(id)
+        self.snapshots.path(id)
     }
 }
 
@@ -35,23 +32,11 @@ impl Driver for Native {
         if s.kind == Kind::View && !s.parent_ids.is_empty() {
             return Ok(());
         }
-        let staging = self.snapshots.join(format!("new-{}", s.id));
-        remove_tree(&staging)?;
-        make_dir(&staging, 0o755)?;
-        let made = match s.parent_ids.first() {
-            Some(parent) => copy_tree(&self.dir(parent), &staging),
-            None => Ok(()),
-        };
-        let target = self.dir(&s.id);
-        let made = made.and_then(|()| {
-            // Left by a create whose record never got written (the id is free again).
-            remove_tree(&target)?;
-            std::fs::rename(&staging, &target)
-        });
-        if made.is_err() {
-            let _ = remove_tree(&staging);
-        }
-        made
+        self.snapshots
+            .build(&s.id, 0o755, |staging| match s.parent_ids.first() {
+                Some(parent) => copy_tree(&self.dir(parent), staging),
+                None => Ok(()),
+            })
     }
 
     fn mounts(&self, s: &Snapshot) -> Vec<Mount> {
@@ -76,9 +61,7 @@ impl Driver for Native {
         if kind == Kind::View && has_parent {
             return Ok(None);
         }
-        let staged = self.snapshots.join(format!("rm-{id}"));
-        std::fs::rename(self.dir(id), &staged)?;
-        Ok(Some(staged))
+        self.snapshots.stage_removal(id).map(Some)
     }
 
     fn usage(&self, id: &str) -> io::Result<Usage> {
@@ -86,9 +69,6 @@ impl Driver for Native {
     }
 
     fn cleanup(&self, live: &HashMap<String, Kind>) -> io::Result<()> {
-        for path in orphans(&self.snapshots, |id| live.contains_key(id))? {
-            remove_tree(&path)?;
-        }
-        Ok(())
+        self.snapshots.remove_orphans(live)
     }
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{disk_usage, make_dir, remove_tree};
-use crate::local::{orphans, Driver};
+use crate::fsutil::{disk_usage, make_dir};
+use crate::local::{Driver, SnapshotDirs};
 use crate::storage::Snapshot;
 use crate::{Info, Kind, Mount, Usage};
 
@@ -30,7 +30,7 @@ pub struct OverlayConfig {
 }
 
 pub struct Overlay {
-    snapshots: PathBuf,
+    snapshots: SnapshotDirs,
     upperdir_label: bool,
     sync_remove: bool,
     /// Options every overlay mount carries: the configured ones, and `index=off` where the
@@ -40,11 +40,7 @@ pub struct Overlay {
 
 impl Overlay {
     pub fn new(root: &Path, config: &OverlayConfig) -> io::Result<Self> {
-        let snapshots = root.join("snapshots");
-        if !snapshots.exists() {
-            std::fs::create_dir_all(root)?;
-            make_dir(&snapshots, 0o700)?;
-        }
+        let snapshots = SnapshotDirs::open(root)?;
         let mut options = config.mount_options.clone();
         if !options.iter().any(|o| o.starts_with("index="))
             && Path::new("/sys/module/overlay/parameters/index").exists()
@@ -61,7 +57,7 @@ impl Overlay {
     }
 
     fn upper(&self, id: &str) -> PathBuf {
-        self.snapshots.join(id).join("fs")
+        self.snapshots.path(id).join("fs")
     }
 
     fn path(p: PathBuf) -> String {
@@ -71,10 +67,7 @@ impl Overlay {
 
 impl Driver for Overlay {
     fn create(&self, s: &Snapshot) -> io::Result<()> {
-        let staging = self.snapshots.join(format!("new-{}", s.id));
-        remove_tree(&staging)?;
-        let made = (|| {
-            make_dir(&staging, 0o700)?;
+        self.snapshots.build(&s.id, 0o700, |staging| {
             let fs = staging.join("fs");
             make_dir(&fs, 0o755)?;
             if s.kind == Kind::Active {
@@ -85,15 +78,8 @@ impl Driver for Overlay {
                 let owner = std::fs::metadata(self.upper(parent))?;
                 std::os::unix::fs::lchown(&fs, Some(owner.uid()), Some(owner.gid()))?;
             }
-            let target = self.snapshots.join(&s.id);
-            // Left by a create whose record never got written (the id is free again).
-            remove_tree(&target)?;
-            std::fs::rename(&staging, &target)
-        })();
-        if made.is_err() {
-            let _ = remove_tree(&staging);
-        }
-        made
+            Ok(())
+        })
     }
 
     fn mounts(&self, s: &Snapshot) -> Vec<Mount> {
@@ -111,7 +97,7 @@ impl Driver for Overlay {
         if s.kind == Kind::Active {
             options.push(format!(
                 "workdir={}",
-                Self::path(self.snapshots.join(&s.id).join("work"))
+                Self::path(self.snapshots.path(&s.id).join("work"))
             ));
             options.push(format!("upperdir={}", Self::path(self.upper(&s.id))));
         } else if s.parent_ids.len() == 1 {
@@ -140,9 +126,7 @@ impl Driver for Overlay {
             // containerd's default: the directory goes at the next Cleanup.
             return Ok(None);
         }
-        let staged = self.snapshots.join(format!("rm-{id}"));
-        std::fs::rename(self.snapshots.join(id), &staged)?;
-        Ok(Some(staged))
+        self.snapshots.stage_removal(id).map(Some)
     }
 
     fn usage(&self, id: &str) -> io::Result<Usage> {
@@ -150,10 +134,7 @@ impl Driver for Overlay {
     }
 
     fn cleanup(&self, live: &HashMap<String, Kind>) -> io::Result<()> {
-        for path in orphans(&self.snapshots, |id| live.contains_key(id))? {
-            remove_tree(&path)?;
-        }
-        Ok(())
+        self.snapshots.remove_orphans(live)
     }
 
     fn computed_labels(&self, id: &str, info: &mut Info) {

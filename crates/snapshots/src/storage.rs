@@ -325,8 +325,8 @@ impl WriteTxn {
         Ok(r.id.to_string())
     }
 
-    /// Forgets `key`, which must have no children. Returns its id and kind.
-    pub fn remove(&mut self, key: &str) -> Result<(String, Kind), SnapshotError> {
+    /// Forgets `key`, which must have no children. Returns its id and what it was.
+    pub fn remove(&mut self, key: &str) -> Result<(String, Info), SnapshotError> {
         let mut table = self.tx.open_table(SNAPSHOTS)?;
         let r = require_record(&table, key)?;
         let mut children = self.tx.open_table(CHILDREN)?;
@@ -344,7 +344,7 @@ impl WriteTxn {
             children.remove(format!("{}/{key}", p.id).as_str())?;
         }
         table.remove(key)?;
-        Ok((r.id.to_string(), r.kind))
+        Ok((r.id.to_string(), r.info(key)))
     }
 
     /// Makes the changes durable.
@@ -435,7 +435,8 @@ mod tests {
         assert_eq!(kind_of(&tx.remove("zz").unwrap_err()), K::NotFound);
         tx.remove("e").unwrap();
         tx.remove("d").unwrap();
-        assert_eq!(tx.remove("v").unwrap(), (v.id, Kind::View));
+        let (id, removed) = tx.remove("v").unwrap();
+        assert_eq!((id, removed.kind), (v.id, Kind::View));
         tx.remove("c").unwrap();
         tx.commit().unwrap();
         // Ids are never reused.

@@ -10,9 +10,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use crated_services::snapshots::SnapshotsService;
-use crated_services::socket::{bind_unix, shutdown_signal};
+use crated_services::socket::serve as serve_unix;
 use crated_snapshots::{open_snapshotter, Snapshotter, SnapshotterKind};
-use tokio_stream::wrappers::UnixListenerStream;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Which {
@@ -53,21 +52,17 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || open_snapshotter(&root, kind))
             .await?
             .with_context(|| format!("opening the snapshotter at {}", cli.root.display()))?;
-    let listener = bind_unix(&cli.socket, 0, 0)?;
-    let stop = shutdown_signal()?;
     tracing::info!(
         socket = %cli.socket.display(),
         root = %cli.root.display(),
         snapshotter = ?cli.snapshotter,
         "serving snapshots"
     );
-    let result = tonic::transport::Server::builder()
-        .add_service(SnapshotsService::bare(snapshotter.clone()).into_service())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
-        .await;
-    let _ = std::fs::remove_file(&cli.socket);
+    let router = tonic::transport::Server::builder()
+        .add_service(SnapshotsService::bare(snapshotter.clone()).into_service());
+    let result = serve_unix(router, &cli.socket).await;
     let _ = snapshotter.close().await;
-    result.context("serving gRPC")
+    Ok(result?)
 }
 
 fn main() -> anyhow::Result<()> {

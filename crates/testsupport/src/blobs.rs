@@ -35,6 +35,16 @@ pub fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The stderr of a command that must have failed (else the test fails with its stdout).
+pub fn fails(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "should have failed, printed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Runs a client of `daemon` with `input` on stdin, from a file (so ctr can seek when it
 /// resumes).
 pub fn with_stdin(client: &Path, daemon: &Daemon, args: &[&str], input: &[u8]) -> Output {

@@ -337,3 +337,47 @@ impl Drop for SocketServer {
         let _ = self.child.wait();
     }
 }
+
+/// Whether this process runs as root (mounting tests need it).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Mounts `key` of `snapshotter` at `at` by running the `mount` command that `client`'s
+/// (`ctr`'s or `cratectl`'s) `snapshots mounts` prints.
+pub fn mount_snapshot(client: &Path, daemon: &Daemon, snapshotter: &str, key: &str, at: &Path) {
+    std::fs::create_dir_all(at).unwrap();
+    let target = at.to_str().expect("a UTF-8 mount point");
+    let out = daemon.client(
+        client,
+        &[
+            "snapshots",
+            "--snapshotter",
+            snapshotter,
+            "mounts",
+            target,
+            key,
+        ],
+    );
+    let cmd = blobs::ok(out);
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(cmd.trim())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{cmd}");
+}
+
+/// Unmounts what [`mount_snapshot`] mounted.
+pub fn unmount(at: &Path) {
+    assert!(Command::new("umount").arg(at).status().unwrap().success());
+}
+
+/// Waits until `done` holds, polling; past `timeout` it fails with `why()`.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", why());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

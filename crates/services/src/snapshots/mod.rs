@@ -22,9 +22,10 @@ use crate::edge::{lease, namespace, status};
 use crate::GrpcService;
 use namespaced::{NamespacedError, NamespacedSnapshotter};
 
-/// One snapshotter as a call reaches it: namespaced through the metadata store, or bare.
+/// One snapshotter as a call reaches it: namespaced through the metadata store
+/// ([`NamespacedSnapshotter`]), or bare.
 #[tonic::async_trait]
-trait Target: Send + Sync {
+pub trait Target: Send + Sync {
     async fn stat(&self, ns: &str, key: &str) -> Result<Info, NamespacedError>;
     async fn create(
         &self,
@@ -50,57 +51,6 @@ trait Target: Send + Sync {
         -> Result<Info, NamespacedError>;
     async fn walk(&self, ns: &str, filters: &[String]) -> Result<Vec<Info>, NamespacedError>;
     async fn cleanup(&self) -> Result<(), NamespacedError>;
-}
-
-#[tonic::async_trait]
-impl Target for NamespacedSnapshotter {
-    async fn stat(&self, ns: &str, key: &str) -> Result<Info, NamespacedError> {
-        NamespacedSnapshotter::stat(self, ns, key).await
-    }
-    async fn create(
-        &self,
-        ns: &str,
-        key: &str,
-        parent: &str,
-        labels: HashMap<String, String>,
-        lease: Option<String>,
-        view: bool,
-    ) -> Result<Vec<Mount>, NamespacedError> {
-        NamespacedSnapshotter::create(self, ns, key, parent, labels, lease, view).await
-    }
-    async fn mounts(&self, ns: &str, key: &str) -> Result<Vec<Mount>, NamespacedError> {
-        NamespacedSnapshotter::mounts(self, ns, key).await
-    }
-    async fn commit(
-        &self,
-        ns: &str,
-        name: &str,
-        key: &str,
-        labels: HashMap<String, String>,
-        lease: Option<String>,
-    ) -> Result<(), NamespacedError> {
-        NamespacedSnapshotter::commit(self, ns, name, key, labels, lease).await
-    }
-    async fn remove(&self, ns: &str, key: &str) -> Result<(), NamespacedError> {
-        NamespacedSnapshotter::remove(self, ns, key).await
-    }
-    async fn usage(&self, ns: &str, key: &str) -> Result<Usage, NamespacedError> {
-        NamespacedSnapshotter::usage(self, ns, key).await
-    }
-    async fn update(
-        &self,
-        ns: &str,
-        info: Info,
-        paths: &[String],
-    ) -> Result<Info, NamespacedError> {
-        NamespacedSnapshotter::update(self, ns, info, paths).await
-    }
-    async fn walk(&self, ns: &str, filters: &[String]) -> Result<Vec<Info>, NamespacedError> {
-        NamespacedSnapshotter::walk(self, ns, filters).await
-    }
-    async fn cleanup(&self) -> Result<(), NamespacedError> {
-        NamespacedSnapshotter::cleanup(self).await
-    }
 }
 
 /// A snapshotter served as it is: keys are the caller's, namespaces and leases are not ours.

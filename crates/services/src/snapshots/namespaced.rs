@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::Target;
 use crated_errdefs::{HasKind, Kind as ErrKind};
 use crated_metadata::{MetadataError, MetadataStore, SnapshotRecord};
 use crated_snapshots::{
@@ -61,15 +62,6 @@ fn validate_labels(labels: &HashMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::result::Result<T, MetadataError> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| NamespacedError::Task(e.to_string()))?
-        .map_err(Into::into)
-}
-
 impl NamespacedSnapshotter {
     pub fn new(db: Arc<MetadataStore>, name: &str, backend: Arc<dyn Snapshotter>) -> Self {
         NamespacedSnapshotter {
@@ -80,22 +72,29 @@ impl NamespacedSnapshotter {
         }
     }
 
-    pub fn backend(&self) -> &Arc<dyn Snapshotter> {
-        &self.backend
-    }
-
     fn backend_key(&self, ns: &str, key: &str) -> String {
         format!("{ns}/{}/{key}", self.seq.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// Runs record work for this snapshotter in namespace `ns` on a blocking thread.
+    async fn records<T: Send + 'static>(
+        &self,
+        ns: &str,
+        f: impl FnOnce(&MetadataStore, &str, &str) -> std::result::Result<T, MetadataError>
+            + Send
+            + 'static,
+    ) -> Result<T> {
+        let (db, ns, sn) = (self.db.clone(), ns.to_owned(), self.name.clone());
+        tokio::task::spawn_blocking(move || f(&db, &ns, &sn))
+            .await
+            .map_err(|e| NamespacedError::Task(e.to_string()))?
+            .map_err(Into::into)
+    }
+
     async fn record(&self, ns: &str, key: &str) -> Result<SnapshotRecord> {
-        let (db, ns, sn, key) = (
-            self.db.clone(),
-            ns.to_owned(),
-            self.name.clone(),
-            key.to_owned(),
-        );
-        blocking(move || db.snapshot_get(&ns, &sn, &key)).await
+        let key = key.to_owned();
+        self.records(ns, move |db, ns, sn| db.snapshot_get(ns, sn, &key))
+            .await
     }
 
     /// The backend's info with the record's name, parent, times and labels over it.
@@ -111,14 +110,30 @@ impl NamespacedSnapshotter {
             updated: record.updated,
         }
     }
+}
 
-    pub async fn stat(&self, ns: &str, key: &str) -> Result<Info> {
+/// Labels as records keep them: an empty value is no label.
+fn kept(labels: HashMap<String, String>) -> BTreeMap<String, String> {
+    labels.into_iter().filter(|(_, v)| !v.is_empty()).collect()
+}
+
+/// Whether an Update field path names labels the backend keeps.
+fn backend_path(path: &str) -> bool {
+    path == "labels"
+        || path
+            .strip_prefix("labels.")
+            .is_some_and(|l| l.starts_with(INHERITED_LABEL_PREFIX) || l == LABEL_SNAPSHOT_REF)
+}
+
+#[tonic::async_trait]
+impl Target for NamespacedSnapshotter {
+    async fn stat(&self, ns: &str, key: &str) -> Result<Info> {
         let record = self.record(ns, key).await?;
         let backend = self.backend.stat(&record.name).await?;
         Ok(Self::merge(key, &record, backend))
     }
 
-    pub async fn create(
+    async fn create(
         &self,
         ns: &str,
         key: &str,
@@ -128,14 +143,10 @@ impl NamespacedSnapshotter {
         view: bool,
     ) -> Result<Vec<Mount>> {
         validate_labels(&labels)?;
-        let (db, n, sn, k, p) = (
-            self.db.clone(),
-            ns.to_owned(),
-            self.name.clone(),
-            key.to_owned(),
-            parent.to_owned(),
-        );
-        let backend_parent = blocking(move || db.snapshot_check_new(&n, &sn, &k, &p)).await?;
+        let (k, p) = (key.to_owned(), parent.to_owned());
+        let backend_parent = self
+            .records(ns, move |db, ns, sn| db.snapshot_check_new(ns, sn, &k, &p))
+            .await?;
         let backend_key = self.backend_key(ns, key);
         // Held from the backend's create until the record exists, so a collection in between
         // cannot take the new snapshot for garbage.
@@ -154,19 +165,17 @@ impl NamespacedSnapshotter {
         let record = SnapshotRecord {
             name: backend_key,
             parent: parent.to_owned(),
-            labels: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+            labels: kept(labels),
             created: now,
             updated: now,
             children: Vec::new(),
         };
-        let (db, n, sn, k) = (
-            self.db.clone(),
-            ns.to_owned(),
-            self.name.clone(),
-            key.to_owned(),
-        );
-        let recorded =
-            blocking(move || db.snapshot_create(&n, &sn, &k, &record, lease.as_deref())).await;
+        let k = key.to_owned();
+        let recorded = self
+            .records(ns, move |db, ns, sn| {
+                db.snapshot_create(ns, sn, &k, &record, lease.as_deref())
+            })
+            .await;
         if recorded.is_err() {
             // The backend's snapshot has no record: the next collection removes it.
             self.db.mark_backends_dirty();
@@ -174,12 +183,12 @@ impl NamespacedSnapshotter {
         recorded.map(|()| mounts)
     }
 
-    pub async fn mounts(&self, ns: &str, key: &str) -> Result<Vec<Mount>> {
+    async fn mounts(&self, ns: &str, key: &str) -> Result<Vec<Mount>> {
         let record = self.record(ns, key).await?;
         Ok(self.backend.mounts(&record.name).await?)
     }
 
-    pub async fn commit(
+    async fn commit(
         &self,
         ns: &str,
         name: &str,
@@ -188,61 +197,52 @@ impl NamespacedSnapshotter {
         lease: Option<String>,
     ) -> Result<()> {
         validate_labels(&labels)?;
-        let (db, n, sn, nm, k) = (
-            self.db.clone(),
-            ns.to_owned(),
-            self.name.clone(),
-            name.to_owned(),
-            key.to_owned(),
-        );
-        let active = blocking(move || db.snapshot_check_commit(&n, &sn, &nm, &k)).await?;
+        let (nm, k) = (name.to_owned(), key.to_owned());
+        let active = self
+            .records(ns, move |db, ns, sn| {
+                db.snapshot_check_commit(ns, sn, &nm, &k)
+            })
+            .await?;
         let backend_name = self.backend_key(ns, name);
         let _writing = self.db.gc_lock().read().await;
         self.backend
             .commit(&backend_name, &active.name, inherited(&labels))
             .await?;
+        // The store sets the parent and the times.
         let committed = SnapshotRecord {
-            name: backend_name.clone(),
+            name: backend_name,
             parent: String::new(),
-            labels: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+            labels: kept(labels),
             created: 0,
             updated: 0,
             children: Vec::new(),
         };
-        let (db, n, sn, nm, k) = (
-            self.db.clone(),
-            ns.to_owned(),
-            self.name.clone(),
-            name.to_owned(),
-            key.to_owned(),
-        );
-        let recorded =
-            blocking(move || db.snapshot_commit(&n, &sn, &nm, &k, committed, lease.as_deref()))
-                .await;
+        let (nm, k) = (name.to_owned(), key.to_owned());
+        let recorded = self
+            .records(ns, move |db, ns, sn| {
+                db.snapshot_commit(ns, sn, &nm, &k, committed, lease.as_deref())
+            })
+            .await;
         if recorded.is_err() {
             self.db.mark_backends_dirty();
         }
         recorded.map(|_| ())
     }
 
-    pub async fn remove(&self, ns: &str, key: &str) -> Result<()> {
-        let (db, n, sn, k) = (
-            self.db.clone(),
-            ns.to_owned(),
-            self.name.clone(),
-            key.to_owned(),
-        );
-        blocking(move || db.snapshot_remove(&n, &sn, &k)).await
+    async fn remove(&self, ns: &str, key: &str) -> Result<()> {
+        let k = key.to_owned();
+        self.records(ns, move |db, ns, sn| db.snapshot_remove(ns, sn, &k))
+            .await
     }
 
-    pub async fn usage(&self, ns: &str, key: &str) -> Result<Usage> {
+    async fn usage(&self, ns: &str, key: &str) -> Result<Usage> {
         let record = self.record(ns, key).await?;
         Ok(self.backend.usage(&record.name).await?)
     }
 
     /// containerd's Update: labels by field paths, in the record; those the backend keeps
     /// are passed on to it.
-    pub async fn update(&self, ns: &str, info: Info, paths: &[String]) -> Result<Info> {
+    async fn update(&self, ns: &str, info: Info, paths: &[String]) -> Result<Info> {
         if info.name.is_empty() {
             return Err(
                 SnapshotError::InvalidArgument("snapshot name must not be empty".into()).into(),
@@ -250,42 +250,22 @@ impl NamespacedSnapshotter {
         }
         validate_labels(&info.labels)?;
         let record = self.record(ns, &info.name).await?;
-        let touches_backend = if paths.is_empty() {
-            true
-        } else {
-            paths.iter().any(|p| {
-                p == "labels"
-                    || p.strip_prefix("labels.").is_some_and(|l| {
-                        l.starts_with(INHERITED_LABEL_PREFIX) || l == LABEL_SNAPSHOT_REF
-                    })
-            })
-        };
+        let backend_paths: Vec<String> =
+            paths.iter().filter(|p| backend_path(p)).cloned().collect();
         let mut backend_info = None;
-        if touches_backend {
+        if paths.is_empty() || !backend_paths.is_empty() {
             let mut forwarded = info.clone();
             forwarded.name = record.name.clone();
             forwarded.labels = inherited(&info.labels);
-            let backend_paths: Vec<String> = paths
-                .iter()
-                .filter(|p| {
-                    *p == "labels"
-                        || p.strip_prefix("labels.").is_some_and(|l| {
-                            l.starts_with(INHERITED_LABEL_PREFIX) || l == LABEL_SNAPSHOT_REF
-                        })
-                })
-                .cloned()
-                .collect();
             backend_info = Some(self.backend.update(forwarded, &backend_paths).await?);
         }
         let labels: BTreeMap<String, String> = info.labels.into_iter().collect();
-        let (db, n, sn, k, p) = (
-            self.db.clone(),
-            ns.to_owned(),
-            self.name.clone(),
-            info.name.clone(),
-            paths.to_vec(),
-        );
-        let updated = blocking(move || db.snapshot_update(&n, &sn, &k, &labels, &p)).await?;
+        let (k, p) = (info.name.clone(), paths.to_vec());
+        let updated = self
+            .records(ns, move |db, ns, sn| {
+                db.snapshot_update(ns, sn, &k, &labels, &p)
+            })
+            .await?;
         let backend = match backend_info {
             Some(b) => b,
             None => self.backend.stat(&updated.name).await?,
@@ -295,9 +275,10 @@ impl NamespacedSnapshotter {
 
     /// Every snapshot of the namespace that a filter matches; records whose backend snapshot
     /// is gone are left out.
-    pub async fn walk(&self, ns: &str, filters: &[String]) -> Result<Vec<Info>> {
-        let (db, n, sn) = (self.db.clone(), ns.to_owned(), self.name.clone());
-        let records = blocking(move || db.snapshot_list(&n, &sn)).await?;
+    async fn walk(&self, ns: &str, filters: &[String]) -> Result<Vec<Info>> {
+        let records = self
+            .records(ns, |db, ns, sn| db.snapshot_list(ns, sn))
+            .await?;
         let mut infos = Vec::with_capacity(records.len());
         for (key, record) in records {
             match self.backend.stat(&record.name).await {
@@ -309,7 +290,7 @@ impl NamespacedSnapshotter {
         Ok(filter_infos(infos, filters)?)
     }
 
-    pub async fn cleanup(&self) -> Result<()> {
+    async fn cleanup(&self) -> Result<()> {
         Ok(self.backend.cleanup().await?)
     }
 }
