@@ -5,7 +5,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::MetadataError;
 
 /// The schema this build writes. Older databases are migrated on open; newer ones refused.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// name -> JSON of the namespace's labels.
@@ -23,7 +23,8 @@ pub(crate) const RESOURCE_TABLES: &[(&str, TableDefinition<&str, &[u8]>)] = &[
     ("ingests", TableDefinition::new("ingests")),
 ];
 
-/// `<namespace>/<lease>/<type>\0<resource id>` -> empty: what each lease holds.
+/// `<namespace>/<lease>\0<type>\0<resource id>` -> empty: what each lease holds. Lease ids
+/// may hold `/` (ctr names leases after paths), never NUL.
 pub(crate) const LEASE_RESOURCES: TableDefinition<&str, &[u8]> =
     TableDefinition::new("lease_resources");
 
@@ -67,7 +68,25 @@ pub(crate) fn insert_new<T: serde::Serialize>(
 type Migration = fn(&redb::WriteTransaction) -> Result<(), MetadataError>;
 
 /// Steps from version N to N+1, in order; index 0 upgrades version 0 (an empty file) to 1.
-const MIGRATIONS: &[Migration] = &[|_tx| Ok(())];
+const MIGRATIONS: &[Migration] = &[|_tx| Ok(()), lease_resources_v2];
+
+/// Version 1 keyed lease resources `<ns>/<lease>/<type>\0<id>`, which cannot tell a lease
+/// named with a `/` apart; version 2 separates the lease with NUL.
+fn lease_resources_v2(tx: &redb::WriteTransaction) -> Result<(), MetadataError> {
+    let mut t = tx.open_table(LEASE_RESOURCES)?;
+    let mut old = Vec::new();
+    for entry in t.iter()? {
+        old.push(entry?.0.value().to_owned());
+    }
+    for key in old {
+        let mut parts = key.splitn(3, '/');
+        if let (Some(ns), Some(lease), Some(rest)) = (parts.next(), parts.next(), parts.next()) {
+            t.insert(format!("{ns}/{lease}\0{rest}").as_str(), &[][..])?;
+        }
+        t.remove(key.as_str())?;
+    }
+    Ok(())
+}
 
 /// What a committed change did, as the GC scheduler wants to hear of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -30,7 +30,12 @@ fn not_found(id: &str) -> MetadataError {
 }
 
 pub(crate) fn resource_key(ns: &str, lease: &str, resource_type: &str, id: &str) -> String {
-    format!("{ns}/{lease}/{resource_type}\0{id}")
+    format!("{}{resource_type}\0{id}", lease_prefix(ns, lease))
+}
+
+/// Where the resources of lease `ns/lease` start in [`LEASE_RESOURCES`].
+fn lease_prefix(ns: &str, lease: &str) -> String {
+    format!("{ns}/{lease}\0")
 }
 
 /// NotFound unless the lease exists.
@@ -60,7 +65,19 @@ pub(crate) fn add_resource_in(
 
 impl MetadataStore {
     pub fn lease_create(&self, ns: &str, lease: &Lease) -> Result<(), MetadataError> {
-        validate::identifier(&lease.id)?;
+        // containerd takes any id (its clients make them with `_` and `-` side by side, or
+        // from a path); ours must only not hold NUL, our keys' separator.
+        if lease.id.is_empty() {
+            return Err(MetadataError::InvalidArgument(
+                "lease id must be provided".into(),
+            ));
+        }
+        if lease.id.contains('\0') {
+            return Err(MetadataError::InvalidArgument(format!(
+                "lease id {:?} must not contain NUL",
+                lease.id
+            )));
+        }
         for (k, v) in &lease.labels {
             validate::label(k, v)?;
         }
@@ -99,7 +116,7 @@ impl MetadataStore {
             return Err(not_found(id));
         }
         let mut resources = tx.open_table(LEASE_RESOURCES)?;
-        let prefix = format!("{ns}/{id}/");
+        let prefix = lease_prefix(ns, id);
         let mut keys = Vec::new();
         for entry in resources.range(prefix.as_str()..)? {
             let key = entry?.0.value().to_owned();
@@ -160,7 +177,7 @@ pub(crate) fn resources_under(
     ns: &str,
     lease: &str,
 ) -> Result<Vec<LeaseResource>, MetadataError> {
-    let prefix = format!("{ns}/{lease}/");
+    let prefix = lease_prefix(ns, lease);
     let mut out = Vec::new();
     for entry in t.range(prefix.as_str()..)? {
         let (k, _) = entry?;
@@ -182,6 +199,70 @@ mod tests {
     use super::*;
     use crate::ContentRecord;
     use crated_errdefs::{HasKind, Kind};
+
+    /// ctr names the lease of `images mount` after the mount point; one such lease must not
+    /// see the resources of another whose id it starts with.
+    #[test]
+    fn lease_ids_may_be_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = MetadataStore::open(&dir.path().join("m.db")).unwrap();
+        for id in ["/tmp/a", "/tmp/a/b"] {
+            let lease = Lease {
+                id: id.into(),
+                ..Default::default()
+            };
+            s.lease_create("ns", &lease).unwrap();
+            let r = LeaseResource {
+                resource_type: "content".into(),
+                id: format!("sha256:{}", "a".repeat(64)),
+            };
+            s.lease_add_resource("ns", id, &r).unwrap();
+        }
+        assert_eq!(s.lease_resources("ns", "/tmp/a").unwrap().len(), 1);
+        s.lease_delete("ns", "/tmp/a").unwrap();
+        assert_eq!(s.lease_resources("ns", "/tmp/a/b").unwrap().len(), 1);
+        let nul = Lease {
+            id: "a\0b".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.lease_create("ns", &nul).unwrap_err().kind(),
+            Kind::InvalidArgument
+        );
+    }
+
+    /// A version 1 database (lease resources keyed `<ns>/<lease>/<type>\0<id>`) is migrated.
+    #[test]
+    fn version_1_lease_resources_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let s = MetadataStore::open(&path).unwrap();
+        let lease = Lease {
+            id: "old".into(),
+            ..Default::default()
+        };
+        s.lease_create("ns", &lease).unwrap();
+        let tx = s.db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(LEASE_RESOURCES).unwrap();
+            t.insert("ns/old/content\0sha256:abc", &[][..]).unwrap();
+            tx.open_table(crate::db::META)
+                .unwrap()
+                .insert("schema_version", 1)
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        drop(s);
+        let s = MetadataStore::open(&path).unwrap();
+        let held = s.lease_resources("ns", "old").unwrap();
+        assert_eq!(
+            held,
+            vec![LeaseResource {
+                resource_type: "content".into(),
+                id: "sha256:abc".into()
+            }]
+        );
+    }
 
     #[test]
     fn leases_hold_resources_and_namespaces_see_them() {

@@ -21,6 +21,32 @@ pub struct LeasesService {
 /// Removals listed in [`crated_gc::STATS_HEADER`] at most, so the header stays small.
 const GC_STATS_LISTED: usize = 200;
 
+/// A synchronous delete's collection (leases, images): runs one and reports what it removed
+/// in the response's [`crated_gc::STATS_HEADER`].
+pub(crate) async fn collect_now(
+    gc: Option<&Scheduler>,
+    metadata: &mut tonic::metadata::MetadataMap,
+) -> Result<(), Status> {
+    let gc = gc.ok_or_else(|| {
+        Status::failed_precondition(
+            "synchronous delete needs garbage collection, which is disabled: failed precondition",
+        )
+    })?;
+    let mut stats = gc.schedule_and_wait().await.map_err(|e| status(&e))?;
+    let more = stats.removed.len().saturating_sub(GC_STATS_LISTED);
+    stats.removed.truncate(GC_STATS_LISTED);
+    if more > 0 {
+        stats.removed.push(format!("... and {more} more"));
+    }
+    if let Ok(json) = serde_json::to_vec(&stats) {
+        metadata.insert_bin(
+            crated_gc::STATS_HEADER,
+            tonic::metadata::MetadataValue::from_bytes(&json),
+        );
+    }
+    Ok(())
+}
+
 pub fn registrations() -> Vec<Registration> {
     vec![
         Registration::new(types::SERVICE, "leases-service", |ctx| async move {
@@ -88,23 +114,7 @@ impl Leases for LeasesService {
         blocking(move || db.lease_delete(&ns, &id)).await?;
         let mut response = Response::new(());
         if req.sync {
-            let gc = self.gc.as_ref().ok_or_else(|| {
-                Status::failed_precondition(
-                    "synchronous delete needs garbage collection, which is disabled: failed precondition",
-                )
-            })?;
-            let mut stats = gc.schedule_and_wait().await.map_err(|e| status(&e))?;
-            let more = stats.removed.len().saturating_sub(GC_STATS_LISTED);
-            stats.removed.truncate(GC_STATS_LISTED);
-            if more > 0 {
-                stats.removed.push(format!("... and {more} more"));
-            }
-            if let Ok(json) = serde_json::to_vec(&stats) {
-                response.metadata_mut().insert_bin(
-                    crated_gc::STATS_HEADER,
-                    tonic::metadata::MetadataValue::from_bytes(&json),
-                );
-            }
+            collect_now(self.gc.as_deref(), response.metadata_mut()).await?;
         }
         Ok(response)
     }

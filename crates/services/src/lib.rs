@@ -3,9 +3,11 @@
 //! front-end, which maps those errors to status codes in one place, [`edge`]).
 
 pub mod content;
+pub mod diff;
 pub mod edge;
 pub mod grpc;
 pub mod healthcheck;
+pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod metadata;
@@ -24,6 +26,8 @@ pub fn registrations() -> Vec<crated_plugin::Registration> {
     regs.extend(namespaces::registrations());
     regs.extend(leases::registrations());
     regs.extend(snapshots::registrations());
+    regs.extend(diff::registrations());
+    regs.extend(images::registrations());
     regs.extend(introspection::registrations());
     regs.push(version::registration());
     regs.push(healthcheck::registration());

@@ -3,7 +3,9 @@
 //! the peer tools (`ctr`, `containerd`) with a loud skip outside CI and a failure on CI.
 
 pub mod blobs;
+pub mod layered;
 pub mod oci;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -380,4 +382,44 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool, why: impl F
         assert!(Instant::now() < deadline, "{}", why());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every entry under `root` (not `root` itself) with what an unpacked image must get right:
+/// type, mode, owner, size, content digest, link target, device number, link count; regular
+/// files' mtimes too. Keyed by path relative to `root`.
+pub fn tree_listing(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::{Digest as _, Sha256};
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            let common = format!("mode={:o} owner={}:{}", m.mode(), m.uid(), m.gid());
+            let ft = m.file_type();
+            let what = if ft.is_dir() {
+                stack.push(path.clone());
+                format!("dir {common}")
+            } else if ft.is_symlink() {
+                format!(
+                    "symlink -> {}",
+                    std::fs::read_link(&path).unwrap().display()
+                )
+            } else if ft.is_file() {
+                let digest = Sha256::digest(std::fs::read(&path).unwrap());
+                format!(
+                    "file {common} size={} links={} mtime={} sha256={digest:x}",
+                    m.len(),
+                    m.nlink(),
+                    m.mtime()
+                )
+            } else {
+                format!("special {common} rdev={}", m.rdev())
+            };
+            out.insert(rel, what);
+        }
+    }
+    out
 }

@@ -44,46 +44,114 @@ fn layer(busybox: &[u8]) -> Vec<u8> {
     layer.into_inner().unwrap()
 }
 
-/// Writes the archive of image `name` to `out`; returns the digest of the layer (which is
-/// also its diff id and, for one layer, the chain id of the unpacked snapshot).
-pub fn busybox_archive(name: &str, out: &Path) -> String {
-    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static)");
-    let layer = layer(&busybox);
-    let layer_digest = sha256(&layer);
-    let arch = match std::env::consts::ARCH {
+/// An OCI image in memory: its `index.json` and its blobs.
+pub struct OciImage {
+    pub index: Vec<u8>,
+    /// (digest, bytes): layers, config, manifest.
+    pub blobs: Vec<(String, Vec<u8>)>,
+    /// The digest of the manifest the index points at.
+    pub manifest: String,
+}
+
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+impl OciImage {
+    /// The image as an OCI layout archive, the format `ctr images import` reads.
+    pub fn write_archive(&self, out: &Path) {
+        let mut archive = tar::Builder::new(Vec::new());
+        append(&mut archive, "oci-layout", OCI_LAYOUT);
+        append(&mut archive, "index.json", &self.index);
+        for (digest, bytes) in &self.blobs {
+            let path = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+            append(&mut archive, &path, bytes);
+        }
+        std::fs::write(out, archive.into_inner().unwrap()).unwrap();
+    }
+
+    /// The image as an OCI layout directory (what skopeo pushes from).
+    pub fn write_layout(&self, dir: &Path) {
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(dir.join("oci-layout"), OCI_LAYOUT).unwrap();
+        std::fs::write(dir.join("index.json"), &self.index).unwrap();
+        for (digest, bytes) in &self.blobs {
+            std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), bytes).unwrap();
+        }
+    }
+}
+
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
-    };
+    }
+}
+
+/// Builds an image from uncompressed layer tars and their media type's compression
+/// (`gzip` or none): config with `cmd`, manifest, an index naming it `name` (tag `latest`).
+pub fn image(name: &str, layers: &[(Vec<u8>, Vec<u8>, &str)], cmd: &str) -> OciImage {
+    let arch = host_arch();
+    let diff_ids: Vec<String> = layers.iter().map(|(tar, _, _)| sha256(tar)).collect();
     let config = format!(
-        r#"{{"architecture":"{arch}","os":"linux","config":{{"Cmd":["/bin/sh"]}},"rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
+        r#"{{"architecture":"{arch}","os":"linux","config":{{"Cmd":{cmd}}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        diff_ids
+            .iter()
+            .map(|d| format!("\"{d}\""))
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let config_digest = sha256(config.as_bytes());
+    let mut blobs = Vec::new();
+    let mut layer_descs = Vec::new();
+    for (_, blob, media_type) in layers {
+        let digest = sha256(blob);
+        layer_descs.push(format!(
+            r#"{{"mediaType":"{media_type}","digest":"{digest}","size":{}}}"#,
+            blob.len()
+        ));
+        blobs.push((digest, blob.clone()));
+    }
     let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{}}}]}}"#,
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{}]}}"#,
         config.len(),
-        layer.len()
+        layer_descs.join(",")
     );
     let manifest_digest = sha256(manifest.as_bytes());
     let index = format!(
         r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{},"annotations":{{"io.containerd.image.name":"{name}","org.opencontainers.image.ref.name":"latest"}},"platform":{{"architecture":"{arch}","os":"linux"}}}}]}}"#,
         manifest.len()
     );
-    let mut archive = tar::Builder::new(Vec::new());
-    append(
-        &mut archive,
-        "oci-layout",
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    );
-    append(&mut archive, "index.json", index.as_bytes());
-    for (digest, bytes) in [
-        (&layer_digest, &layer[..]),
-        (&config_digest, config.as_bytes()),
-        (&manifest_digest, manifest.as_bytes()),
-    ] {
-        let path = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
-        append(&mut archive, &path, bytes);
+    blobs.push((config_digest, config.into_bytes()));
+    blobs.push((manifest_digest.clone(), manifest.into_bytes()));
+    OciImage {
+        index: index.into_bytes(),
+        blobs,
+        manifest: manifest_digest,
     }
-    std::fs::write(out, archive.into_inner().unwrap()).unwrap();
-    layer_digest
+}
+
+/// The busybox image: one uncompressed layer. Its layer digest is also its diff id and, for
+/// one layer, the chain id of the unpacked snapshot.
+pub fn busybox(name: &str) -> (OciImage, String) {
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static)");
+    let layer = layer(&busybox);
+    let digest = sha256(&layer);
+    let image = image(
+        name,
+        &[(
+            layer.clone(),
+            layer,
+            "application/vnd.oci.image.layer.v1.tar",
+        )],
+        r#"["/bin/sh"]"#,
+    );
+    (image, digest)
+}
+
+/// Writes the busybox image archive of image `name` to `out`; returns the layer's digest.
+pub fn busybox_archive(name: &str, out: &Path) -> String {
+    let (image, layer) = busybox(name);
+    image.write_archive(out);
+    layer
 }

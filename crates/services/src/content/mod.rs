@@ -10,7 +10,7 @@ use crated_api::containerd::services::content::v1 as api;
 use crated_api::containerd::services::content::v1::content_server::{Content, ContentServer};
 use crated_content::{ContentError, ContentStore, ContentWriter, IngestStatus, LocalStore};
 use crated_metadata::{ContentRecord, MetadataStore};
-use crated_plugin::{types, Instance, PluginError, Registration};
+use crated_plugin::{types, InitContext, Instance, PluginError, Registration};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::edge::{blocking, filters, lease, namespace, status, timestamp};
@@ -19,6 +19,7 @@ use crate::GrpcService;
 type BoxStream<T> =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+mod blob;
 mod raw;
 mod write;
 
@@ -44,14 +45,7 @@ pub fn registrations() -> Vec<Registration> {
             Ok(Instance::new(Arc::new(store)))
         }),
         Registration::new(types::SERVICE, "content-service", |ctx| async move {
-            let db = ctx.get_single::<MetadataStore>(types::METADATA)?;
-            // The first content store that started, as containerd's metadata plugin picks it:
-            // a proxy store serves when the local one is disabled.
-            let store = ctx.get_single::<Arc<dyn ContentStore>>(types::CONTENT)?;
-            Ok(Instance::new(Arc::new(ContentService {
-                db,
-                store: Arc::clone(&store),
-            })))
+            Ok(Instance::new(Arc::new(ContentService::from_context(&ctx)?)))
         })
         .requires(&[types::METADATA, types::CONTENT]),
         Registration::new(types::GRPC, "content", |ctx| async move {
@@ -143,6 +137,18 @@ fn check_digest(digest: &str) -> Result<(), Status> {
 }
 
 impl ContentService {
+    /// The namespaced service for a plugin that requires the metadata and content plugins.
+    pub(crate) fn from_context(ctx: &InitContext) -> Result<Self, PluginError> {
+        let db = ctx.get_single::<MetadataStore>(types::METADATA)?;
+        // The first content store that started, as containerd's metadata plugin picks it:
+        // a proxy store serves when the local one is disabled.
+        let store = ctx.get_single::<Arc<dyn ContentStore>>(types::CONTENT)?;
+        Ok(ContentService {
+            db,
+            store: Arc::clone(&store),
+        })
+    }
+
     async fn record(&self, ns: &str, digest: &str) -> Result<ContentRecord, Status> {
         check_digest(digest)?;
         let (db, ns, digest) = (self.db.clone(), ns.to_owned(), digest.to_owned());

@@ -1,0 +1,430 @@
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use crated_errdefs::{HasKind, Kind};
+use sha2::{Digest as _, Sha256};
+
+use crate::{apply, compare, ApplyOptions, Whiteouts};
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Tar entries written with raw names, so tests can write what a hostile tool would.
+struct Layer(tar::Builder<Vec<u8>>);
+
+impl Layer {
+    fn new() -> Self {
+        Layer(tar::Builder::new(Vec::new()))
+    }
+
+    fn raw(
+        &mut self,
+        kind: tar::EntryType,
+        name: &str,
+        link: &str,
+        mode: u32,
+        data: &[u8],
+    ) -> &mut Self {
+        let mut h = tar::Header::new_gnu();
+        {
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+            gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        self.0.append(&h, data).unwrap();
+        self
+    }
+
+    fn dir(&mut self, name: &str, mode: u32) -> &mut Self {
+        self.raw(tar::EntryType::Directory, name, "", mode, b"")
+    }
+
+    fn file(&mut self, name: &str, data: &str) -> &mut Self {
+        self.raw(tar::EntryType::Regular, name, "", 0o644, data.as_bytes())
+    }
+
+    fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.raw(tar::EntryType::Symlink, name, target, 0o777, b"")
+    }
+
+    fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.raw(tar::EntryType::Link, name, target, 0o644, b"")
+    }
+
+    fn bytes(&mut self) -> Vec<u8> {
+        self.0.finish().unwrap();
+        self.0.get_ref().clone()
+    }
+}
+
+fn delete() -> ApplyOptions {
+    ApplyOptions {
+        whiteouts: Whiteouts::Delete,
+        parents: Vec::new(),
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap()
+}
+
+#[test]
+fn a_layer_lands_with_its_metadata_and_its_diff_id() {
+    let root = tempfile::tempdir().unwrap();
+    let mut layer = Layer::new();
+    layer
+        .dir("etc/", 0o750)
+        .file("etc/hosts", "127.0.0.1 localhost\n")
+        .raw(tar::EntryType::Regular, "./bin/tool", "", 0o4755, b"#!")
+        .symlink("etc/link", "/etc/hosts")
+        .hardlink("etc/hosts2", "etc/hosts")
+        .raw(tar::EntryType::Fifo, "run.fifo", "", 0o600, b"");
+    let bytes = layer.bytes();
+    let applied = apply(root.path(), &bytes[..], &delete()).unwrap();
+    assert_eq!(
+        applied.diff_id,
+        format!("sha256:{:x}", Sha256::digest(&bytes))
+    );
+    assert_eq!(applied.size, bytes.len() as u64);
+
+    let r = root.path();
+    assert_eq!(read(&r.join("etc/hosts")), "127.0.0.1 localhost\n");
+    let etc = std::fs::metadata(r.join("etc")).unwrap();
+    assert_eq!(etc.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(
+        etc.mtime(),
+        1_000_000,
+        "directory times are set after their contents"
+    );
+    let tool = std::fs::metadata(r.join("bin/tool")).unwrap();
+    assert_eq!(tool.permissions().mode() & 0o7777, 0o4755);
+    assert_eq!(tool.mtime(), 1_000_000);
+    assert_eq!(
+        std::fs::metadata(r.join("bin"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755,
+        "an unlisted parent is made 0755"
+    );
+    assert_eq!(
+        std::fs::read_link(r.join("etc/link")).unwrap(),
+        Path::new("/etc/hosts")
+    );
+    assert_eq!(
+        std::fs::metadata(r.join("etc/hosts2")).unwrap().ino(),
+        std::fs::metadata(r.join("etc/hosts")).unwrap().ino()
+    );
+    assert!(std::fs::symlink_metadata(r.join("run.fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
+#[test]
+fn compressed_layers_unpack_to_the_same_tree_and_diff_id() {
+    let mut layer = Layer::new();
+    layer.file("a", "alpha");
+    let tar = layer.bytes();
+    for c in [crate::Compression::Gzip, crate::Compression::Zstd] {
+        let mut e = c.encoder(Vec::new()).unwrap();
+        std::io::Write::write_all(&mut e, &tar).unwrap();
+        let packed = e.finish().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let applied = apply(
+            root.path(),
+            crate::decompress(&packed[..]).unwrap(),
+            &delete(),
+        )
+        .unwrap();
+        assert_eq!(
+            applied.diff_id,
+            format!("sha256:{:x}", Sha256::digest(&tar)),
+            "{c:?}"
+        );
+        assert_eq!(read(&root.path().join("a")), "alpha");
+    }
+}
+
+#[test]
+fn whiteouts_delete_what_the_layers_below_had() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("keep/sub")).unwrap();
+    std::fs::write(r.join("gone"), "x").unwrap();
+    std::fs::write(r.join("keep/old"), "x").unwrap();
+    std::fs::write(r.join("keep/sub/old"), "x").unwrap();
+    std::fs::write(r.join("other"), "x").unwrap();
+    let mut layer = Layer::new();
+    layer
+        .file(".wh.gone", "")
+        .dir("keep/", 0o755)
+        .file("keep/new", "new")
+        .file("keep/.wh..wh..opq", "")
+        .file(".wh.nothing-there", "");
+    apply(r, &layer.bytes()[..], &delete()).unwrap();
+    assert!(!r.join("gone").exists());
+    assert!(r.join("other").exists());
+    assert!(
+        !r.join("keep/old").exists(),
+        "opaque: the lower contents go"
+    );
+    assert!(!r.join("keep/sub").exists());
+    assert_eq!(
+        read(&r.join("keep/new")),
+        "new",
+        "opaque: this layer's own stay"
+    );
+}
+
+#[test]
+fn an_entry_replaces_what_has_its_name_unless_both_are_directories() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("was-dir/deep")).unwrap();
+    std::fs::write(r.join("was-file"), "x").unwrap();
+    std::fs::create_dir(r.join("merged")).unwrap();
+    std::fs::write(r.join("merged/kept"), "x").unwrap();
+    std::os::unix::fs::symlink("/etc", r.join("was-link")).unwrap();
+    let mut layer = Layer::new();
+    layer
+        .file("was-dir", "now a file")
+        .dir("was-file/", 0o700)
+        .dir("merged/", 0o711)
+        .file("was-link", "now a file");
+    apply(r, &layer.bytes()[..], &delete()).unwrap();
+    assert_eq!(read(&r.join("was-dir")), "now a file");
+    assert!(r.join("was-file").is_dir());
+    assert!(r.join("merged/kept").exists());
+    assert_eq!(
+        std::fs::metadata(r.join("merged"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o711
+    );
+    assert_eq!(read(&r.join("was-link")), "now a file");
+    assert!(Path::new("/etc/hostname").exists() || !Path::new("/etc").join("was-link").exists());
+}
+
+/// Writes a hostile layer given the directory outside the root.
+type BuildLayer = dyn Fn(&Path, &mut Layer);
+
+/// Each hostile layer is refused with InvalidArgument naming the entry, and the canary next
+/// to the root is untouched.
+#[test]
+fn layers_that_reach_outside_the_root_are_refused() {
+    let cases: Vec<(&str, Box<BuildLayer>)> = vec![
+        (
+            "dotdot",
+            Box::new(|_, l| {
+                l.file("../canary", "owned");
+            }),
+        ),
+        (
+            "dotdot inside",
+            Box::new(|_, l| {
+                l.file("a/../../canary", "owned");
+            }),
+        ),
+        (
+            "absolute",
+            Box::new(|outside, l| {
+                l.file(&format!("{}/canary", outside.display()), "owned");
+            }),
+        ),
+        (
+            "absolute symlink then write",
+            Box::new(|outside, l| {
+                l.symlink("evil", &outside.display().to_string())
+                    .file("evil/canary", "owned");
+            }),
+        ),
+        (
+            "relative symlink then write",
+            Box::new(|_, l| {
+                l.symlink("evil", "../..").file("evil/canary", "owned");
+            }),
+        ),
+        (
+            "symlink chain then write",
+            Box::new(|_, l| {
+                l.dir("d/", 0o755)
+                    .symlink("d/up", "..")
+                    .symlink("d/out", "up/..")
+                    .file("d/out/canary", "owned");
+            }),
+        ),
+        (
+            "hard link outside",
+            Box::new(|_, l| {
+                l.hardlink("stolen", "../canary");
+            }),
+        ),
+        (
+            "hard link through a symlink",
+            Box::new(|outside, l| {
+                l.symlink("evil", &outside.display().to_string())
+                    .hardlink("stolen", "evil/canary");
+            }),
+        ),
+        (
+            "whiteout through a symlink",
+            Box::new(|outside, l| {
+                l.symlink("evil", &outside.display().to_string())
+                    .file("evil/.wh.canary", "");
+            }),
+        ),
+    ];
+    for (what, build) in cases {
+        let outside = tempfile::tempdir().unwrap();
+        let canary = outside.path().join("canary");
+        std::fs::write(&canary, "canary").unwrap();
+        let root = outside.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let mut layer = Layer::new();
+        build(outside.path(), &mut layer);
+        let err = apply(&root, &layer.bytes()[..], &delete()).expect_err(what);
+        assert_eq!(err.kind(), Kind::InvalidArgument, "{what}: {err}");
+        assert!(
+            err.to_string().contains('"'),
+            "{what}: names the entry: {err}"
+        );
+        assert_eq!(read(&canary), "canary", "{what}");
+        let hard = std::fs::metadata(&canary).unwrap().nlink();
+        assert_eq!(hard, 1, "{what}: no hard link to the canary");
+    }
+}
+
+#[test]
+fn overlay_whiteouts_become_overlay_markers() {
+    if !is_root() {
+        eprintln!("skipped: overlay whiteouts need root (mknod and trusted.* xattrs)");
+        return;
+    }
+    let lower = tempfile::tempdir().unwrap();
+    std::fs::create_dir(lower.path().join("usr")).unwrap();
+    std::fs::set_permissions(
+        lower.path().join("usr"),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    let mut layer = Layer::new();
+    layer
+        .file(".wh.gone", "")
+        .dir("opaque/", 0o755)
+        .file("opaque/.wh..wh..opq", "")
+        .file("usr/bin/new", "x");
+    let options = ApplyOptions {
+        whiteouts: Whiteouts::Overlay,
+        parents: vec![lower.path().to_owned()],
+    };
+    apply(upper.path(), &layer.bytes()[..], &options).unwrap();
+    let gone = std::fs::symlink_metadata(upper.path().join("gone")).unwrap();
+    assert!(gone.file_type().is_char_device());
+    assert_eq!(gone.rdev(), 0);
+    assert_eq!(
+        xattr_get(&upper.path().join("opaque"), "trusted.overlay.opaque"),
+        Some(b"y".to_vec())
+    );
+    assert_eq!(
+        std::fs::metadata(upper.path().join("usr"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o711,
+        "a directory made for a file copies the lower one's mode"
+    );
+}
+
+fn xattr_get(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    let n = rustix::fs::lgetxattr(path, name, &mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+#[test]
+fn a_computed_layer_turns_the_lower_tree_into_the_upper_one() {
+    let lower = tempfile::tempdir().unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    let (l, u) = (lower.path(), upper.path());
+    for t in [l, u] {
+        std::fs::create_dir_all(t.join("same/deep")).unwrap();
+        std::fs::write(t.join("same/deep/unchanged"), "u").unwrap();
+        std::fs::write(t.join("changed"), "before").unwrap();
+        std::fs::write(t.join("deleted"), "d").unwrap();
+        std::fs::create_dir(t.join("dir-gone")).unwrap();
+        std::fs::write(t.join("dir-gone/f"), "f").unwrap();
+    }
+    // Same tree state both sides for the unchanged files: copy times.
+    let same_times = |p: &str| {
+        let m = std::fs::metadata(l.join(p)).unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(u.join(p))
+            .unwrap();
+        f.set_modified(m.modified().unwrap()).unwrap();
+    };
+    same_times("same/deep/unchanged");
+    std::fs::write(u.join("changed"), "after, and longer").unwrap();
+    std::fs::remove_file(u.join("deleted")).unwrap();
+    std::fs::remove_dir_all(u.join("dir-gone")).unwrap();
+    std::fs::write(u.join("same/deep/added"), "new").unwrap();
+    std::os::unix::fs::symlink("changed", u.join("link")).unwrap();
+    std::fs::hard_link(u.join("same/deep/added"), u.join("added-again")).unwrap();
+
+    let mut tar = Vec::new();
+    let compared = compare(Some(l), u, &mut tar).unwrap();
+    assert_eq!(
+        compared.diff_id,
+        format!("sha256:{:x}", Sha256::digest(&tar))
+    );
+
+    let mut names = Vec::new();
+    let mut archive = tar::Archive::new(&tar[..]);
+    for e in archive.entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().display().to_string());
+    }
+    assert!(!names.iter().any(|n| n.contains("unchanged")), "{names:?}");
+    assert!(names.contains(&".wh.deleted".to_string()), "{names:?}");
+    assert!(names.contains(&".wh.dir-gone".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"same/deep/".to_string()),
+        "parents carried: {names:?}"
+    );
+
+    // Apply on a copy of the lower tree: the upper tree comes out.
+    let target = tempfile::tempdir().unwrap();
+    let mut copy = Vec::new();
+    compare(None, l, &mut copy).unwrap();
+    apply(target.path(), &copy[..], &delete()).unwrap();
+    apply(target.path(), &tar[..], &delete()).unwrap();
+    // Times travel in whole seconds, as in containerd's layers: compare what else there is.
+    let t = target.path();
+    assert_eq!(read(&t.join("changed")), "after, and longer");
+    assert_eq!(read(&t.join("same/deep/unchanged")), "u");
+    assert_eq!(read(&t.join("same/deep/added")), "new");
+    assert!(!t.join("deleted").exists());
+    assert!(!t.join("dir-gone").exists());
+    assert_eq!(
+        std::fs::read_link(t.join("link")).unwrap(),
+        Path::new("changed")
+    );
+    assert_eq!(
+        std::fs::metadata(t.join("added-again")).unwrap().ino(),
+        std::fs::metadata(t.join("same/deep/added")).unwrap().ino()
+    );
+}

@@ -1,0 +1,93 @@
+//! Blobs read and written by other services (the differ, image import): the same namespaced
+//! rules as the Content API, without a stream of messages in between.
+
+use std::collections::HashMap;
+
+use crated_api::containerd::services::content::v1 as api;
+use crated_content::{ChunkStream, ContentWriter};
+use tonic::Status;
+use write::Ingest as _;
+
+use super::{write, ContentService, NamespacedIngest};
+use crate::edge::status;
+
+impl ContentService {
+    /// The whole blob `digest` as the namespace sees it (NotFound when it has no record of
+    /// it), streamed and checked against its digest at the end; and its size.
+    pub(crate) async fn read_blob(
+        &self,
+        ns: &str,
+        digest: &str,
+    ) -> Result<(ChunkStream, u64), Status> {
+        let record = self.record(ns, digest).await?;
+        let chunks = self
+            .store
+            .read(digest, 0, record.size, record.size)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok((chunks, record.size))
+    }
+
+    /// Opens an ingest named `reference` in the namespace, under `lease` if any.
+    pub(crate) async fn ingest_blob(
+        &self,
+        ns: &str,
+        lease: Option<String>,
+        reference: &str,
+    ) -> Result<BlobIngest, Status> {
+        let ingest = NamespacedIngest {
+            service: self.clone(),
+            ns: ns.to_owned(),
+            lease,
+            reference: reference.to_owned(),
+            backend_ref: Default::default(),
+        };
+        let first = api::WriteContentRequest {
+            r#ref: reference.to_owned(),
+            ..Default::default()
+        };
+        let mut writer = ingest.open(&first).await?;
+        if writer.offset() > 0 {
+            // A leftover of an earlier attempt under the same name: start over.
+            writer
+                .write(Vec::new(), true)
+                .await
+                .map_err(|e| status(&e))?;
+        }
+        Ok(BlobIngest { ingest, writer })
+    }
+}
+
+/// A blob being written; commit it or abort it.
+pub(crate) struct BlobIngest {
+    ingest: NamespacedIngest,
+    writer: Box<dyn ContentWriter>,
+}
+
+impl BlobIngest {
+    pub(crate) async fn write(&mut self, data: Vec<u8>) -> Result<(), Status> {
+        self.writer.write(data, false).await.map_err(|e| status(&e))
+    }
+
+    /// Commits what was written with `labels`: its digest and size.
+    pub(crate) async fn commit(
+        mut self,
+        labels: HashMap<String, String>,
+    ) -> Result<(String, u64), Status> {
+        let (_, digest) = self.writer.stat().await.map_err(|e| status(&e))?;
+        let size = self.writer.offset();
+        let req = api::WriteContentRequest {
+            r#ref: self.ingest.reference.clone(),
+            total: size as i64,
+            labels,
+            ..Default::default()
+        };
+        let digest = self.ingest.commit(self.writer, digest, &req).await?;
+        Ok((digest, size))
+    }
+
+    pub(crate) async fn abort(self) {
+        drop(self.writer);
+        self.ingest.discard().await;
+    }
+}
