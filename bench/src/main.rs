@@ -12,7 +12,7 @@ use crated_testsupport::{rss_kib, tool, Daemon};
 #[derive(Parser)]
 #[command(about = "crated vs containerd benchmarks")]
 struct Args {
-    /// Rows to run (default: all): startup, ingest, snapshots
+    /// Rows to run (default: all): startup, ingest, snapshots, pull
     rows: Vec<String>,
     /// Counted runs per daemon and row.
     #[arg(short, long, default_value_t = 7)]
@@ -335,6 +335,172 @@ fn snapshots(runs: usize, crated: &Path, containerd: Option<&Path>) -> anyhow::R
     Ok(rows)
 }
 
+/// Peak resident memory of a process in MiB (VmHWM).
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Reads every file under `dir`, so what a run reads next comes from the page cache.
+fn warm(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            warm(&p);
+        } else if let Ok(mut f) = std::fs::File::open(&p) {
+            let _ = std::io::copy(&mut f, &mut std::io::sink());
+        }
+    }
+}
+
+/// What one pull cost: wall seconds, daemon CPU seconds, daemon peak RSS.
+fn pull_once(
+    d: &Daemon,
+    ctr: &Path,
+    reference: &str,
+    snapshotter: &str,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let cpu_before = cpu_seconds(d.pid())?;
+    let started = std::time::Instant::now();
+    let out = d.client(
+        ctr,
+        &[
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            snapshotter,
+            reference,
+        ],
+    );
+    let wall = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("pull failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let cpu = cpu_seconds(d.pid())? - cpu_before;
+    let rss = peak_rss_mib(d.pid()).context("reading VmHWM")?;
+    Ok((wall, cpu, rss))
+}
+
+/// `pigz -dc | tar -x` of every layer, one after the other, each into a fresh directory of its
+/// own (plain tar cannot apply a layer's type changes over the one below): seconds.
+fn unpack_floor(layers: &[PathBuf], scratch: &Path, run: usize) -> anyhow::Result<f64> {
+    let mut dirs = Vec::new();
+    for i in 0..layers.len() {
+        let dir = scratch.join(format!("floor-{run}-{i}"));
+        std::fs::create_dir_all(&dir)?;
+        dirs.push(dir);
+    }
+    let started = std::time::Instant::now();
+    for (layer, into) in layers.iter().zip(&dirs) {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "pigz -dc '{}' | tar -x -C '{}'",
+                layer.display(),
+                into.display()
+            ))
+            .status()?;
+        if !status.success() {
+            bail!("pigz | tar failed on {}", layer.display());
+        }
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Cold pull and unpack of the bench image (five gzip layers, ~490 MB, 20k files) from a local
+/// registry with Debian's ctr, for overlayfs and native: wall time, daemon CPU and peak RSS,
+/// and the `pigz -dc | tar -x` floor. Old roots are removed only at the end: deleting many
+/// files slows the next creations on this machine's ext4.
+fn pull(
+    runs: usize,
+    crated: &Path,
+    containerd: Option<&Path>,
+) -> anyhow::Result<(Vec<Row>, String)> {
+    use crated_testsupport::layered::{build, Shape};
+    use crated_testsupport::registry::Registry;
+    let ctr = tool("ctr", "containerd").context("ctr (Debian's containerd) drives the pulls")?;
+    tool("pigz", "pigz").context("pigz for the unpack floor")?;
+    eprintln!("building the bench image ...");
+    let image = build("bench", Shape::bench());
+    let registry = Registry::start().context("docker-registry")?;
+    registry.push(&image, "bench:latest");
+    let reference = format!("{}/bench:latest", registry.addr);
+    let scratch = tempfile::tempdir()?;
+    let mut layers = Vec::new();
+    for (digest, bytes) in &image.blobs {
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            let path = scratch.path().join(digest.trim_start_matches("sha256:"));
+            std::fs::write(&path, bytes)?;
+            layers.push(path);
+        }
+    }
+    drop(image);
+    let mut floors = Vec::new();
+    let mut rows = Vec::new();
+    let mut keep = Vec::new();
+    for snapshotter in ["overlayfs", "native"] {
+        let mut wall = Row {
+            name: format!("pull+unpack {snapshotter}"),
+            unit: "s",
+            crated: vec![],
+            containerd: vec![],
+        };
+        let mut cpu = Row {
+            name: format!("  daemon CPU {snapshotter}"),
+            unit: "s",
+            crated: vec![],
+            containerd: vec![],
+        };
+        let mut rss = Row {
+            name: format!("  daemon peak RSS {snapshotter}"),
+            unit: "MiB",
+            crated: vec![],
+            containerd: vec![],
+        };
+        for run in 0..runs {
+            warm(registry.storage());
+            let d = Daemon::crated(crated, None, &[]).map_err(anyhow::Error::msg)?;
+            let (w, c, r) = pull_once(&d, &ctr, &reference, snapshotter)?;
+            wall.crated.push(w);
+            cpu.crated.push(c);
+            rss.crated.push(r);
+            keep.push(d);
+            if let Some(bin) = containerd {
+                warm(registry.storage());
+                let d = Daemon::containerd(bin, Some("")).map_err(anyhow::Error::msg)?;
+                let (w, c, r) = pull_once(&d, &ctr, &reference, snapshotter)?;
+                wall.containerd.push(w);
+                cpu.containerd.push(c);
+                rss.containerd.push(r);
+                keep.push(d);
+            }
+            if snapshotter == "overlayfs" {
+                for l in &layers {
+                    let _ = std::fs::read(l);
+                }
+                floors.push(unpack_floor(&layers, scratch.path(), run)?);
+            }
+        }
+        rows.extend([wall, cpu, rss]);
+    }
+    for mut d in keep {
+        d.stop();
+    }
+    let floor = stats(&floors).map_or(0.0, |(m, ..)| m);
+    let crated_overlay = stats(&rows[0].crated).map_or(0.0, |(m, ..)| m);
+    let note = format!(
+        "floor: `pigz -dc | tar -x` of the bench layers {floor:.2} s (median); crated overlayfs pull+unpack / floor = {:.2}",
+        crated_overlay / floor.max(f64::EPSILON)
+    );
+    Ok((rows, note))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let all = args.rows.is_empty();
@@ -353,10 +519,19 @@ fn main() -> anyhow::Result<()> {
     if all || args.rows.iter().any(|r| r == "snapshots") {
         rows.extend(snapshots(args.runs.min(5), &crated, containerd.as_deref())?);
     }
+    let mut notes = Vec::new();
+    if all || args.rows.iter().any(|r| r == "pull") {
+        let (pull_rows, note) = pull(args.runs.min(3), &crated, containerd.as_deref())?;
+        rows.extend(pull_rows);
+        notes.push(note);
+    }
     println!(
         "runs per daemon: {}; daemons alternate, each on a fresh private root",
         args.runs
     );
     print(&rows);
+    for n in notes {
+        println!("{n}");
+    }
     Ok(())
 }

@@ -22,7 +22,8 @@ impl WalkingDiffer {
         WalkingDiffer { scratch }
     }
 
-    /// Applies the layer `blob` (of `media_type`, compressed or not) onto `mounts`.
+    /// Applies the layer `blob` (of `media_type`, compressed or not) onto `mounts`. The blob
+    /// is read and decompressed on a thread of its own while this one writes the files.
     pub fn apply(
         &self,
         media_type: &str,
@@ -30,7 +31,19 @@ impl WalkingDiffer {
         blob: impl Read + Send,
     ) -> Result<Applied, DiffError> {
         Compression::of_media_type(media_type)?;
-        apply_to_mounts(mounts, &self.scratch, decompress(blob)?)
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
+            scope.spawn(move || decompress_into(blob, tx));
+            apply_to_mounts(
+                mounts,
+                &self.scratch,
+                ChannelReader {
+                    rx,
+                    current: Vec::new(),
+                    at: 0,
+                },
+            )
+        })
     }
 
     /// Writes the layer from `lower` to `upper`, compressed, into `out`.
@@ -55,6 +68,74 @@ impl WalkingDiffer {
                 Ok(compared)
             })
         })
+    }
+}
+
+/// Decompressed chunks in flight between the two threads of an apply.
+const PIPELINE_DEPTH: usize = 8;
+const PIPELINE_CHUNK: usize = 1 << 20;
+
+type Chunk = std::io::Result<Vec<u8>>;
+
+/// Sends the decompressed layer in chunks; stops at the end, at an error (sent on), or when
+/// the extracting side hung up.
+fn decompress_into(blob: impl Read + Send, tx: std::sync::mpsc::SyncSender<Chunk>) {
+    let mut tar = match decompress(blob) {
+        Ok(t) => t,
+        Err(DiffError::Io { source, .. }) => {
+            let _ = tx.send(Err(source));
+            return;
+        }
+        Err(e) => {
+            let _ = tx.send(Err(std::io::Error::other(e.to_string())));
+            return;
+        }
+    };
+    loop {
+        let mut chunk = vec![0u8; PIPELINE_CHUNK];
+        let mut filled = 0;
+        while filled < chunk.len() {
+            match tar.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+        if filled == 0 {
+            return;
+        }
+        chunk.truncate(filled);
+        if tx.send(Ok(chunk)).is_err() {
+            return;
+        }
+    }
+}
+
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Chunk>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.current = chunk?;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 
