@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use crated_testsupport::{rss_kib, tool, Daemon};
+use crated_testsupport::{peak_rss_kib, rss_kib, tool, Daemon};
 
 #[derive(Parser)]
 #[command(about = "crated vs containerd benchmarks")]
@@ -335,14 +335,6 @@ fn snapshots(runs: usize, crated: &Path, containerd: Option<&Path>) -> anyhow::R
     Ok(rows)
 }
 
-/// Peak resident memory of a process in MiB (VmHWM).
-fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// Reads every file under `dir`, so what a run reads next comes from the page cache.
 fn warm(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -383,7 +375,7 @@ fn pull_once(
         bail!("pull failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let cpu = cpu_seconds(d.pid())? - cpu_before;
-    let rss = peak_rss_mib(d.pid()).context("reading VmHWM")?;
+    let rss = peak_rss_kib(d.pid()).context("reading VmHWM")? as f64 / 1024.0;
     Ok((wall, cpu, rss))
 }
 

@@ -35,10 +35,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store at {}", cli.root.display()))?;
     let store: Arc<dyn ContentStore> = Arc::new(store);
     tracing::info!(socket = %cli.socket.display(), root = %cli.root.display(), "serving content");
-    let router = tonic::transport::Server::builder()
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(16 << 20)
-        .max_frame_size(1 << 20)
+    let router = crated_services::socket::bulk_server()
         .add_service(BareContentServer::new(store).into_service());
     Ok(serve_unix(router, &cli.socket).await?)
 }

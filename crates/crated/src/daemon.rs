@@ -204,12 +204,7 @@ async fn serve(
                 return Err(e.into());
             }
         };
-    let server = tonic::transport::Server::builder()
-        // Bulk streams (content writes and reads) move megabytes per message: wide windows
-        // and large frames keep HTTP/2 bookkeeping off the hot path.
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(16 << 20)
-        .max_frame_size(1 << 20)
+    let server = crated_services::socket::bulk_server()
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
             shutdown.await;

@@ -12,10 +12,10 @@ use std::rc::Rc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
-use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
 use crate::root::{clean, empty_dir_except, remove_at, resolve_error, Root};
+use crate::stream::Digesting;
 use crate::DiffError;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -81,36 +81,8 @@ pub fn apply(root: &Path, layer: impl Read, options: &ApplyOptions) -> Result<Ap
     }
     // What follows the end-of-archive blocks is part of the diff ID too.
     io::copy(&mut tar_stream, &mut io::sink()).map_err(DiffError::io("reading the layer"))?;
-    Ok(Applied {
-        diff_id: format!("sha256:{:x}", tar_stream.hash.finalize_reset()),
-        size: tar_stream.count,
-    })
-}
-
-/// Counts and digests what is read through it.
-struct Digesting<R> {
-    inner: R,
-    hash: Sha256,
-    count: u64,
-}
-
-impl<R: Read> Digesting<R> {
-    fn new(inner: R) -> Self {
-        Digesting {
-            inner,
-            hash: Sha256::new(),
-            count: 0,
-        }
-    }
-}
-
-impl<R: Read> Read for Digesting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
+    let (diff_id, size) = tar_stream.finish();
+    Ok(Applied { diff_id, size })
 }
 
 struct Extract<'a> {

@@ -8,8 +8,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-
+use crate::stream::Digesting;
 use crate::DiffError;
 
 /// The tar written: its digest (the diff ID) and size.
@@ -22,11 +21,7 @@ pub struct Compared {
 /// Writes the changes from `lower` (None: an empty tree) to `upper` as a tar into `out`.
 pub fn compare(lower: Option<&Path>, upper: &Path, out: impl Write) -> Result<Compared, DiffError> {
     let mut writer = Changes {
-        tar: tar::Builder::new(DigestingWriter {
-            inner: out,
-            hash: Sha256::new(),
-            count: 0,
-        }),
+        tar: tar::Builder::new(Digesting::new(out)),
         pending_dirs: Vec::new(),
         links: HashMap::new(),
     };
@@ -39,33 +34,12 @@ pub fn compare(lower: Option<&Path>, upper: &Path, out: impl Write) -> Result<Co
     digesting
         .flush()
         .map_err(DiffError::io("finishing the layer"))?;
-    Ok(Compared {
-        diff_id: format!("sha256:{:x}", digesting.hash.finalize_reset()),
-        size: digesting.count,
-    })
-}
-
-struct DigestingWriter<W> {
-    inner: W,
-    hash: Sha256,
-    count: u64,
-}
-
-impl<W: Write> Write for DigestingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+    let (diff_id, size) = digesting.finish();
+    Ok(Compared { diff_id, size })
 }
 
 struct Changes<W: Write> {
-    tar: tar::Builder<DigestingWriter<W>>,
+    tar: tar::Builder<Digesting<W>>,
     /// Directories entered whose own entry is not written yet: written (parents first) once
     /// something inside them is, so a layer carries the metadata of the directories it fills.
     pending_dirs: Vec<(PathBuf, PathBuf)>,

@@ -10,6 +10,7 @@ pub mod media;
 mod mounts;
 mod plugin;
 mod root;
+mod stream;
 
 pub use apply::{apply, Applied, ApplyOptions, Whiteouts};
 pub use compare::{compare, Compared};
@@ -17,6 +18,7 @@ pub use error::DiffError;
 pub use media::{decompress, Compression};
 pub use mounts::{apply_to_mounts, with_read_only};
 pub use plugin::{registration, WalkingDiffer};
+pub use stream::ChunkReader;
 
 #[cfg(test)]
 mod tests;

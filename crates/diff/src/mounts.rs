@@ -127,6 +127,8 @@ fn with_temp_mount<T>(
     }
 }
 
+/// A fresh, empty mount point. Not a `tempfile::TempDir`: its drop removes recursively, which
+/// on a mount point whose unmount failed would delete the snapshot's contents.
 fn tempdir_in(scratch: &Path) -> Result<PathBuf, DiffError> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crated_plugin::{types, Instance, Registration};
 use crated_snapshots::Mount;
 
+use crate::stream::ChunkReader;
 use crate::{
     apply_to_mounts, compare, decompress, with_read_only, Applied, Compared, Compression, DiffError,
 };
@@ -34,15 +35,7 @@ impl WalkingDiffer {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
             scope.spawn(move || decompress_into(blob, tx));
-            apply_to_mounts(
-                mounts,
-                &self.scratch,
-                ChannelReader {
-                    rx,
-                    current: Vec::new(),
-                    at: 0,
-                },
-            )
+            apply_to_mounts(mounts, &self.scratch, ChunkReader::new(|| rx.recv().ok()))
         })
     }
 
@@ -112,30 +105,6 @@ fn decompress_into(blob: impl Read + Send, tx: std::sync::mpsc::SyncSender<Chunk
         if tx.send(Ok(chunk)).is_err() {
             return;
         }
-    }
-}
-
-struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<Chunk>,
-    current: Vec<u8>,
-    at: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.current.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.current = chunk?;
-                    self.at = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::db::{insert_new, table, MetadataStore, Mutation};
@@ -31,12 +31,7 @@ fn not_found(digest: &str) -> MetadataError {
 
 impl MetadataStore {
     pub fn content_get(&self, ns: &str, digest: &str) -> Result<ContentRecord, MetadataError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table("blobs"))?;
-        let v = t
-            .get(key(ns, digest).as_str())?
-            .ok_or_else(|| not_found(digest))?;
-        Ok(serde_json::from_slice(v.value())?)
+        self.get_in("blobs", ns, digest, || not_found(digest))
     }
 
     pub fn content_list(&self, ns: &str) -> Result<Vec<ContentRecord>, MetadataError> {

@@ -221,6 +221,20 @@ impl MetadataStore {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The record `<ns>/<id>` of a resource table, decoded; `missing` when there is none.
+    pub(crate) fn get_in<T: serde::de::DeserializeOwned>(
+        &self,
+        table_name: &str,
+        ns: &str,
+        id: &str,
+        missing: impl FnOnce() -> MetadataError,
+    ) -> Result<T, MetadataError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table(table_name))?;
+        let v = t.get(format!("{ns}/{id}").as_str())?.ok_or_else(missing)?;
+        Ok(serde_json::from_slice(v.value())?)
+    }
+
     /// Every record of namespace `ns` in a resource table, decoded.
     pub(crate) fn list_in<T: serde::de::DeserializeOwned>(
         &self,

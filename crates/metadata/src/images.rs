@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::content::apply_label_paths;
@@ -73,12 +73,7 @@ fn validate_image(image: &ImageRecord) -> Result<(), MetadataError> {
 
 impl MetadataStore {
     pub fn image_get(&self, ns: &str, name: &str) -> Result<ImageRecord, MetadataError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table("images"))?;
-        let v = t
-            .get(key(ns, name).as_str())?
-            .ok_or_else(|| not_found(name))?;
-        Ok(serde_json::from_slice(v.value())?)
+        self.get_in("images", ns, name, || not_found(name))
     }
 
     pub fn image_list(&self, ns: &str) -> Result<Vec<ImageRecord>, MetadataError> {

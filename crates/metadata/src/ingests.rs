@@ -2,7 +2,7 @@
 //! under `backend_ref`; the record says who holds it: a lease, or nobody until `expires_at`, when
 //! GC aborts it (containerd gives an unleased ingest 24 hours).
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::db::{ensure_namespace, table, MetadataStore, Mutation, LEASE_RESOURCES};
@@ -97,12 +97,9 @@ impl MetadataStore {
     }
 
     pub fn ingest_get(&self, ns: &str, reference: &str) -> Result<IngestRecord, MetadataError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table("ingests"))?;
-        let v = t
-            .get(key(ns, reference).as_str())?
-            .ok_or_else(|| MetadataError::NotFound(format!("ingest {reference:?}")))?;
-        Ok(serde_json::from_slice(v.value())?)
+        self.get_in("ingests", ns, reference, || {
+            MetadataError::NotFound(format!("ingest {reference:?}"))
+        })
     }
 
     pub fn ingest_list(&self, ns: &str) -> Result<Vec<IngestRecord>, MetadataError> {

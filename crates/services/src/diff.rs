@@ -3,7 +3,7 @@
 //! back into it; the differ itself only sees streams and mounts.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
 use crated_api::containerd::services::diff::v1 as api;
@@ -11,7 +11,7 @@ use crated_api::containerd::services::diff::v1::diff_server::{Diff, DiffServer};
 use crated_api::containerd::types::Descriptor;
 use crated_content::ChunkStream;
 use crated_diff::media::{LABEL_UNCOMPRESSED, LAYER_TAR};
-use crated_diff::{Compression, WalkingDiffer};
+use crated_diff::{ChunkReader, Compression, WalkingDiffer};
 use crated_plugin::{types, Instance, PluginError, Registration};
 use crated_snapshots::wire::mounts_from_api;
 use futures::StreamExt;
@@ -73,37 +73,23 @@ pub fn registrations() -> Vec<Registration> {
     ]
 }
 
-/// A blob's chunk stream read from a blocking thread. A failure of the stream (a blob that
-/// turns out not to match its digest, say) is kept so the call reports it as such.
-struct ChunkReader {
-    chunks: ChunkStream,
-    runtime: tokio::runtime::Handle,
-    current: Vec<u8>,
-    at: usize,
+/// A blob's chunk stream as a reader for a blocking thread. A failure of the stream (a blob
+/// that turns out not to match its digest, say) is kept in `failure`, so the call reports it
+/// as such rather than as the read error the differ saw.
+fn blocking_reader(
+    mut chunks: ChunkStream,
     failure: Arc<Mutex<Option<Status>>>,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.current.len() {
-            match self.runtime.block_on(self.chunks.next()) {
-                None => return Ok(0),
-                Some(Ok((_, data))) => {
-                    self.current = data;
-                    self.at = 0;
-                }
-                Some(Err(e)) => {
-                    let message = e.to_string();
-                    *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(status(&e));
-                    return Err(io::Error::other(message));
-                }
+) -> ChunkReader<impl FnMut() -> Option<io::Result<Vec<u8>>>> {
+    let runtime = tokio::runtime::Handle::current();
+    ChunkReader::new(move || {
+        Some(match runtime.block_on(chunks.next())? {
+            Ok((_, data)) => Ok(data),
+            Err(e) => {
+                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(status(&e));
+                Err(io::Error::other(e.to_string()))
             }
-        }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
+        })
+    })
 }
 
 /// Hands what is written to an async task in 1 MiB chunks.
@@ -164,16 +150,9 @@ impl Diff for DiffService {
         let desc = req
             .diff
             .ok_or_else(|| Status::invalid_argument("a diff descriptor is required"))?;
-        Compression::of_media_type(&desc.media_type).map_err(|e| status(&e))?;
         let (chunks, _) = self.content.read_blob(&ns, &desc.digest).await?;
         let failure = Arc::new(Mutex::new(None));
-        let reader = ChunkReader {
-            chunks,
-            runtime: tokio::runtime::Handle::current(),
-            current: Vec::new(),
-            at: 0,
-            failure: Arc::clone(&failure),
-        };
+        let reader = blocking_reader(chunks, Arc::clone(&failure));
         let mounts = mounts_from_api(req.mounts);
         let differ = Arc::clone(&self.differ);
         let started = std::time::Instant::now();

@@ -7,6 +7,15 @@ use std::path::Path;
 
 use tokio::net::UnixListener;
 
+/// A gRPC server for bulk streams (content writes and reads move megabytes per message):
+/// wide windows and large frames keep HTTP/2 bookkeeping off the hot path.
+pub fn bulk_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_frame_size(1 << 20)
+}
+
 fn context(what: String) -> impl FnOnce(io::Error) -> io::Error {
     move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
 }
