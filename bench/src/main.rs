@@ -350,17 +350,17 @@ fn warm(dir: &Path) {
     }
 }
 
-/// What one pull cost: wall seconds, daemon CPU seconds, daemon peak RSS.
+/// What one pull by `client` cost: wall seconds, daemon CPU seconds, daemon peak RSS.
 fn pull_once(
     d: &Daemon,
-    ctr: &Path,
+    client: &Path,
     reference: &str,
     snapshotter: &str,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let cpu_before = cpu_seconds(d.pid())?;
     let started = std::time::Instant::now();
     let out = d.client(
-        ctr,
+        client,
         &[
             "images",
             "pull",
@@ -406,8 +406,10 @@ fn unpack_floor(layers: &[PathBuf], scratch: &Path, run: usize) -> anyhow::Resul
 }
 
 /// Cold pull and unpack of the bench image (five gzip layers, ~490 MB, 20k files) from a local
-/// registry with Debian's ctr, for overlayfs and native: wall time, daemon CPU and peak RSS,
-/// and the `pigz -dc | tar -x` floor. Old roots are removed only at the end: deleting many
+/// registry, for overlayfs and native: with Debian's ctr (its client-side pull through the
+/// daemon's services, against crated and containerd) and with cratectl (crated's daemon-side
+/// pull, set beside containerd's ctr pull: Debian's containerd 1.6 has no transfer service):
+/// wall time, daemon CPU and peak RSS, and the `pigz -dc | tar -x` floor. Old roots are removed only at the end: deleting many
 /// files slows the next creations on this machine's ext4.
 fn pull(
     runs: usize,
@@ -417,6 +419,7 @@ fn pull(
     use crated_testsupport::layered::{build, Shape};
     use crated_testsupport::registry::Registry;
     let ctr = tool("ctr", "containerd").context("ctr (Debian's containerd) drives the pulls")?;
+    let cratectl = release_bin("cratectl")?;
     tool("pigz", "pigz").context("pigz for the unpack floor")?;
     eprintln!("building the bench image ...");
     let image = build("bench", Shape::bench());
@@ -455,6 +458,26 @@ fn pull(
             crated: vec![],
             containerd: vec![],
         };
+        let mut own = [
+            Row {
+                name: format!("cratectl pull+unpack {snapshotter}"),
+                unit: "s",
+                crated: vec![],
+                containerd: vec![],
+            },
+            Row {
+                name: format!("  daemon CPU {snapshotter}"),
+                unit: "s",
+                crated: vec![],
+                containerd: vec![],
+            },
+            Row {
+                name: format!("  daemon peak RSS {snapshotter}"),
+                unit: "MiB",
+                crated: vec![],
+                containerd: vec![],
+            },
+        ];
         for run in 0..runs {
             warm(registry.storage());
             let d = Daemon::crated(crated, None, &[]).map_err(anyhow::Error::msg)?;
@@ -463,6 +486,13 @@ fn pull(
             cpu.crated.push(c);
             rss.crated.push(r);
             keep.push(d);
+            warm(registry.storage());
+            let d = Daemon::crated(crated, None, &[]).map_err(anyhow::Error::msg)?;
+            let (w, c, r) = pull_once(&d, &cratectl, &reference, snapshotter)?;
+            own[0].crated.push(w);
+            own[1].crated.push(c);
+            own[2].crated.push(r);
+            keep.push(d);
             if let Some(bin) = containerd {
                 warm(registry.storage());
                 let d = Daemon::containerd(bin, Some("")).map_err(anyhow::Error::msg)?;
@@ -470,6 +500,9 @@ fn pull(
                 wall.containerd.push(w);
                 cpu.containerd.push(c);
                 rss.containerd.push(r);
+                for (row, v) in own.iter_mut().zip([w, c, r]) {
+                    row.containerd.push(v);
+                }
                 keep.push(d);
             }
             if snapshotter == "overlayfs" {
@@ -480,15 +513,18 @@ fn pull(
             }
         }
         rows.extend([wall, cpu, rss]);
+        rows.extend(own);
     }
     for mut d in keep {
         d.stop();
     }
     let floor = stats(&floors).map_or(0.0, |(m, ..)| m);
-    let crated_overlay = stats(&rows[0].crated).map_or(0.0, |(m, ..)| m);
+    let median = |row: &Row| stats(&row.crated).map_or(0.0, |(m, ..)| m);
     let note = format!(
-        "floor: `pigz -dc | tar -x` of the bench layers {floor:.2} s (median); crated overlayfs pull+unpack / floor = {:.2}",
-        crated_overlay / floor.max(f64::EPSILON)
+        "floor: `pigz -dc | tar -x` of the bench layers {floor:.2} s (median); overlayfs pull+unpack / floor: ctr against crated {:.2}, cratectl (daemon-side) {:.2}\n\
+         the cratectl rows' containerd column is containerd's own ctr pull (Debian's containerd 1.6 has no daemon-side pull)",
+        median(&rows[0]) / floor.max(f64::EPSILON),
+        median(&rows[3]) / floor.max(f64::EPSILON)
     );
     Ok((rows, note))
 }

@@ -2,10 +2,13 @@
 
 use anyhow::Context;
 use crated_api::containerd::services::content::v1::content_client::ContentClient;
+use crated_api::containerd::services::images::v1::images_client::ImagesClient;
 use crated_api::containerd::services::introspection::v1::introspection_client::IntrospectionClient;
 use crated_api::containerd::services::leases::v1::leases_client::LeasesClient;
 use crated_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
 use crated_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use crated_api::containerd::services::streaming::v1::streaming_client::StreamingClient;
+use crated_api::containerd::services::transfer::v1::transfer_client::TransferClient;
 use crated_api::containerd::services::version::v1::version_client::VersionClient;
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -91,5 +94,17 @@ impl Connection {
 
     pub fn namespaces(&self) -> NamespacesClient<Channel> {
         NamespacesClient::new(self.channel.clone())
+    }
+
+    pub fn images(&self) -> ImagesClient<Channel> {
+        ImagesClient::new(self.channel.clone())
+    }
+
+    pub fn streaming(&self) -> StreamingClient<Channel> {
+        StreamingClient::new(self.channel.clone())
+    }
+
+    pub fn transfer(&self) -> TransferClient<Channel> {
+        TransferClient::new(self.channel.clone())
     }
 }

@@ -4,6 +4,7 @@
 mod client;
 mod content;
 mod gc;
+mod images;
 mod leases;
 mod namespaces;
 mod plugins;
@@ -56,6 +57,12 @@ enum Command {
         #[command(subcommand)]
         command: content::ContentCommand,
     },
+    /// Manage images: pull, list, remove, tag, mount.
+    #[command(alias = "image", alias = "i")]
+    Images {
+        #[command(subcommand)]
+        command: images::ImagesCommand,
+    },
     /// Manage leases.
     #[command(alias = "lease")]
     Leases {
@@ -85,6 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Namespaces { command } => namespaces::run(&conn, command).await,
         Command::Content { command } => content::run(&conn, command).await,
         Command::Leases { command } => leases::run(&conn, command).await,
+        Command::Images { command } => images::run(&conn, command).await,
         Command::Snapshots(args) => snapshots::run(&conn, args).await,
         Command::Gc => gc::run(&conn, gc::Show::Everything).await,
         Command::Version => {

@@ -66,7 +66,7 @@ pub enum SnapshotsCommand {
 }
 
 /// ctr's size form: 4.0 KiB.
-fn human(size: i64) -> String {
+pub(crate) fn human(size: i64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = size as f64;
     let mut unit = 0;

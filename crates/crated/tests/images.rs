@@ -9,7 +9,7 @@ use crated_testsupport::blobs::{fails, ok};
 use crated_testsupport::layered::Shape;
 use crated_testsupport::registry::Registry;
 use crated_testsupport::{
-    is_root, mount_snapshot, tool, tree_listing, unmount, wait_until, Daemon,
+    assert_same_tree, is_root, mount_snapshot, tool, tree_listing, unmount, wait_until, Daemon,
 };
 
 fn crated() -> PathBuf {
@@ -239,25 +239,7 @@ fn layered_matches_umoci(snapshotter: &str) {
     ));
     let got = tree_listing(&at);
     ok(daemon.client(&ctr, &["images", "unmount", at.to_str().unwrap()]));
-    let differences: Vec<String> = expected
-        .keys()
-        .chain(got.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .filter(|k| expected.get(*k) != got.get(*k))
-        .map(|k| format!("{k}: umoci {:?}, crated {:?}", expected.get(k), got.get(k)))
-        .collect();
-    assert!(
-        differences.is_empty(),
-        "{} differences, first: {:#?}",
-        differences.len(),
-        &differences[..differences.len().min(10)]
-    );
-    assert!(
-        expected.len() > 400,
-        "the image has its files: {}",
-        expected.len()
-    );
+    assert_same_tree(&expected, &got, 400);
 }
 
 #[test]

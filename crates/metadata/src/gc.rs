@@ -88,6 +88,17 @@ pub fn parse_expire(value: &str) -> Option<u64> {
     u64::try_from(t.unix_timestamp_nanos()).ok()
 }
 
+/// The RFC 3339 form of `nanos` since the epoch, for `containerd.io/gc.expire`.
+pub fn format_expire(nanos: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 /// A node of the reference graph: a content or snapshot, followed through its references
 /// unless flat (held by a flat lease, which keeps only the resource itself).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

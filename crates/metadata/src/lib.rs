@@ -17,7 +17,7 @@ pub mod validate;
 pub use content::ContentRecord;
 pub use db::{MetadataStore, Mutation, SCHEMA_VERSION};
 pub use error::MetadataError;
-pub use gc::{Collection, Resource};
+pub use gc::{format_expire, Collection, Resource, LABEL_EXPIRE};
 pub use images::{Descriptor, ImageRecord};
 pub use ingests::{IngestRecord, INGEST_RESOURCE, UNLEASED_INGEST_LIFETIME_NANOS};
 pub use leases::{Lease, LeaseResource};

@@ -29,4 +29,5 @@ pub mod types {
     pub const EVENT: &str = "io.containerd.event.v1";
     pub const LEASE: &str = "io.containerd.lease.v1";
     pub const TRANSFER: &str = "io.containerd.transfer.v1";
+    pub const STREAMING: &str = "io.containerd.streaming.v1";
 }

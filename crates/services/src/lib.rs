@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod namespaces;
 pub mod snapshots;
 pub mod socket;
+pub mod transfer;
 pub mod version;
 
 pub use grpc::GrpcService;
@@ -28,6 +29,7 @@ pub fn registrations() -> Vec<crated_plugin::Registration> {
     regs.extend(snapshots::registrations());
     regs.extend(diff::registrations());
     regs.extend(images::registrations());
+    regs.extend(transfer::registrations());
     regs.extend(introspection::registrations());
     regs.push(version::registration());
     regs.push(healthcheck::registration());

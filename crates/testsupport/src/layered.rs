@@ -32,6 +32,15 @@ impl Shape {
         }
     }
 
+    /// The test shape with layers of several MiB of incompressible data: larger than what a
+    /// pull holds in memory for an unpacker that is not reading the layer yet.
+    pub fn test_large_layers() -> Shape {
+        Shape {
+            random_mib: (12, 6),
+            ..Shape::test()
+        }
+    }
+
     pub fn test() -> Shape {
         Shape {
             small_dirs: 60,

@@ -3,6 +3,7 @@
 //! the peer tools (`ctr`, `containerd`) with a loud skip outside CI and a failure on CI.
 
 pub mod blobs;
+pub mod gate;
 pub mod layered;
 pub mod oci;
 pub mod registry;
@@ -431,4 +432,32 @@ pub fn tree_listing(root: &Path) -> std::collections::BTreeMap<String, String> {
         }
     }
     out
+}
+
+/// Fails listing the first differences unless two [`tree_listing`]s are equal, and unless the
+/// expected tree has more than `at_least` entries (so an empty unpack cannot pass).
+pub fn assert_same_tree(
+    expected: &std::collections::BTreeMap<String, String>,
+    got: &std::collections::BTreeMap<String, String>,
+    at_least: usize,
+) {
+    let differences: Vec<String> = expected
+        .keys()
+        .chain(got.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| expected.get(*k) != got.get(*k))
+        .map(|k| format!("{k}: expected {:?}, got {:?}", expected.get(k), got.get(k)))
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "{} differences, first: {:#?}",
+        differences.len(),
+        &differences[..differences.len().min(10)]
+    );
+    assert!(
+        expected.len() > at_least,
+        "the tree has its files: {}",
+        expected.len()
+    );
 }

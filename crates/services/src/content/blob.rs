@@ -19,13 +19,46 @@ impl ContentService {
         ns: &str,
         digest: &str,
     ) -> Result<(ChunkStream, u64), Status> {
+        self.read_blob_from(ns, digest, 0).await
+    }
+
+    /// Blob `digest` from `offset` to its end, as [`ContentService::read_blob`] reads it.
+    pub(crate) async fn read_blob_from(
+        &self,
+        ns: &str,
+        digest: &str,
+        offset: u64,
+    ) -> Result<(ChunkStream, u64), Status> {
         let record = self.record(ns, digest).await?;
         let chunks = self
             .store
-            .read(digest, 0, record.size, record.size)
+            .read(digest, offset.min(record.size), record.size, record.size)
             .await
             .map_err(|e| status(&e))?;
         Ok((chunks, record.size))
+    }
+
+    /// The labels of blob `digest` if the namespace has it.
+    pub(crate) async fn blob_labels(
+        &self,
+        ns: &str,
+        digest: &str,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        self.record(ns, digest).await.ok().map(|r| r.labels)
+    }
+
+    /// Sets the given labels of blob `digest`, leaving its others.
+    pub(crate) async fn add_labels(
+        &self,
+        ns: &str,
+        digest: &str,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), Status> {
+        let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+        let (db, ns, digest) = (self.db.clone(), ns.to_owned(), digest.to_owned());
+        crate::edge::blocking(move || db.content_update(&ns, &digest, &labels, &paths))
+            .await
+            .map(|_| ())
     }
 
     /// Opens an ingest named `reference` in the namespace, under `lease` if any.
@@ -69,16 +102,32 @@ impl BlobIngest {
         self.writer.write(data, false).await.map_err(|e| status(&e))
     }
 
+    /// Bytes written so far.
+    pub(crate) fn offset(&self) -> u64 {
+        self.writer.offset()
+    }
+
     /// Commits what was written with `labels`: its digest and size.
     pub(crate) async fn commit(
+        self,
+        labels: HashMap<String, String>,
+    ) -> Result<(String, u64), Status> {
+        self.commit_checked(None, labels).await
+    }
+
+    /// Commits what was written with `labels` if it is `expected` (digest, size); the digest
+    /// and size committed.
+    pub(crate) async fn commit_checked(
         mut self,
+        expected: Option<(&str, u64)>,
         labels: HashMap<String, String>,
     ) -> Result<(String, u64), Status> {
         let (_, digest) = self.writer.stat().await.map_err(|e| status(&e))?;
         let size = self.writer.offset();
         let req = api::WriteContentRequest {
             r#ref: self.ingest.reference.clone(),
-            total: size as i64,
+            total: expected.map_or(size, |(_, s)| s) as i64,
+            expected: expected.map(|(d, _)| d.to_owned()).unwrap_or_default(),
             labels,
             ..Default::default()
         };

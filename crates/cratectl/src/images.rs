@@ -1,0 +1,630 @@
+//! `cratectl images pull|ls|rm|tag|mount|unmount`. A pull is the daemon's (containerd's
+//! Transfer API, OCI registry to image store): this client opens a progress stream and, with
+//! `--user`, a stream to answer the registry's credential requests on, then shows progress
+//! per layer as the daemon reports it.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use crated_api::containerd::services::content::v1::ReadContentRequest;
+use crated_api::containerd::services::images::v1 as images;
+use crated_api::containerd::services::leases::v1 as leases;
+use crated_api::containerd::services::snapshots::v1 as snapshots;
+use crated_api::containerd::services::streaming::v1::StreamInit;
+use crated_api::containerd::services::transfer::v1::{TransferOptions, TransferRequest};
+use crated_api::containerd::types::transfer;
+use crated_api::containerd::types::Platform;
+use crated_api::prost::Message;
+use crated_api::prost_types::Any;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tabwriter::TabWriter;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use crate::client::Connection;
+use crate::snapshots::human;
+
+#[derive(Subcommand, Debug)]
+pub enum ImagesCommand {
+    /// Pull an image from a registry into the daemon, and unpack it.
+    Pull {
+        /// Talk http, not https, to the registry.
+        #[arg(long)]
+        plain_http: bool,
+        /// The platform(s) to pull (os/arch[/variant]); the host's by default.
+        #[arg(long = "platform")]
+        platforms: Vec<String>,
+        /// Pull the manifests of every platform (layers are unpacked for the host's only).
+        #[arg(long)]
+        all_platforms: bool,
+        /// The snapshotter to unpack into.
+        #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
+        snapshotter: String,
+        /// Registry credentials, USER:PASSWORD (or :REFRESH_TOKEN).
+        #[arg(short, long)]
+        user: Option<String>,
+        /// Fetch only, do not unpack.
+        #[arg(long)]
+        skip_unpack: bool,
+        reference: String,
+    },
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        filters: Vec<String>,
+    },
+    /// Remove images.
+    #[command(alias = "remove", alias = "delete")]
+    Rm {
+        /// Collect garbage before returning.
+        #[arg(long)]
+        sync: bool,
+        names: Vec<String>,
+    },
+    /// Give an image another name.
+    Tag {
+        /// Replace an image already called TARGET.
+        #[arg(long)]
+        force: bool,
+        source: String,
+        targets: Vec<String>,
+    },
+    /// Mount an image's unpacked filesystem at TARGET (read-only).
+    Mount {
+        #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
+        snapshotter: String,
+        target: String,
+        reference: String,
+    },
+    /// Unmount TARGET and drop its snapshot.
+    Unmount {
+        #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
+        snapshotter: String,
+        target: String,
+    },
+}
+
+pub async fn run(conn: &Connection, command: ImagesCommand) -> anyhow::Result<()> {
+    match command {
+        ImagesCommand::Pull {
+            plain_http,
+            platforms,
+            all_platforms,
+            snapshotter,
+            user,
+            skip_unpack,
+            reference,
+        } => {
+            let platforms = if all_platforms {
+                Vec::new()
+            } else if platforms.is_empty() {
+                vec![host_platform()]
+            } else {
+                platforms
+                    .iter()
+                    .map(|p| parse_platform(p))
+                    .collect::<anyhow::Result<_>>()?
+            };
+            let unpacks = if skip_unpack {
+                Vec::new()
+            } else {
+                vec![transfer::UnpackConfiguration {
+                    platform: Some(platforms.first().cloned().unwrap_or_else(host_platform)),
+                    snapshotter,
+                }]
+            };
+            pull(conn, &reference, plain_http, platforms, unpacks, user).await
+        }
+        ImagesCommand::Ls { quiet, filters } => list(conn, quiet, filters).await,
+        ImagesCommand::Rm { sync, names } => {
+            let mut client = conn.images();
+            let mut failed = false;
+            for name in names {
+                let req = images::DeleteImageRequest {
+                    name: name.clone(),
+                    sync,
+                    target: None,
+                };
+                match client.delete(conn.request(req)).await {
+                    Ok(_) => println!("{name}"),
+                    Err(s) => {
+                        eprintln!("cratectl: unable to delete {name}: {}", s.message());
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                bail!("not all images were removed");
+            }
+            Ok(())
+        }
+        ImagesCommand::Tag {
+            force,
+            source,
+            targets,
+        } => {
+            let mut client = conn.images();
+            let image = client
+                .get(conn.request(images::GetImageRequest { name: source }))
+                .await?
+                .into_inner()
+                .image
+                .context("the daemon answered no image")?;
+            for target in targets {
+                let new = images::Image {
+                    name: target.clone(),
+                    created_at: None,
+                    updated_at: None,
+                    ..image.clone()
+                };
+                let created = client
+                    .create(conn.request(images::CreateImageRequest {
+                        image: Some(new.clone()),
+                        source_date_epoch: None,
+                    }))
+                    .await;
+                match created {
+                    Ok(_) => {}
+                    Err(s) if s.code() == tonic::Code::AlreadyExists && force => {
+                        client
+                            .update(conn.request(images::UpdateImageRequest {
+                                image: Some(new),
+                                update_mask: None,
+                                source_date_epoch: None,
+                            }))
+                            .await?;
+                    }
+                    Err(s) => return Err(s.into()),
+                }
+                println!("{target}");
+            }
+            Ok(())
+        }
+        ImagesCommand::Mount {
+            snapshotter,
+            target,
+            reference,
+        } => mount(conn, &snapshotter, &target, &reference).await,
+        ImagesCommand::Unmount {
+            snapshotter,
+            target,
+        } => unmount(conn, &snapshotter, &target).await,
+    }
+}
+
+fn host_platform() -> Platform {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    };
+    Platform {
+        os: std::env::consts::OS.into(),
+        architecture: arch.into(),
+        variant: String::new(),
+        os_version: String::new(),
+    }
+}
+
+fn parse_platform(spec: &str) -> anyhow::Result<Platform> {
+    let parts: Vec<&str> = spec.split('/').collect();
+    let (os, arch, variant) = match parts.as_slice() {
+        [os, arch] => (*os, *arch, ""),
+        [os, arch, variant] => (*os, *arch, *variant),
+        _ => bail!("platform {spec:?}: expected os/arch[/variant]"),
+    };
+    Ok(Platform {
+        os: os.into(),
+        architecture: arch.into(),
+        variant: variant.into(),
+        os_version: String::new(),
+    })
+}
+
+fn any(type_name: &str, message: &impl Message) -> Any {
+    Any {
+        type_url: type_name.into(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// Opens a stream on the daemon's streaming service: what it sends, and a sender for answers.
+async fn open_stream(
+    conn: &Connection,
+    id: &str,
+) -> anyhow::Result<(tonic::Streaming<Any>, mpsc::Sender<Any>)> {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(any(
+        "containerd.services.streaming.v1.StreamInit",
+        &StreamInit { id: id.into() },
+    ))
+    .await?;
+    let mut incoming = conn
+        .streaming()
+        .stream(conn.request(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .await?
+        .into_inner();
+    // The daemon acknowledges the stream before it is used.
+    incoming
+        .message()
+        .await?
+        .context("the stream closed at once")?;
+    Ok((incoming, tx))
+}
+
+fn stream_id(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{nanos}-{}", std::process::id())
+}
+
+async fn pull(
+    conn: &Connection,
+    reference: &str,
+    plain_http: bool,
+    platforms: Vec<Platform>,
+    unpacks: Vec<transfer::UnpackConfiguration>,
+    user: Option<String>,
+) -> anyhow::Result<()> {
+    let progress_id = stream_id("progress");
+    let (mut progress, _keep) = open_stream(conn, &progress_id).await?;
+    let auth_stream = match user {
+        Some(user) => {
+            let (username, secret) = user.split_once(':').unwrap_or((user.as_str(), ""));
+            let (username, secret) = (username.to_owned(), secret.to_owned());
+            let id = stream_id("creds");
+            let (mut requests, answers) = open_stream(conn, &id).await?;
+            tokio::spawn(async move {
+                while let Some(Ok(_request)) = requests.next().await {
+                    let response = transfer::AuthResponse {
+                        auth_type: if username.is_empty() {
+                            transfer::AuthType::Refresh
+                        } else {
+                            transfer::AuthType::Credentials
+                        } as i32,
+                        secret: secret.clone(),
+                        username: username.clone(),
+                        expire_at: None,
+                    };
+                    let answer = any("containerd.types.transfer.AuthResponse", &response);
+                    if answers.send(answer).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            id
+        }
+        None => String::new(),
+    };
+    let source = transfer::OciRegistry {
+        reference: reference.to_owned(),
+        resolver: Some(transfer::RegistryResolver {
+            auth_stream,
+            default_scheme: if plain_http {
+                "http".into()
+            } else {
+                String::new()
+            },
+            ..Default::default()
+        }),
+    };
+    let destination = transfer::ImageStore {
+        name: reference.to_owned(),
+        platforms,
+        unpacks,
+        ..Default::default()
+    };
+    let request = TransferRequest {
+        source: Some(any("containerd.types.transfer.OCIRegistry", &source)),
+        destination: Some(any("containerd.types.transfer.ImageStore", &destination)),
+        options: Some(TransferOptions {
+            progress_stream: progress_id,
+        }),
+    };
+    let shown = tokio::spawn(async move {
+        let mut display = Display::new();
+        while let Some(Ok(message)) = progress.next().await {
+            if let Ok(p) = transfer::Progress::decode(message.value.as_slice()) {
+                display.show(p);
+            }
+        }
+        display.finish();
+    });
+    let mut client = conn.transfer();
+    let result = client.transfer(conn.request(request)).await;
+    // The daemon closes the progress stream when the transfer ends.
+    let _ = shown.await;
+    result?;
+    Ok(())
+}
+
+/// Progress as lines for notes and one bar per object.
+struct Display {
+    bars: MultiProgress,
+    objects: HashMap<String, ProgressBar>,
+    style: ProgressStyle,
+}
+
+impl Display {
+    fn new() -> Display {
+        let style = ProgressStyle::with_template(
+            "{prefix:<24} {msg:<14} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        Display {
+            bars: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            objects: HashMap::new(),
+            style,
+        }
+    }
+
+    fn show(&mut self, p: transfer::Progress) {
+        if p.name.is_empty() || p.event == "saved" {
+            let line = if p.event == "saved" {
+                format!("saved {}", p.name)
+            } else {
+                p.event
+            };
+            let _ = self.bars.println(&line);
+            if self.bars.is_hidden() {
+                println!("{line}");
+            }
+            return;
+        }
+        let bar = self.objects.entry(p.name.clone()).or_insert_with(|| {
+            let bar = self.bars.add(ProgressBar::new(p.total.max(0) as u64));
+            bar.set_style(self.style.clone());
+            let short = p
+                .name
+                .split_once(':')
+                .map_or(p.name.as_str(), |(_, hex)| hex);
+            let kind = p.name.split('-').next().unwrap_or_default();
+            bar.set_prefix(format!("{kind}-{}", &short[..short.len().min(12)]));
+            bar
+        });
+        bar.set_length(p.total.max(0) as u64);
+        bar.set_position(p.progress.max(0) as u64);
+        bar.set_message(p.event);
+    }
+
+    fn finish(&self) {
+        for bar in self.objects.values() {
+            bar.abandon();
+        }
+    }
+}
+
+async fn read_blob(conn: &Connection, digest: &str) -> anyhow::Result<Vec<u8>> {
+    let mut stream = conn
+        .content()
+        .read(conn.request(ReadContentRequest {
+            digest: digest.to_owned(),
+            offset: 0,
+            size: 0,
+        }))
+        .await?
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        data.extend_from_slice(&chunk?.data);
+    }
+    Ok(data)
+}
+
+/// What `ls` and `mount` need of an image: its total size, platforms, and the layers' diff IDs
+/// of the host's manifest.
+struct Contents {
+    size: i64,
+    platforms: Vec<String>,
+    diff_ids: Vec<String>,
+}
+
+async fn contents(
+    conn: &Connection,
+    target: &crated_api::containerd::types::Descriptor,
+) -> anyhow::Result<Contents> {
+    let raw = read_blob(conn, &target.digest).await?;
+    let doc: serde_json::Value = serde_json::from_slice(&raw).context("malformed manifest")?;
+    let mut size = target.size;
+    let mut platforms = Vec::new();
+    let host = host_platform();
+    let manifest = if let Some(list) = doc.get("manifests").and_then(|m| m.as_array()) {
+        let mut chosen = None;
+        for entry in list {
+            let os = entry["platform"]["os"].as_str().unwrap_or_default();
+            let arch = entry["platform"]["architecture"]
+                .as_str()
+                .unwrap_or_default();
+            if !os.is_empty() {
+                platforms.push(format!("{os}/{arch}"));
+            }
+            let digest = entry["digest"].as_str().unwrap_or_default();
+            if chosen.is_none() && (os.is_empty() || (os == host.os && arch == host.architecture)) {
+                if let Ok(raw) = read_blob(conn, digest).await {
+                    size += entry["size"].as_i64().unwrap_or_default();
+                    chosen = serde_json::from_slice::<serde_json::Value>(&raw).ok();
+                }
+            }
+        }
+        chosen
+    } else {
+        Some(doc)
+    };
+    let mut diff_ids = Vec::new();
+    if let Some(m) = manifest {
+        size += m["config"]["size"].as_i64().unwrap_or_default();
+        for layer in m["layers"].as_array().into_iter().flatten() {
+            size += layer["size"].as_i64().unwrap_or_default();
+        }
+        if let Some(config) = m["config"]["digest"].as_str() {
+            if let Ok(raw) = read_blob(conn, config).await {
+                let c: serde_json::Value = serde_json::from_slice(&raw).unwrap_or_default();
+                if platforms.is_empty() {
+                    if let (Some(os), Some(arch)) = (c["os"].as_str(), c["architecture"].as_str()) {
+                        platforms.push(format!("{os}/{arch}"));
+                    }
+                }
+                diff_ids = c["rootfs"]["diff_ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d.as_str().map(str::to_owned))
+                    .collect();
+            }
+        }
+    }
+    Ok(Contents {
+        size,
+        platforms,
+        diff_ids,
+    })
+}
+
+async fn list(conn: &Connection, quiet: bool, filters: Vec<String>) -> anyhow::Result<()> {
+    let found = conn
+        .images()
+        .list(conn.request(images::ListImagesRequest { filters }))
+        .await?
+        .into_inner()
+        .images;
+    if quiet {
+        for image in found {
+            println!("{}", image.name);
+        }
+        return Ok(());
+    }
+    let mut tw = TabWriter::new(std::io::stdout()).padding(1);
+    writeln!(tw, "REF\tTYPE\tDIGEST\tSIZE\tPLATFORMS\tLABELS")?;
+    for image in found {
+        let target = image.target.clone().unwrap_or_default();
+        let (size, platforms) = match contents(conn, &target).await {
+            Ok(c) => (human(c.size), c.platforms.join(",")),
+            Err(_) => ("-".into(), "-".into()),
+        };
+        let mut labels: Vec<String> = image
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.sort();
+        writeln!(
+            tw,
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            image.name,
+            target.media_type,
+            target.digest,
+            size,
+            platforms,
+            if labels.is_empty() {
+                "-".into()
+            } else {
+                labels.join(",")
+            }
+        )?;
+    }
+    tw.flush()?;
+    Ok(())
+}
+
+/// The chain ID of the whole stack of `diff_ids`.
+fn top_chain_id(diff_ids: &[String]) -> Option<String> {
+    use sha2::Digest as _;
+    let mut chain: Option<String> = None;
+    for id in diff_ids {
+        chain = Some(match chain {
+            None => id.clone(),
+            Some(parent) => format!(
+                "sha256:{:x}",
+                sha2::Sha256::digest(format!("{parent} {id}").as_bytes())
+            ),
+        });
+    }
+    chain
+}
+
+async fn mount(
+    conn: &Connection,
+    snapshotter: &str,
+    target: &str,
+    reference: &str,
+) -> anyhow::Result<()> {
+    let image = conn
+        .images()
+        .get(conn.request(images::GetImageRequest {
+            name: reference.to_owned(),
+        }))
+        .await?
+        .into_inner()
+        .image
+        .context("the daemon answered no image")?;
+    let contents = contents(conn, &image.target.unwrap_or_default()).await?;
+    let chain = top_chain_id(&contents.diff_ids).context("the image has no layers")?;
+    // The view is held by a lease named after the target, as ctr does.
+    conn.leases()
+        .create(conn.request(leases::CreateRequest {
+            id: target.to_owned(),
+            labels: HashMap::new(),
+        }))
+        .await?;
+    let mut view = conn.request(snapshots::ViewSnapshotRequest {
+        snapshotter: snapshotter.to_owned(),
+        key: target.to_owned(),
+        parent: chain,
+        labels: HashMap::new(),
+    });
+    view.metadata_mut().insert(
+        "containerd-lease",
+        target.parse().context("target is not header text")?,
+    );
+    let mounts = conn.snapshots().view(view).await?.into_inner().mounts;
+    for m in &mounts {
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                &m.r#type,
+                &m.source,
+                target,
+                "-o",
+                &m.options.join(","),
+            ])
+            .status()
+            .context("running mount")?;
+        if !status.success() {
+            bail!("mount of {} at {target} failed", m.r#type);
+        }
+    }
+    println!("{target}");
+    Ok(())
+}
+
+async fn unmount(conn: &Connection, snapshotter: &str, target: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("umount")
+        .arg(target)
+        .status()
+        .context("running umount")?;
+    if !status.success() {
+        bail!("umount {target} failed");
+    }
+    conn.snapshots()
+        .remove(conn.request(snapshots::RemoveSnapshotRequest {
+            snapshotter: snapshotter.to_owned(),
+            key: target.to_owned(),
+        }))
+        .await?;
+    conn.leases()
+        .delete(conn.request(leases::DeleteRequest {
+            id: target.to_owned(),
+            sync: false,
+        }))
+        .await?;
+    println!("{target}");
+    Ok(())
+}

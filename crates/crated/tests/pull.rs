@@ -1,0 +1,265 @@
+//! crated's own, daemon-side pull (containerd's Transfer API) driven by `cratectl images pull`,
+//! from Debian's docker-registry: unpacked into native and overlayfs, verified by Debian's
+//! `ctr` (images check, snapshots), mounted, removed with its blobs and snapshots; behind a gate
+//! asking for basic or bearer-token credentials and cutting each blob's first download, which
+//! the pull resumes; two pulls of one image at once; a five-layer image equal to umoci's
+//! unpack.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crated_testsupport::blobs::{fails, ok};
+use crated_testsupport::gate::{Auth, Gate};
+use crated_testsupport::layered::Shape;
+use crated_testsupport::registry::Registry;
+use crated_testsupport::{
+    assert_same_tree, is_root, tool, tree_listing, wait_until, workspace_bin, Daemon,
+};
+
+struct Setup {
+    daemon: Daemon,
+    ctr: PathBuf,
+    cratectl: PathBuf,
+    registry: Registry,
+    work: tempfile::TempDir,
+}
+
+/// A daemon, a registry and the clients; None (after saying why) when a peer is missing
+/// outside CI.
+fn setup() -> Option<Setup> {
+    let ctr = tool("ctr", "containerd")?;
+    tool("busybox", "busybox-static")?;
+    let registry = Registry::start()?;
+    let daemon = Daemon::crated(Path::new(env!("CARGO_BIN_EXE_crated")), None, &[]).unwrap();
+    Some(Setup {
+        daemon,
+        ctr,
+        cratectl: workspace_bin("cratectl"),
+        registry,
+        work: tempfile::tempdir().unwrap(),
+    })
+}
+
+impl Setup {
+    fn cratectl(&self, args: &[&str]) -> std::process::Output {
+        self.daemon.client(&self.cratectl, args)
+    }
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        self.daemon.client(&self.ctr, args)
+    }
+}
+
+fn pull_mount_remove(snapshotter: &str) {
+    let Some(s) = setup() else { return };
+    let (image, layer) = crated_testsupport::oci::busybox("busybox");
+    s.registry.push(&image, "busybox:latest");
+    let reference = format!("{}/busybox:latest", s.registry.addr);
+    let out = ok(s.cratectl(&["images", "pull", "--snapshotter", snapshotter, &reference]));
+    assert!(out.contains(&format!("saved {reference}")), "{out}");
+    assert!(out.contains("Completed pull"), "{out}");
+
+    let ls = ok(s.cratectl(&["images", "ls"]));
+    assert!(ls.contains(&reference) && ls.contains("linux/"), "{ls}");
+    // Debian's ctr finds everything the pull wrote.
+    let check = ok(s.ctr(&["images", "check"]));
+    assert!(check.contains("complete"), "{check}");
+    let info = ok(s.ctr(&["snapshots", "--snapshotter", snapshotter, "info", &layer]));
+    assert!(info.contains("Committed"), "{info}");
+    let blobs = ok(s.ctr(&["content", "ls"]));
+    assert!(
+        blobs.contains(&format!(
+            "containerd.io/distribution.source.{}=busybox",
+            s.registry.addr
+        )),
+        "{blobs}"
+    );
+    assert!(blobs.contains("containerd.io/uncompressed="), "{blobs}");
+    assert!(
+        blobs.contains(&format!(
+            "containerd.io/gc.ref.snapshot.{snapshotter}={layer}"
+        )),
+        "{blobs}"
+    );
+    // The pull's own lease is gone; the image keeps everything.
+    let leases = ok(s.ctr(&["leases", "ls", "-q"]));
+    assert!(leases.trim().is_empty(), "{leases}");
+    ok(s.cratectl(&["images", "tag", &reference, "busybox:copy"]));
+    let tagged = ok(s.cratectl(&["images", "ls", "-q"]));
+    assert!(tagged.contains("busybox:copy"), "{tagged}");
+    ok(s.cratectl(&["images", "rm", "busybox:copy"]));
+
+    if is_root() {
+        let at = s.work.path().join("mounted");
+        std::fs::create_dir(&at).unwrap();
+        let target = at.to_str().unwrap();
+        ok(s.cratectl(&[
+            "images",
+            "mount",
+            "--snapshotter",
+            snapshotter,
+            target,
+            &reference,
+        ]));
+        let busybox = std::fs::read(at.join("bin/busybox"));
+        ok(s.cratectl(&["images", "unmount", "--snapshotter", snapshotter, target]));
+        assert_eq!(busybox.unwrap(), std::fs::read("/bin/busybox").unwrap());
+    } else {
+        eprintln!("not mounting the pulled image: needs root");
+    }
+
+    ok(s.cratectl(&["images", "rm", "--sync", &reference]));
+    wait_until(
+        Duration::from_secs(10),
+        || s.daemon.blob_files().is_empty(),
+        || format!("blobs left: {:?}", s.daemon.blob_files()),
+    );
+    let left = ok(s.ctr(&["snapshots", "--snapshotter", snapshotter, "ls"]));
+    assert_eq!(left.lines().count(), 1, "snapshots left: {left}");
+}
+
+#[test]
+fn cratectl_pull_with_native() {
+    pull_mount_remove("native");
+}
+
+#[test]
+fn cratectl_pull_with_overlayfs() {
+    if !is_root() {
+        eprintln!("skipped: overlayfs needs root");
+        return;
+    }
+    pull_mount_remove("overlayfs");
+}
+
+/// A pull through a gate asking for `auth`, each blob's first download cut after 64 KiB.
+fn gated_pull(auth: Auth) {
+    let Some(s) = setup() else { return };
+    let (image, layer) = crated_testsupport::oci::busybox("busybox");
+    s.registry.push(&image, "team/busybox:1");
+    let gate = Gate::start(&s.registry.addr, auth, "alice", "s3cret", Some(64 << 10));
+    let reference = format!("{}/team/busybox:1", gate.addr);
+    let pull = |extra: &[&str]| {
+        let mut args = vec!["images", "pull", "--snapshotter", "native"];
+        args.extend_from_slice(extra);
+        args.push(&reference);
+        s.cratectl(&args)
+    };
+    let refused = fails(pull(&[]));
+    assert!(refused.contains("unauthorized"), "{refused}");
+    let wrong = fails(pull(&["--user", "alice:wrong"]));
+    assert!(
+        wrong.contains("refused the credentials") || wrong.contains("token server"),
+        "{wrong}"
+    );
+    ok(pull(&["--user", "alice:s3cret"]));
+    if auth == Auth::Token {
+        assert!(gate.tokens_issued() >= 1, "a token was fetched");
+    }
+    assert!(gate.cuts() >= 1, "the layer's first download was cut");
+    assert!(
+        gate.ranged_requests() >= 1,
+        "the download resumed with a range"
+    );
+    let check = ok(s.ctr(&["images", "check"]));
+    assert!(check.contains("complete"), "{check}");
+    let info = ok(s.ctr(&["snapshots", "--snapshotter", "native", "info", &layer]));
+    assert!(info.contains("Committed"), "{info}");
+}
+
+#[test]
+fn pull_with_bearer_token_auth_resumes_a_cut_download() {
+    gated_pull(Auth::Token);
+}
+
+#[test]
+fn pull_with_basic_auth_resumes_a_cut_download() {
+    gated_pull(Auth::Basic);
+}
+
+#[test]
+fn two_pulls_of_one_image_at_once_both_succeed() {
+    let Some(s) = setup() else { return };
+    let image = crated_testsupport::layered::build("layered", Shape::test_large_layers());
+    s.registry.push(&image, "layered:latest");
+    let reference = format!("{}/layered:latest", s.registry.addr);
+    let spawn = || {
+        std::process::Command::new(&s.cratectl)
+            .arg("--address")
+            .arg(&s.daemon.socket)
+            .args(["images", "pull", "--snapshotter", "native", &reference])
+            .output()
+    };
+    let (a, b) = std::thread::scope(|scope| {
+        let a = scope.spawn(spawn);
+        let b = scope.spawn(spawn);
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    ok(a);
+    ok(b);
+    let snapshots = ok(s.ctr(&["snapshots", "--snapshotter", "native", "ls"]));
+    let committed = snapshots
+        .lines()
+        .filter(|l| l.contains("Committed"))
+        .count();
+    assert_eq!(committed, 5, "one snapshot per layer: {snapshots}");
+    let check = ok(s.ctr(&["images", "check"]));
+    assert!(check.contains("complete"), "{check}");
+}
+
+/// The five-layer image (every kind of change, with layers of several MiB, so later layers
+/// are read back from the store) pulled by cratectl equals umoci's unpack.
+fn layered_matches_umoci(snapshotter: &str) {
+    if !is_root() {
+        eprintln!("skipped: mounting the image and umoci unpack need root");
+        return;
+    }
+    let Some(umoci) = tool("umoci", "umoci") else {
+        return;
+    };
+    let Some(s) = setup() else { return };
+    let image = crated_testsupport::layered::build("layered", Shape::test_large_layers());
+    s.registry.push(&image, "layered:latest");
+    let reference = format!("{}/layered:latest", s.registry.addr);
+    ok(s.cratectl(&["images", "pull", "--snapshotter", snapshotter, &reference]));
+
+    let layout = s.work.path().join("layout");
+    image.write_layout(&layout);
+    let bundle = s.work.path().join("bundle");
+    let out = std::process::Command::new(umoci)
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = tree_listing(&bundle.join("rootfs"));
+
+    let at = s.work.path().join("mounted");
+    std::fs::create_dir(&at).unwrap();
+    let target = at.to_str().unwrap();
+    ok(s.cratectl(&[
+        "images",
+        "mount",
+        "--snapshotter",
+        snapshotter,
+        target,
+        &reference,
+    ]));
+    let got = tree_listing(&at);
+    ok(s.cratectl(&["images", "unmount", "--snapshotter", snapshotter, target]));
+    assert_same_tree(&expected, &got, 400);
+}
+
+#[test]
+fn cratectl_pull_of_a_layered_image_equals_umoci_with_overlayfs() {
+    layered_matches_umoci("overlayfs");
+}
+
+#[test]
+fn cratectl_pull_of_a_layered_image_equals_umoci_with_native() {
+    layered_matches_umoci("native");
+}

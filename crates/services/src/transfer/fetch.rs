@@ -1,0 +1,315 @@
+//! Layer downloads: each layer blob streams from the registry into the namespaced content
+//! store, its digest checked at commit. A cut download resumes from the bytes already written
+//! (a ranged request; a registry that ignores the range has its repeated bytes skipped). While
+//! a layer downloads, its bytes are also offered to the unpacker waiting on it ([`Feed`]); an
+//! unpacker busy with an earlier layer lets the offer overflow and later reads the blob back
+//! from the store, from where the feed stopped ([`LayerSource`]).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crated_content::ChunkStream;
+use crated_images::{Descriptor, ImageError, Registry};
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tonic::Status;
+
+use super::progress::Progress;
+use crate::content::ContentService;
+use crate::edge::status;
+
+/// How many times a failing download is resumed before the pull fails.
+const ATTEMPTS: u32 = 5;
+/// What a feed holds before the download waits (the unpacker reads this layer) or the feed
+/// overflows (it does not read it yet).
+const FEED_BUDGET: usize = 4 << 20;
+/// How often `downloading` progress is reported per layer.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// The outcome of a download, once known: the blob is committed, or why not.
+pub type Done = watch::Receiver<Option<Result<(), Status>>>;
+
+/// The receiving side of a layer's live bytes. Reading marks it active: from then on the
+/// download waits for the unpacker rather than letting the feed overflow. Dropped, it lets the
+/// download go on alone.
+pub struct Live {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    budget: Arc<Semaphore>,
+    active: Arc<AtomicBool>,
+}
+
+impl Live {
+    fn next(&mut self) -> Option<Bytes> {
+        self.active.store(true, Ordering::SeqCst);
+        let chunk = self.rx.blocking_recv()?;
+        self.budget.add_permits(chunk.len());
+        Some(chunk)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // A download waiting for room gives up the feed.
+        self.budget.close();
+    }
+}
+
+/// The sending side of a layer's live bytes.
+pub struct Feed {
+    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    budget: Arc<Semaphore>,
+    active: Arc<AtomicBool>,
+}
+
+impl Feed {
+    /// Offers `chunk`: waits for room while the unpacker reads this layer; otherwise, past the
+    /// budget, the feed stops for good (the unpacker reads the stored blob later).
+    async fn offer(&mut self, chunk: &Bytes) {
+        let Some(tx) = &self.tx else { return };
+        let permit = match u32::try_from(chunk.len()) {
+            Ok(n) if (n as usize) <= FEED_BUDGET => {
+                if self.active.load(Ordering::SeqCst) {
+                    self.budget.acquire_many(n).await.ok()
+                } else {
+                    self.budget.try_acquire_many(n).ok()
+                }
+            }
+            _ => None,
+        };
+        match permit {
+            Some(permit) if tx.send(chunk.clone()).is_ok() => permit.forget(),
+            _ => self.tx = None,
+        }
+    }
+}
+
+/// A feed and the receiving side.
+pub fn feed() -> (Feed, Live) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let budget = Arc::new(Semaphore::new(FEED_BUDGET));
+    let active = Arc::new(AtomicBool::new(false));
+    (
+        Feed {
+            tx: Some(tx),
+            budget: Arc::clone(&budget),
+            active: Arc::clone(&active),
+        },
+        Live { rx, budget, active },
+    )
+}
+
+/// Everything one download needs.
+pub struct Download {
+    pub content: ContentService,
+    pub registry: Arc<Registry>,
+    pub ns: String,
+    pub lease: String,
+    pub desc: Descriptor,
+    pub labels: HashMap<String, String>,
+    pub progress: Progress,
+    pub name: String,
+    pub parents: Vec<String>,
+}
+
+fn retryable(e: &ImageError) -> bool {
+    matches!(e, ImageError::Http { .. } | ImageError::Unavailable(_))
+}
+
+impl Download {
+    /// Downloads and commits the blob unless the namespace has it.
+    pub async fn run(self, mut feed: Feed) -> Result<(), Status> {
+        let digest = self.desc.digest.clone();
+        if self.content.blob_labels(&self.ns, &digest).await.is_some() {
+            self.add_labels().await?;
+            self.progress
+                .object(
+                    "already exists",
+                    &self.name,
+                    &[],
+                    self.desc.size,
+                    &self.desc,
+                )
+                .await;
+            return Ok(());
+        }
+        self.progress
+            .object("waiting", &self.name, &self.parents, 0, &self.desc)
+            .await;
+        let mut ingest = self
+            .content
+            .ingest_blob(
+                &self.ns,
+                Some(self.lease.clone()),
+                &format!("layer-{digest}"),
+            )
+            .await?;
+        let size = self.desc.size.max(0) as u64;
+        let mut failures = 0;
+        let mut reported = Instant::now();
+        let outcome: Result<(), Status> = async {
+            while ingest.offset() < size {
+                let offset = ingest.offset();
+                let step: Result<(), ImageError> = async {
+                    let mut body = self.registry.open_blob(&digest, offset).await?;
+                    // A registry that ignored the range repeats what we have.
+                    let mut skip = offset - body.offset;
+                    while let Some(mut chunk) = body.chunk().await? {
+                        if skip > 0 {
+                            let n = skip.min(chunk.len() as u64);
+                            skip -= n;
+                            chunk = chunk.slice(n as usize..);
+                            if chunk.is_empty() {
+                                continue;
+                            }
+                        }
+                        if ingest.offset() + chunk.len() as u64 > size {
+                            return Err(ImageError::FailedPrecondition(format!(
+                                "blob {digest} is longer than its {size} bytes"
+                            )));
+                        }
+                        feed.offer(&chunk).await;
+                        ingest
+                            .write(chunk.to_vec())
+                            .await
+                            .map_err(|s| ImageError::FailedPrecondition(s.message().to_owned()))?;
+                        if reported.elapsed() >= PROGRESS_EVERY {
+                            reported = Instant::now();
+                            self.progress
+                                .object(
+                                    "downloading",
+                                    &self.name,
+                                    &self.parents,
+                                    ingest.offset() as i64,
+                                    &self.desc,
+                                )
+                                .await;
+                        }
+                    }
+                    if ingest.offset() < size {
+                        return Err(ImageError::Unavailable(format!(
+                            "blob {digest} ended after {} of {size} bytes",
+                            ingest.offset()
+                        )));
+                    }
+                    Ok(())
+                }
+                .await;
+                match step {
+                    Ok(()) => {}
+                    Err(e) if retryable(&e) && failures + 1 < ATTEMPTS => {
+                        failures += 1;
+                        tracing::info!(
+                            digest,
+                            offset = ingest.offset(),
+                            "download cut ({e}); resuming"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100 << failures)).await;
+                    }
+                    Err(e) => return Err(status(&e)),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            ingest.abort().await;
+            return Err(e);
+        }
+        ingest
+            .commit_checked(Some((&digest, size)), self.labels.clone())
+            .await?;
+        self.progress
+            .object(
+                "complete",
+                &self.name,
+                &self.parents,
+                self.desc.size,
+                &self.desc,
+            )
+            .await;
+        Ok(())
+    }
+
+    /// A blob the namespace had already still gets this pull's labels.
+    async fn add_labels(&self) -> Result<(), Status> {
+        self.content
+            .add_labels(
+                &self.ns,
+                &self.desc.digest,
+                self.labels.clone().into_iter().collect(),
+            )
+            .await
+    }
+}
+
+/// Where an unpacker reads a layer from: the live feed while it lasts, then the committed
+/// blob from where the feed stopped. Runs on a blocking thread.
+pub struct LayerSource {
+    pub runtime: tokio::runtime::Handle,
+    pub live: Option<Live>,
+    pub done: Done,
+    pub content: ContentService,
+    pub ns: String,
+    pub desc: Descriptor,
+    pub offset: u64,
+    pub stored: Option<ChunkStream>,
+    /// Why the blob could not be read, reported as the pull's error rather than as the
+    /// differ's read error.
+    pub failure: Arc<Mutex<Option<Status>>>,
+}
+
+impl LayerSource {
+    pub fn next_chunk(&mut self) -> Option<io::Result<Vec<u8>>> {
+        if let Some(live) = &mut self.live {
+            match live.next() {
+                Some(chunk) => {
+                    self.offset += chunk.len() as u64;
+                    return Some(Ok(chunk.to_vec()));
+                }
+                None => self.live = None,
+            }
+        }
+        if self.offset >= self.desc.size.max(0) as u64 {
+            return None;
+        }
+        if self.stored.is_none() {
+            let opened = self.runtime.block_on(async {
+                wait(&mut self.done).await?;
+                self.content
+                    .read_blob_from(&self.ns, &self.desc.digest, self.offset)
+                    .await
+                    .map(|(chunks, _)| chunks)
+            });
+            match opened {
+                Ok(chunks) => self.stored = Some(chunks),
+                Err(s) => return Some(Err(self.fail(s))),
+            }
+        }
+        let stored = self.stored.as_mut()?;
+        match self.runtime.block_on(stored.next())? {
+            Ok((_, data)) => {
+                self.offset += data.len() as u64;
+                Some(Ok(data))
+            }
+            Err(e) => Some(Err(self.fail(status(&e)))),
+        }
+    }
+
+    fn fail(&self, s: Status) -> io::Error {
+        let e = io::Error::other(s.message().to_owned());
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+        e
+    }
+}
+
+/// Waits for a download's outcome.
+pub async fn wait(done: &mut Done) -> Result<(), Status> {
+    match done.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().unwrap_or(Ok(())),
+        Err(_) => Err(Status::aborted("the download stopped without an outcome")),
+    }
+}

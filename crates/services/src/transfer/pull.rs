@@ -1,0 +1,538 @@
+//! The daemon-side pull: resolve a reference, fetch the index or manifest, the manifests of
+//! the wanted platforms, their configs and layers into the namespaced content store (labelled
+//! as containerd labels them, under a lease), unpack the layers into snapshots named by their
+//! chain IDs, and record the image. Layers download in parallel; the first layer still
+//! downloading is unpacked from its live bytes, so download, digest, decompression and
+//! extraction overlap. A layer (blob or snapshot) that two pulls want at once is worked on by
+//! one of them; the other finds it done.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use crated_diff::{ChunkReader, WalkingDiffer};
+use crated_images::manifest::{self, Document, LABEL_DISTRIBUTION_SOURCE, LABEL_GC_SNAPSHOT};
+use crated_images::{chain_ids, Descriptor, Platform, Reference, Registry, RegistryOptions};
+use crated_metadata::{ImageRecord, Lease, MetadataStore};
+use tokio::sync::{watch, Semaphore};
+use tonic::Status;
+
+use super::fetch::{self, Download, LayerSource};
+use super::progress::{object_name, Progress};
+use crate::content::ContentService;
+use crate::edge::{blocking, status};
+use crate::snapshots::SnapshotsService;
+
+/// Layers downloading at once in one pull.
+const PARALLEL_DOWNLOADS: usize = 3;
+const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
+/// How long the lease of a pull holds what it fetched if the daemon dies mid-pull.
+const LEASE_LIFETIME_NANOS: u64 = 24 * 3600 * 1_000_000_000;
+
+pub struct PullRequest {
+    pub reference: Reference,
+    pub registry: RegistryOptions,
+    /// The image record's name.
+    pub image_name: String,
+    pub labels: HashMap<String, String>,
+    /// The manifests to fetch; empty fetches all.
+    pub platforms: Vec<Platform>,
+    /// Where to unpack which platform: (platform, snapshotter).
+    pub unpacks: Vec<(Platform, String)>,
+}
+
+pub struct Puller {
+    pub content: ContentService,
+    pub snapshots: Arc<SnapshotsService>,
+    pub differ: Arc<WalkingDiffer>,
+    pub db: Arc<MetadataStore>,
+    /// Work in progress by key (a blob, a snapshot): the second comer waits for the first.
+    busy: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// What one pull works in.
+struct Pull {
+    ns: String,
+    lease: String,
+    registry: Arc<Registry>,
+    progress: Progress,
+    source: (String, String),
+    downloads: Arc<Semaphore>,
+}
+
+impl Pull {
+    fn labels(&self, mut labels: HashMap<String, String>) -> HashMap<String, String> {
+        labels.insert(self.source.0.clone(), self.source.1.clone());
+        labels
+    }
+}
+
+impl Puller {
+    pub fn new(
+        content: ContentService,
+        snapshots: Arc<SnapshotsService>,
+        differ: Arc<WalkingDiffer>,
+        db: Arc<MetadataStore>,
+    ) -> Puller {
+        Puller {
+            content,
+            snapshots,
+            differ,
+            db,
+            busy: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One at a time per `key`.
+    async fn once(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
+        self.busy_lock(key).lock_owned().await
+    }
+
+    pub async fn pull(
+        &self,
+        ns: &str,
+        lease: Option<String>,
+        req: PullRequest,
+        progress: Progress,
+    ) -> Result<ImageRecord, Status> {
+        let shown = req.reference.to_string();
+        progress
+            .note(format!("Resolving from OCI Registry ({shown})"))
+            .await;
+        let registry =
+            Registry::new(&req.reference, req.registry.clone()).map_err(|e| status(&e))?;
+        let (root, body) = registry.resolve().await.map_err(|e| status(&e))?;
+        progress
+            .note(format!("Pulling from OCI Registry ({shown})"))
+            .await;
+        let temporary = lease.is_none();
+        let lease = match lease {
+            Some(l) => l,
+            None => self.create_lease(ns).await?,
+        };
+        let pull = Pull {
+            ns: ns.to_owned(),
+            lease: lease.clone(),
+            registry: Arc::new(registry),
+            progress: progress.clone(),
+            source: (
+                format!("{LABEL_DISTRIBUTION_SOURCE}{}", req.reference.host),
+                req.reference.repository.clone(),
+            ),
+            downloads: Arc::new(Semaphore::new(PARALLEL_DOWNLOADS)),
+        };
+        let result = self.fetch_image(&pull, &req, root, body).await;
+        if temporary {
+            let (db, ns) = (self.db.clone(), ns.to_owned());
+            let _ = blocking(move || db.lease_delete(&ns, &lease)).await;
+        }
+        let image = result?;
+        progress
+            .object("saved", &image.name, &[], 0, &descriptor_of(&image))
+            .await;
+        progress
+            .note(format!("Completed pull from OCI Registry ({shown})"))
+            .await;
+        Ok(image)
+    }
+
+    async fn create_lease(&self, ns: &str) -> Result<String, Status> {
+        let now = crated_metadata::now_nanos();
+        let lease = Lease {
+            id: format!("pull-{now}-{}", uuid::Uuid::new_v4().simple()),
+            created_at: now,
+            labels: BTreeMap::from([(
+                crated_metadata::LABEL_EXPIRE.to_owned(),
+                crated_metadata::format_expire(now + LEASE_LIFETIME_NANOS),
+            )]),
+        };
+        let (db, ns, l) = (self.db.clone(), ns.to_owned(), lease.clone());
+        blocking(move || db.lease_create(&ns, &l)).await?;
+        Ok(lease.id)
+    }
+
+    async fn fetch_image(
+        &self,
+        pull: &Pull,
+        req: &PullRequest,
+        root: Descriptor,
+        body: Vec<u8>,
+    ) -> Result<ImageRecord, Status> {
+        let document = Document::parse(&root.media_type, &body).map_err(|e| status(&e))?;
+        let root = Descriptor {
+            media_type: match (&document, root.media_type.is_empty()) {
+                (Document::Index(_), true) => manifest::OCI_INDEX.into(),
+                (Document::Manifest(_), true) => manifest::OCI_MANIFEST.into(),
+                _ => root.media_type,
+            },
+            ..root
+        };
+        let root_name = object_name(
+            if manifest::is_index(&root.media_type) {
+                "index"
+            } else {
+                "manifest"
+            },
+            &root,
+        );
+        let mut manifests: Vec<(Descriptor, Vec<u8>, Document, Vec<String>)> = Vec::new();
+        match &document {
+            Document::Index(index) => {
+                let picked = manifest::select(index, &req.platforms);
+                if picked.is_empty() {
+                    let wanted: Vec<String> = req.platforms.iter().map(|p| p.to_string()).collect();
+                    return Err(Status::not_found(format!(
+                        "no match for platform in manifest: {}: not found",
+                        wanted.join(", ")
+                    )));
+                }
+                for desc in picked {
+                    if !manifest::is_manifest(&desc.media_type) {
+                        tracing::warn!(digest = desc.digest, "nested index skipped");
+                        continue;
+                    }
+                    let raw = pull
+                        .registry
+                        .fetch_manifest(desc)
+                        .await
+                        .map_err(|e| status(&e))?;
+                    let doc = Document::parse(&desc.media_type, &raw).map_err(|e| status(&e))?;
+                    manifests.push((desc.clone(), raw, doc, vec![root_name.clone()]));
+                }
+            }
+            Document::Manifest(_) => {}
+        }
+        if manifests.is_empty() {
+            let doc = Document::parse(&root.media_type, &body).map_err(|e| status(&e))?;
+            manifests.push((root.clone(), body.clone(), doc, Vec::new()));
+        }
+        for (desc, raw, doc, parents) in &manifests {
+            let Document::Manifest(m) = doc else { continue };
+            let name = object_name("manifest", desc);
+            // A manifest is unpacked where an unpack entry's platform runs it (one without a
+            // platform is the image's only manifest).
+            let snapshotter = req
+                .unpacks
+                .iter()
+                .find(|(p, _)| desc.platform.as_ref().is_none_or(|mine| p.matches(mine)))
+                .map(|(_, s)| s.clone());
+            self.fetch_manifest_tree(pull, m, &name, snapshotter)
+                .await?;
+            let labels = children_labels(doc);
+            self.store_document(pull, desc, raw, labels, &name, parents)
+                .await?;
+        }
+        if manifest::is_index(&root.media_type) {
+            self.store_document(
+                pull,
+                &root,
+                &body,
+                children_labels(&document),
+                &root_name,
+                &[],
+            )
+            .await?;
+        }
+        let image = ImageRecord {
+            name: req.image_name.clone(),
+            labels: req.labels.clone().into_iter().collect(),
+            target: crated_metadata::Descriptor {
+                media_type: root.media_type.clone(),
+                digest: root.digest.clone(),
+                size: root.size,
+                annotations: Default::default(),
+            },
+            created_at: 0,
+            updated_at: 0,
+        };
+        let (db, ns) = (self.db.clone(), pull.ns.clone());
+        blocking(move || match db.image_create(&ns, &image) {
+            Err(crated_metadata::MetadataError::AlreadyExists(_)) => {
+                db.image_update(&ns, &image, &[])
+            }
+            other => other,
+        })
+        .await
+    }
+
+    /// Stores a manifest or index document with its children's GC labels.
+    async fn store_document(
+        &self,
+        pull: &Pull,
+        desc: &Descriptor,
+        raw: &[u8],
+        labels: HashMap<String, String>,
+        name: &str,
+        parents: &[String],
+    ) -> Result<(), Status> {
+        let labels = pull.labels(labels);
+        if self
+            .content
+            .blob_labels(&pull.ns, &desc.digest)
+            .await
+            .is_some()
+        {
+            pull.progress
+                .object("already exists", name, &[], desc.size, desc)
+                .await;
+            return self
+                .content
+                .add_labels(&pull.ns, &desc.digest, labels.into_iter().collect())
+                .await;
+        }
+        let _once = self.once(format!("{}/{}", pull.ns, desc.digest)).await;
+        let mut ingest = self
+            .content
+            .ingest_blob(&pull.ns, Some(pull.lease.clone()), name)
+            .await?;
+        let written = ingest.write(raw.to_vec()).await;
+        if let Err(e) = written {
+            ingest.abort().await;
+            return Err(e);
+        }
+        match ingest
+            .commit_checked(Some((&desc.digest, desc.size.max(0) as u64)), labels)
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+            Err(s) => return Err(s),
+        }
+        pull.progress
+            .object("complete", name, parents, desc.size, desc)
+            .await;
+        Ok(())
+    }
+
+    /// The config and layers of one manifest, unpacked into `snapshotter` if given.
+    async fn fetch_manifest_tree(
+        &self,
+        pull: &Pull,
+        m: &crated_images::Manifest,
+        manifest_name: &str,
+        snapshotter: Option<String>,
+    ) -> Result<(), Status> {
+        let parents = vec![manifest_name.to_owned()];
+        let config = pull
+            .registry
+            .fetch_small_blob(&m.config)
+            .await
+            .map_err(|e| status(&e))?;
+        let diff_ids = manifest::diff_ids(&config).map_err(|e| status(&e))?;
+        let config_name = object_name("config", &m.config);
+        self.store_document(
+            pull,
+            &m.config,
+            &config,
+            HashMap::new(),
+            &config_name,
+            &parents,
+        )
+        .await?;
+        // Every layer downloads (a few at a time); each tells its outcome through `done`.
+        let mut sources = Vec::new();
+        for layer in &m.layers {
+            let (feed, live) = fetch::feed();
+            let (tx, done) = watch::channel(None);
+            let download = Download {
+                content: self.content.clone(),
+                registry: Arc::clone(&pull.registry),
+                ns: pull.ns.clone(),
+                lease: pull.lease.clone(),
+                desc: layer.clone(),
+                labels: pull.labels(HashMap::new()),
+                progress: pull.progress.clone(),
+                name: object_name("layer", layer),
+                parents: parents.clone(),
+            };
+            let slots = Arc::clone(&pull.downloads);
+            // Taken inside the task, so waiting for another pull's download of the same blob
+            // holds back only this layer.
+            let same_blob = self.busy_lock(format!("{}/{}", pull.ns, layer.digest));
+            tokio::spawn(async move {
+                let _same_blob = same_blob.lock_owned().await;
+                let _slot = slots.acquire_owned().await;
+                let outcome = download.run(feed).await;
+                let _ = tx.send(Some(outcome));
+            });
+            sources.push((layer.clone(), Some(live), done));
+        }
+        let Some(snapshotter) = snapshotter else {
+            for (_, _, mut done) in sources {
+                fetch::wait(&mut done).await?;
+            }
+            return Ok(());
+        };
+        if diff_ids.len() != m.layers.len() {
+            return Err(Status::invalid_argument(format!(
+                "mismatched image rootfs ({} diff IDs) and manifest layers ({})",
+                diff_ids.len(),
+                m.layers.len()
+            )));
+        }
+        let top = self.unpack(pull, &snapshotter, &diff_ids, sources).await?;
+        self.content
+            .add_labels(
+                &pull.ns,
+                &m.config.digest,
+                BTreeMap::from([(format!("{LABEL_GC_SNAPSHOT}{snapshotter}"), top)]),
+            )
+            .await
+    }
+
+    fn busy_lock(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.retain(|_, l| Arc::strong_count(l) > 1);
+        Arc::clone(busy.entry(key).or_default())
+    }
+
+    /// Applies the layers in order, each onto a snapshot of the one before, committed under
+    /// its chain ID; a chain ID already there is skipped. The top chain ID.
+    async fn unpack(
+        &self,
+        pull: &Pull,
+        snapshotter: &str,
+        diff_ids: &[String],
+        sources: Vec<(Descriptor, Option<fetch::Live>, fetch::Done)>,
+    ) -> Result<String, Status> {
+        let target = self.snapshots.target_of(snapshotter)?;
+        let chains = chain_ids(diff_ids);
+        let mut parent = String::new();
+        for (i, (layer, live, mut done)) in sources.into_iter().enumerate() {
+            let chain = chains[i].clone();
+            let _once = self
+                .once(format!("{}/{snapshotter}/{chain}", pull.ns))
+                .await;
+            if target.stat(&pull.ns, &chain).await.is_ok() {
+                drop(live);
+                fetch::wait(&mut done).await?;
+                parent = chain;
+                continue;
+            }
+            let name = object_name("layer", &layer);
+            let key = format!(
+                "extract-{}-{} {chain}",
+                crated_metadata::now_nanos(),
+                &uuid::Uuid::new_v4().simple().to_string()[..6]
+            );
+            let mut labels = HashMap::from([(LABEL_SNAPSHOT_REF.to_owned(), chain.clone())]);
+            labels.insert("containerd.io/snapshot/diff-id".into(), diff_ids[i].clone());
+            if !parent.is_empty() {
+                labels.insert(
+                    "containerd.io/snapshot/parent-chain-id".into(),
+                    parent.clone(),
+                );
+            }
+            let mounts = target
+                .create(
+                    &pull.ns,
+                    &key,
+                    &parent,
+                    labels.clone(),
+                    Some(pull.lease.clone()),
+                    false,
+                )
+                .await
+                .map_err(|e| status(&e))?;
+            pull.progress
+                .object("extracting", &name, &[], 0, &layer)
+                .await;
+            let applied = self.apply(pull, &layer, mounts, live, done.clone()).await;
+            let downloaded = fetch::wait(&mut done).await;
+            let outcome = async {
+                let diff_id = applied?;
+                downloaded?;
+                if diff_id != diff_ids[i] {
+                    return Err(Status::failed_precondition(format!(
+                        "wrong diff id {diff_id} calculated on extraction of {}, expected {}",
+                        layer.digest, diff_ids[i]
+                    )));
+                }
+                match target
+                    .commit(&pull.ns, &chain, &key, labels, Some(pull.lease.clone()))
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(e) if status(&e).code() == tonic::Code::AlreadyExists => {
+                        let _ = target.remove(&pull.ns, &key).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(status(&e)),
+                }
+            }
+            .await;
+            if let Err(e) = outcome {
+                let _ = target.remove(&pull.ns, &key).await;
+                return Err(e);
+            }
+            self.content
+                .add_labels(
+                    &pull.ns,
+                    &layer.digest,
+                    BTreeMap::from([(LABEL_UNCOMPRESSED.to_owned(), diff_ids[i].clone())]),
+                )
+                .await?;
+            pull.progress
+                .object("extracted", &name, &[], layer.size, &layer)
+                .await;
+            parent = chain;
+        }
+        Ok(parent)
+    }
+}
+
+impl Puller {
+    /// Applies one layer onto `mounts` from its source; the diff ID.
+    async fn apply(
+        &self,
+        pull: &Pull,
+        layer: &Descriptor,
+        mounts: Vec<crated_snapshots::Mount>,
+        live: Option<fetch::Live>,
+        done: fetch::Done,
+    ) -> Result<String, Status> {
+        let failure = Arc::new(Mutex::new(None));
+        let mut source = LayerSource {
+            runtime: tokio::runtime::Handle::current(),
+            live,
+            done,
+            content: self.content.clone(),
+            ns: pull.ns.clone(),
+            desc: layer.clone(),
+            offset: 0,
+            stored: None,
+            failure: Arc::clone(&failure),
+        };
+        let reader = ChunkReader::new(move || source.next_chunk());
+        let differ = Arc::clone(&self.differ);
+        let media_type = layer.media_type.clone();
+        let applied =
+            tokio::task::spawn_blocking(move || differ.apply(&media_type, &mounts, reader))
+                .await
+                .map_err(|e| Status::internal(format!("unpack task failed: {e}")))?;
+        match applied {
+            Ok(a) => Ok(a.diff_id),
+            Err(e) => {
+                let cause = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Err(cause.unwrap_or_else(|| status(&e)))
+            }
+        }
+    }
+}
+
+fn descriptor_of(image: &ImageRecord) -> Descriptor {
+    Descriptor {
+        media_type: image.target.media_type.clone(),
+        digest: image.target.digest.clone(),
+        size: image.target.size,
+        ..Default::default()
+    }
+}
+
+/// containerd's `containerd.io/gc.ref.content.*` labels of a document's children.
+fn children_labels(doc: &Document) -> HashMap<String, String> {
+    doc.children()
+        .into_iter()
+        .map(|(k, d)| (k, d.digest.clone()))
+        .collect()
+}
