@@ -197,16 +197,11 @@ pub async fn run(conn: &Connection, command: ImagesCommand) -> anyhow::Result<()
 }
 
 fn host_platform() -> Platform {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        other => other,
-    };
+    let host = crated_images::Platform::host();
     Platform {
-        os: std::env::consts::OS.into(),
-        architecture: arch.into(),
-        variant: String::new(),
+        os: host.os,
+        architecture: host.architecture,
+        variant: host.variant,
         os_version: String::new(),
     }
 }
@@ -534,22 +529,6 @@ async fn list(conn: &Connection, quiet: bool, filters: Vec<String>) -> anyhow::R
     Ok(())
 }
 
-/// The chain ID of the whole stack of `diff_ids`.
-fn top_chain_id(diff_ids: &[String]) -> Option<String> {
-    use sha2::Digest as _;
-    let mut chain: Option<String> = None;
-    for id in diff_ids {
-        chain = Some(match chain {
-            None => id.clone(),
-            Some(parent) => format!(
-                "sha256:{:x}",
-                sha2::Sha256::digest(format!("{parent} {id}").as_bytes())
-            ),
-        });
-    }
-    chain
-}
-
 async fn mount(
     conn: &Connection,
     snapshotter: &str,
@@ -566,7 +545,9 @@ async fn mount(
         .image
         .context("the daemon answered no image")?;
     let contents = contents(conn, &image.target.unwrap_or_default()).await?;
-    let chain = top_chain_id(&contents.diff_ids).context("the image has no layers")?;
+    let chain = crated_images::chain_ids(&contents.diff_ids)
+        .pop()
+        .context("the image has no layers")?;
     // The view is held by a lease named after the target, as ctr does.
     conn.leases()
         .create(conn.request(leases::CreateRequest {

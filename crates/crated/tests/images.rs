@@ -9,7 +9,8 @@ use crated_testsupport::blobs::{fails, ok};
 use crated_testsupport::layered::Shape;
 use crated_testsupport::registry::Registry;
 use crated_testsupport::{
-    assert_same_tree, is_root, mount_snapshot, tool, tree_listing, unmount, wait_until, Daemon,
+    assert_same_tree, is_root, mount_snapshot, tool, tree_listing, umoci_tree, unmount, wait_until,
+    Daemon,
 };
 
 fn crated() -> PathBuf {
@@ -208,21 +209,7 @@ fn layered_matches_umoci(snapshotter: &str) {
         ],
     ));
 
-    let layout = work.path().join("layout");
-    image.write_layout(&layout);
-    let bundle = work.path().join("bundle");
-    let out = std::process::Command::new(umoci)
-        .args(["unpack", "--image"])
-        .arg(format!("{}:latest", layout.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "umoci: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let expected = tree_listing(&bundle.join("rootfs"));
+    let expected = umoci_tree(&umoci, &image, work.path());
 
     let at = work.path().join("mounted");
     std::fs::create_dir(&at).unwrap();

@@ -13,7 +13,7 @@ use crated_testsupport::gate::{Auth, Gate};
 use crated_testsupport::layered::Shape;
 use crated_testsupport::registry::Registry;
 use crated_testsupport::{
-    assert_same_tree, is_root, tool, tree_listing, wait_until, workspace_bin, Daemon,
+    assert_same_tree, is_root, tool, tree_listing, umoci_tree, wait_until, workspace_bin, Daemon,
 };
 
 struct Setup {
@@ -46,6 +46,24 @@ impl Setup {
     }
     fn ctr(&self, args: &[&str]) -> std::process::Output {
         self.daemon.client(&self.ctr, args)
+    }
+
+    /// `read` of image `reference` mounted by `cratectl images mount` (unmounted after).
+    fn mounted<T>(&self, snapshotter: &str, reference: &str, read: impl FnOnce(&Path) -> T) -> T {
+        let at = self.work.path().join("mounted");
+        std::fs::create_dir(&at).unwrap();
+        let target = at.to_str().unwrap();
+        ok(self.cratectl(&[
+            "images",
+            "mount",
+            "--snapshotter",
+            snapshotter,
+            target,
+            reference,
+        ]));
+        let got = read(&at);
+        ok(self.cratectl(&["images", "unmount", "--snapshotter", snapshotter, target]));
+        got
     }
 }
 
@@ -89,19 +107,9 @@ fn pull_mount_remove(snapshotter: &str) {
     ok(s.cratectl(&["images", "rm", "busybox:copy"]));
 
     if is_root() {
-        let at = s.work.path().join("mounted");
-        std::fs::create_dir(&at).unwrap();
-        let target = at.to_str().unwrap();
-        ok(s.cratectl(&[
-            "images",
-            "mount",
-            "--snapshotter",
-            snapshotter,
-            target,
-            &reference,
-        ]));
-        let busybox = std::fs::read(at.join("bin/busybox"));
-        ok(s.cratectl(&["images", "unmount", "--snapshotter", snapshotter, target]));
+        let busybox = s.mounted(snapshotter, &reference, |at| {
+            std::fs::read(at.join("bin/busybox"))
+        });
         assert_eq!(busybox.unwrap(), std::fs::read("/bin/busybox").unwrap());
     } else {
         eprintln!("not mounting the pulled image: needs root");
@@ -222,35 +230,9 @@ fn layered_matches_umoci(snapshotter: &str) {
     let reference = format!("{}/layered:latest", s.registry.addr);
     ok(s.cratectl(&["images", "pull", "--snapshotter", snapshotter, &reference]));
 
-    let layout = s.work.path().join("layout");
-    image.write_layout(&layout);
-    let bundle = s.work.path().join("bundle");
-    let out = std::process::Command::new(umoci)
-        .args(["unpack", "--image"])
-        .arg(format!("{}:latest", layout.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "umoci: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let expected = tree_listing(&bundle.join("rootfs"));
+    let expected = umoci_tree(&umoci, &image, s.work.path());
 
-    let at = s.work.path().join("mounted");
-    std::fs::create_dir(&at).unwrap();
-    let target = at.to_str().unwrap();
-    ok(s.cratectl(&[
-        "images",
-        "mount",
-        "--snapshotter",
-        snapshotter,
-        target,
-        &reference,
-    ]));
-    let got = tree_listing(&at);
-    ok(s.cratectl(&["images", "unmount", "--snapshotter", snapshotter, target]));
+    let got = s.mounted(snapshotter, &reference, tree_listing);
     assert_same_tree(&expected, &got, 400);
 }
 

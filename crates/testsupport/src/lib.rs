@@ -461,3 +461,27 @@ pub fn assert_same_tree(
         expected.len()
     );
 }
+
+/// The [`tree_listing`] of `image` as `umoci unpack` gives it (the reference unpacker),
+/// working under `work`.
+pub fn umoci_tree(
+    umoci: &Path,
+    image: &oci::OciImage,
+    work: &Path,
+) -> std::collections::BTreeMap<String, String> {
+    let layout = work.join("layout");
+    image.write_layout(&layout);
+    let bundle = work.join("bundle");
+    let out = Command::new(umoci)
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(&bundle)
+        .output()
+        .expect("running umoci");
+    assert!(
+        out.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tree_listing(&bundle.join("rootfs"))
+}

@@ -123,17 +123,16 @@ impl Download {
     /// Downloads and commits the blob unless the namespace has it.
     pub async fn run(self, mut feed: Feed) -> Result<(), Status> {
         let digest = self.desc.digest.clone();
-        if self.content.blob_labels(&self.ns, &digest).await.is_some() {
-            self.add_labels().await?;
-            self.progress
-                .object(
-                    "already exists",
-                    &self.name,
-                    &[],
-                    self.desc.size,
-                    &self.desc,
-                )
-                .await;
+        if already_there(
+            &self.content,
+            &self.ns,
+            &self.desc,
+            &self.labels,
+            &self.progress,
+            &self.name,
+        )
+        .await?
+        {
             return Ok(());
         }
         self.progress
@@ -233,17 +232,27 @@ impl Download {
             .await;
         Ok(())
     }
+}
 
-    /// A blob the namespace had already still gets this pull's labels.
-    async fn add_labels(&self) -> Result<(), Status> {
-        self.content
-            .add_labels(
-                &self.ns,
-                &self.desc.digest,
-                self.labels.clone().into_iter().collect(),
-            )
-            .await
+/// Whether the namespace has blob `desc` already; if so it still gets this pull's `labels`
+/// and is reported as there.
+pub async fn already_there(
+    content: &ContentService,
+    ns: &str,
+    desc: &Descriptor,
+    labels: &HashMap<String, String>,
+    progress: &Progress,
+    name: &str,
+) -> Result<bool, Status> {
+    if content.blob_labels(ns, &desc.digest).await.is_none() {
+        return Ok(false);
     }
+    let labels = labels.clone().into_iter().collect();
+    content.add_labels(ns, &desc.digest, labels).await?;
+    progress
+        .object("already exists", name, &[], desc.size, desc)
+        .await;
+    Ok(true)
 }
 
 /// Where an unpacker reads a layer from: the live feed while it lasts, then the committed

@@ -25,7 +25,7 @@ use crate::snapshots::SnapshotsService;
 use crate::GrpcService;
 use progress::Progress;
 use pull::{PullRequest, Puller};
-use streams::{from_any, to_any, ClientStream, StreamManager};
+use streams::{from_any, to_any, type_name, ClientStream, StreamManager};
 
 const OCI_REGISTRY: &str = "containerd.types.transfer.OCIRegistry";
 const IMAGE_STORE: &str = "containerd.types.transfer.ImageStore";
@@ -172,10 +172,7 @@ impl Transfer for TransferService {
                 "a transfer needs a source and a destination",
             ));
         };
-        let name = |a: &crated_api::prost_types::Any| {
-            a.type_url.rsplit('/').next().unwrap_or_default().to_owned()
-        };
-        if (name(&source).as_str(), name(&destination).as_str()) != (OCI_REGISTRY, IMAGE_STORE) {
+        if (type_name(&source), type_name(&destination)) != (OCI_REGISTRY, IMAGE_STORE) {
             return Err(Status::unimplemented(format!(
                 "method Transfer not implemented for {} to {}",
                 source.type_url, destination.type_url

@@ -9,10 +9,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use crated_diff::media::LABEL_UNCOMPRESSED;
 use crated_diff::{ChunkReader, WalkingDiffer};
 use crated_images::manifest::{self, Document, LABEL_DISTRIBUTION_SOURCE, LABEL_GC_SNAPSHOT};
 use crated_images::{chain_ids, Descriptor, Platform, Reference, Registry, RegistryOptions};
 use crated_metadata::{ImageRecord, Lease, MetadataStore};
+use crated_snapshots::LABEL_SNAPSHOT_REF;
 use tokio::sync::{watch, Semaphore};
 use tonic::Status;
 
@@ -24,8 +26,6 @@ use crate::snapshots::SnapshotsService;
 
 /// Layers downloading at once in one pull.
 const PARALLEL_DOWNLOADS: usize = 3;
-const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
-const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
 /// How long the lease of a pull holds what it fetched if the daemon dies mid-pull.
 const LEASE_LIFETIME_NANOS: u64 = 24 * 3600 * 1_000_000_000;
 
@@ -175,10 +175,12 @@ impl Puller {
             },
             &root,
         );
+        // The index's own labels, taken before its document is used up.
+        let index_labels = manifest::is_index(&root.media_type).then(|| children_labels(&document));
         let mut manifests: Vec<(Descriptor, Vec<u8>, Document, Vec<String>)> = Vec::new();
-        match &document {
+        match document {
             Document::Index(index) => {
-                let picked = manifest::select(index, &req.platforms);
+                let picked = manifest::select(&index, &req.platforms);
                 if picked.is_empty() {
                     let wanted: Vec<String> = req.platforms.iter().map(|p| p.to_string()).collect();
                     return Err(Status::not_found(format!(
@@ -200,11 +202,7 @@ impl Puller {
                     manifests.push((desc.clone(), raw, doc, vec![root_name.clone()]));
                 }
             }
-            Document::Manifest(_) => {}
-        }
-        if manifests.is_empty() {
-            let doc = Document::parse(&root.media_type, &body).map_err(|e| status(&e))?;
-            manifests.push((root.clone(), body.clone(), doc, Vec::new()));
+            manifest => manifests.push((root.clone(), body.clone(), manifest, Vec::new())),
         }
         for (desc, raw, doc, parents) in &manifests {
             let Document::Manifest(m) = doc else { continue };
@@ -222,16 +220,9 @@ impl Puller {
             self.store_document(pull, desc, raw, labels, &name, parents)
                 .await?;
         }
-        if manifest::is_index(&root.media_type) {
-            self.store_document(
-                pull,
-                &root,
-                &body,
-                children_labels(&document),
-                &root_name,
-                &[],
-            )
-            .await?;
+        if let Some(labels) = index_labels {
+            self.store_document(pull, &root, &body, labels, &root_name, &[])
+                .await?;
         }
         let image = ImageRecord {
             name: req.image_name.clone(),
@@ -266,19 +257,10 @@ impl Puller {
         parents: &[String],
     ) -> Result<(), Status> {
         let labels = pull.labels(labels);
-        if self
-            .content
-            .blob_labels(&pull.ns, &desc.digest)
-            .await
-            .is_some()
+        if fetch::already_there(&self.content, &pull.ns, desc, &labels, &pull.progress, name)
+            .await?
         {
-            pull.progress
-                .object("already exists", name, &[], desc.size, desc)
-                .await;
-            return self
-                .content
-                .add_labels(&pull.ns, &desc.digest, labels.into_iter().collect())
-                .await;
+            return Ok(());
         }
         let _once = self.once(format!("{}/{}", pull.ns, desc.digest)).await;
         let mut ingest = self

@@ -31,10 +31,14 @@ pub fn to_any(type_name: &str, message: &impl Message) -> Any {
     }
 }
 
+/// The type name of `any`, without a URL prefix if it has one.
+pub fn type_name(any: &Any) -> &str {
+    any.type_url.rsplit('/').next().unwrap_or_default()
+}
+
 /// The message in `any` if it is of `type_name` (with or without a URL prefix).
 pub fn from_any<M: Message + Default>(any: &Any, type_name: &str) -> Result<M, Status> {
-    let name = any.type_url.rsplit('/').next().unwrap_or_default();
-    if name != type_name {
+    if self::type_name(any) != type_name {
         return Err(Status::invalid_argument(format!(
             "expected a {type_name}, got {}",
             any.type_url
