@@ -10,10 +10,12 @@ const PACKAGE_WITH_PROTOS: &str = "containerd-client";
 
 const PROTOS: &[&str] = &[
     "github.com/containerd/containerd/api/types/descriptor.proto",
+    "github.com/containerd/containerd/api/types/event.proto",
     "github.com/containerd/containerd/api/types/introspection.proto",
     "github.com/containerd/containerd/api/types/metrics.proto",
     "github.com/containerd/containerd/api/types/mount.proto",
     "github.com/containerd/containerd/api/types/platform.proto",
+    "github.com/containerd/containerd/api/types/runc/options/oci.proto",
     "github.com/containerd/containerd/api/types/task/task.proto",
     "github.com/containerd/containerd/api/services/containers/v1/containers.proto",
     "github.com/containerd/containerd/api/services/content/v1/content.proto",

@@ -204,6 +204,32 @@ async fn serve(
                 return Err(e.into());
             }
         };
+    // Shims call back on the ttrpc socket (events they forward).
+    let mut ttrpc_services = crated_services::grpc::TtrpcServices::new();
+    for (_, service) in &services {
+        ttrpc_services.extend(service.ttrpc_services());
+    }
+    let ttrpc_path = PathBuf::from(ttrpc_address.trim_start_matches("unix://"));
+    let mut ttrpc_server =
+        match crated_services::socket::bind_unix(&ttrpc_path, config.grpc.uid, config.grpc.gid) {
+            Ok(l) => ttrpc::asynchronous::Server::new()
+                .add_listener(ttrpc::asynchronous::transport::Listener::from(l))
+                .register_service(ttrpc_services),
+            Err(e) => {
+                let _ = std::fs::remove_file(&address);
+                set.close_all().await;
+                return Err(e.into());
+            }
+        };
+    if let Err(e) = ttrpc_server.start().await {
+        let _ = std::fs::remove_file(&address);
+        let _ = std::fs::remove_file(&ttrpc_path);
+        set.close_all().await;
+        return Err(anyhow::anyhow!(
+            "serving ttrpc on {}: {e}",
+            ttrpc_path.display()
+        ));
+    }
     let server = crated_services::socket::bulk_server()
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
@@ -231,7 +257,9 @@ async fn serve(
             Ok(Ok(()))
         }
     };
+    let _ = ttrpc_server.shutdown().await;
     let _ = std::fs::remove_file(&address);
+    let _ = std::fs::remove_file(&ttrpc_path);
     set.close_all().await;
     tracing::info!("crated stopped");
     match result {

@@ -3,6 +3,7 @@
 //! namespaced record (images, containers, leases, content and snapshot references) as they come.
 //! Calls are blocking; async callers run them on a blocking thread.
 
+mod containers;
 mod content;
 mod db;
 mod error;
@@ -14,6 +15,7 @@ mod namespaces;
 mod snapshots;
 pub mod validate;
 
+pub use containers::{AnyValue, ContainerRecord, RuntimeInfo};
 pub use content::ContentRecord;
 pub use db::{MetadataStore, Mutation, SCHEMA_VERSION};
 pub use error::MetadataError;

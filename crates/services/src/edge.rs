@@ -3,6 +3,10 @@
 use crated_errdefs::{HasKind, Kind};
 use tonic::{Code, Status};
 
+/// What server-streaming calls return.
+pub type BoxStream<T> =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
 /// The gRPC header carrying the namespace of a call.
 pub const NAMESPACE_HEADER: &str = "containerd-namespace";
 /// The gRPC header carrying the lease new resources are put under.

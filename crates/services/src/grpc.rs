@@ -4,12 +4,17 @@ use tonic::service::RoutesBuilder;
 
 type Register = Box<dyn Fn(&mut RoutesBuilder) + Send + Sync>;
 type Hook = Box<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+/// ttrpc services by name, as `ttrpc`'s generated `create_*` functions make them.
+pub type TtrpcServices = std::collections::HashMap<String, ttrpc::asynchronous::Service>;
+type TtrpcRegister = Box<dyn Fn() -> TtrpcServices + Send + Sync>;
 
 /// What every `io.containerd.grpc.v1` plugin gives the server: routes to add, and an optional
 /// hook run once start-up has finished and the socket is accepting.
 pub struct GrpcService {
     register: Register,
     on_serving: Option<Hook>,
+    /// What the plugin also serves on the daemon's ttrpc socket (shims call there).
+    ttrpc: Option<TtrpcRegister>,
 }
 
 impl GrpcService {
@@ -17,6 +22,19 @@ impl GrpcService {
         Arc::new(GrpcService {
             register: Box::new(register),
             on_serving: None,
+            ttrpc: None,
+        })
+    }
+
+    /// A front-end that serves on both sockets: gRPC for clients, ttrpc for shims.
+    pub fn with_ttrpc(
+        register: impl Fn(&mut RoutesBuilder) + Send + Sync + 'static,
+        ttrpc: impl Fn() -> TtrpcServices + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(GrpcService {
+            register: Box::new(register),
+            on_serving: None,
+            ttrpc: Some(Box::new(ttrpc)),
         })
     }
 
@@ -31,11 +49,17 @@ impl GrpcService {
         Arc::new(GrpcService {
             register: Box::new(register),
             on_serving: Some(Box::new(move || Box::pin(hook()))),
+            ttrpc: None,
         })
     }
 
     pub fn register(&self, routes: &mut RoutesBuilder) {
         (self.register)(routes)
+    }
+
+    /// The ttrpc services this front-end adds to the daemon's ttrpc socket, if any.
+    pub fn ttrpc_services(&self) -> TtrpcServices {
+        self.ttrpc.as_ref().map(|make| make()).unwrap_or_default()
     }
 
     pub async fn serving(&self) {

@@ -2,9 +2,11 @@
 //! (the implementation, returning library errors) and `io.containerd.grpc.v1.<name>` (the gRPC
 //! front-end, which maps those errors to status codes in one place, [`edge`]).
 
+pub mod containers;
 pub mod content;
 pub mod diff;
 pub mod edge;
+pub mod events;
 pub mod grpc;
 pub mod healthcheck;
 pub mod images;
@@ -14,6 +16,7 @@ pub mod metadata;
 pub mod namespaces;
 pub mod snapshots;
 pub mod socket;
+pub mod tasks;
 pub mod transfer;
 pub mod version;
 
@@ -24,11 +27,14 @@ pub fn registrations() -> Vec<crated_plugin::Registration> {
     let mut regs = content::registrations();
     regs.insert(1, metadata::registration());
     regs.insert(2, crated_gc::registration());
+    regs.extend(events::registrations());
     regs.extend(namespaces::registrations());
     regs.extend(leases::registrations());
     regs.extend(snapshots::registrations());
     regs.extend(diff::registrations());
     regs.extend(images::registrations());
+    regs.extend(containers::registrations());
+    regs.extend(tasks::registrations());
     regs.extend(transfer::registrations());
     regs.extend(introspection::registrations());
     regs.push(version::registration());

@@ -219,6 +219,32 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// SIGKILLs crated and starts `bin` again on the same root, state and socket (no config),
+    /// its log appended to the same file.
+    pub fn restart_after_sigkill(&mut self, bin: &Path) -> Result<(), String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.stderr_path)
+            .map_err(|e| e.to_string())?;
+        self.child = Command::new(bin)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--address")
+            .arg(&self.socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("restarting {}: {e}", bin.display()))?;
+        wait_healthy(&self.socket, &mut self.child, Duration::from_secs(30))
+            .map(|_| ())
+            .map_err(|e| format!("{e}\n--- daemon log ---\n{}", self.log()))
+    }
+
     /// The hex digests of the blobs in the daemon's local content store, sorted.
     pub fn blob_files(&self) -> Vec<String> {
         blobs::blob_files(&self.root.join("io.containerd.content.v1.content"))

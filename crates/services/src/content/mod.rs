@@ -16,8 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::edge::{blocking, filters, lease, namespace, status, timestamp};
 use crate::GrpcService;
 
-type BoxStream<T> =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+use crate::edge::BoxStream;
 
 mod blob;
 mod raw;

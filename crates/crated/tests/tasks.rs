@@ -1,0 +1,364 @@
+//! Containers and tasks through Debian's `ctr` against crated, with Debian's
+//! `containerd-shim-runc-v2` and `runc`: `ctr run` in the foreground and detached, the task
+//! commands, events, and a daemon killed with SIGKILL that finds its running task again.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crated_testsupport::blobs::{fails, ok};
+use crated_testsupport::{is_root, tool, wait_until, Daemon};
+
+fn crated() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_crated"))
+}
+
+const IMAGE: &str = "docker.io/library/busybox:crated";
+
+/// Starts crated and imports busybox with ctr; None (after saying why) without root or a peer
+/// outside CI.
+fn setup(snapshotter: &str) -> Option<(Daemon, PathBuf, tempfile::TempDir)> {
+    if !is_root() {
+        eprintln!("skipped: running containers needs root");
+        return None;
+    }
+    let ctr = tool("ctr", "containerd")?;
+    tool("containerd-shim-runc-v2", "containerd")?;
+    tool("runc", "runc")?;
+    tool("busybox", "busybox-static")?;
+    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("busybox.tar");
+    crated_testsupport::oci::busybox_archive(IMAGE, &archive);
+    ok(daemon.client(
+        &ctr,
+        &[
+            "images",
+            "import",
+            "--snapshotter",
+            snapshotter,
+            archive.to_str().unwrap(),
+        ],
+    ));
+    Some((daemon, ctr, work))
+}
+
+/// Runs ctr with a deadline: a hung call fails the test instead of hanging it.
+fn ctr(daemon: &Daemon, ctr: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(ctr);
+    cmd.arg("--address").arg(&daemon.socket).args(args);
+    crated_testsupport::output_within(&mut cmd, Duration::from_secs(60))
+}
+
+fn bundles(daemon: &Daemon) -> Vec<String> {
+    let dir = daemon.state.join("io.containerd.runtime.v2.task/default");
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn run_rm_reports_output_and_exit_status(snapshotter: &str) {
+    let Some((daemon, bin, _work)) = setup(snapshotter) else {
+        return;
+    };
+    // Ids are unique across tests: runc keeps its state per namespace under /run/containerd.
+    let id = format!("rm-{snapshotter}");
+    let out = ctr(
+        &daemon,
+        &bin,
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            snapshotter,
+            IMAGE,
+            &id,
+            "/bin/sh",
+            "-c",
+            "echo hi; echo err >&2; exit 3",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stdout {} stderr {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    // --rm: no task, container, snapshot or bundle left.
+    let tasks = ok(ctr(&daemon, &bin, &["tasks", "ls", "-q"]));
+    assert!(tasks.trim().is_empty(), "{tasks}");
+    let containers = ok(ctr(&daemon, &bin, &["containers", "ls", "-q"]));
+    assert!(containers.trim().is_empty(), "{containers}");
+    let snaps = ok(ctr(
+        &daemon,
+        &bin,
+        &["snapshots", "--snapshotter", snapshotter, "ls"],
+    ));
+    assert!(!snaps.contains(&id), "{snaps}");
+    assert!(bundles(&daemon).is_empty(), "{:?}", bundles(&daemon));
+}
+
+#[test]
+fn ctr_run_rm_with_overlayfs() {
+    run_rm_reports_output_and_exit_status("overlayfs");
+}
+
+#[test]
+fn ctr_run_rm_with_native() {
+    run_rm_reports_output_and_exit_status("native");
+}
+
+/// `ctr events` in the background, its lines collected.
+struct Events {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Events {
+    fn start(daemon: &Daemon, ctr: &Path) -> Events {
+        let mut child = Command::new(ctr)
+            .arg("--address")
+            .arg(&daemon.socket)
+            .arg("events")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Events { child, lines }
+    }
+
+    fn wait_for(&self, topic: &str, id: &str) {
+        wait_until(
+            Duration::from_secs(10),
+            || {
+                self.lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l.contains(topic) && l.contains(id))
+            },
+            || format!("no {topic} for {id} in {:?}", self.lines.lock().unwrap()),
+        );
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn task_status(daemon: &Daemon, bin: &Path, id: &str) -> String {
+    let ls = ok(ctr(daemon, bin, &["tasks", "ls"]));
+    ls.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("none")
+        .to_owned()
+}
+
+#[test]
+fn ctr_detached_task_lifecycle_with_events() {
+    let Some((daemon, bin, _work)) = setup("overlayfs") else {
+        return;
+    };
+    let events = Events::start(&daemon, &bin);
+    // Subscribed before anything happens.
+    std::thread::sleep(Duration::from_millis(300));
+    ok(ctr(
+        &daemon,
+        &bin,
+        &["run", "-d", IMAGE, "d1", "/bin/sh", "-c", "sleep 1000"],
+    ));
+    assert_eq!(task_status(&daemon, &bin, "d1"), "RUNNING");
+    let info = ok(ctr(&daemon, &bin, &["containers", "info", "d1"]));
+    assert!(
+        info.contains("io.containerd.runc.v2") && info.contains(IMAGE),
+        "{info}"
+    );
+    let listed = ok(ctr(&daemon, &bin, &["containers", "ls"]));
+    assert!(listed.contains("d1"), "{listed}");
+
+    let ps = ok(ctr(&daemon, &bin, &["tasks", "ps", "d1"]));
+    assert!(ps.lines().count() >= 2, "{ps}");
+
+    let exec = ok(ctr(
+        &daemon,
+        &bin,
+        &[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e1",
+            "d1",
+            "/bin/sh",
+            "-c",
+            "echo from-exec",
+        ],
+    ));
+    assert_eq!(exec, "from-exec\n");
+    let failing = ctr(
+        &daemon,
+        &bin,
+        &[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e2",
+            "d1",
+            "/bin/sh",
+            "-c",
+            "exit 7",
+        ],
+    );
+    assert_eq!(failing.status.code(), Some(7));
+
+    ok(ctr(&daemon, &bin, &["tasks", "pause", "d1"]));
+    assert_eq!(task_status(&daemon, &bin, "d1"), "PAUSED");
+    ok(ctr(&daemon, &bin, &["tasks", "resume", "d1"]));
+    assert_eq!(task_status(&daemon, &bin, "d1"), "RUNNING");
+
+    let metrics = ok(ctr(&daemon, &bin, &["tasks", "metrics", "d1"]));
+    assert!(
+        metrics.contains("d1") && metrics.contains("memory"),
+        "{metrics}"
+    );
+
+    // A task that runs cannot be deleted; killed, it can.
+    let busy = fails(ctr(&daemon, &bin, &["tasks", "rm", "d1"]));
+    assert!(!busy.is_empty());
+    ok(ctr(
+        &daemon,
+        &bin,
+        &["tasks", "kill", "--signal", "SIGKILL", "d1"],
+    ));
+    events.wait_for("/tasks/exit", "d1");
+    wait_until(
+        Duration::from_secs(10),
+        || task_status(&daemon, &bin, "d1") == "STOPPED",
+        || task_status(&daemon, &bin, "d1"),
+    );
+    ok(ctr(&daemon, &bin, &["tasks", "rm", "d1"]));
+    ok(ctr(&daemon, &bin, &["containers", "rm", "d1"]));
+    for topic in [
+        "/containers/create",
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/delete",
+        "/containers/delete",
+    ] {
+        events.wait_for(topic, "d1");
+    }
+    assert!(bundles(&daemon).is_empty(), "{:?}", bundles(&daemon));
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_finds_its_running_task_again() {
+    let Some((mut daemon, bin, _work)) = setup("overlayfs") else {
+        return;
+    };
+    ok(ctr(
+        &daemon,
+        &bin,
+        &["run", "-d", IMAGE, "k1", "/bin/sh", "-c", "sleep 1000"],
+    ));
+    assert_eq!(task_status(&daemon, &bin, "k1"), "RUNNING");
+    daemon.restart_after_sigkill(&crated()).unwrap();
+    assert!(daemon.log().contains("reconnected"), "{}", daemon.log());
+    assert_eq!(task_status(&daemon, &bin, "k1"), "RUNNING");
+    let events = Events::start(&daemon, &bin);
+    std::thread::sleep(Duration::from_millis(300));
+    ok(ctr(
+        &daemon,
+        &bin,
+        &["tasks", "kill", "--signal", "SIGKILL", "k1"],
+    ));
+    events.wait_for("/tasks/exit", "k1");
+    wait_until(
+        Duration::from_secs(10),
+        || task_status(&daemon, &bin, "k1") == "STOPPED",
+        || task_status(&daemon, &bin, "k1"),
+    );
+    ok(ctr(&daemon, &bin, &["tasks", "rm", "k1"]));
+    ok(ctr(&daemon, &bin, &["containers", "rm", "k1"]));
+    assert!(bundles(&daemon).is_empty(), "{:?}", bundles(&daemon));
+}
+
+/// The pid of the shim serving task `id` of this daemon, from /proc.
+fn shim_pid(daemon: &Daemon, id: &str) -> Option<i32> {
+    let address = daemon.socket.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_shim = args.first()?.ends_with("containerd-shim-runc-v2")
+            && args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
+            && args
+                .windows(2)
+                .any(|w| w[0] == "-address" && w[1] == address);
+        is_shim.then_some(pid)
+    })
+}
+
+#[test]
+fn a_shim_that_dies_ends_its_task_without_hanging_calls() {
+    let Some((daemon, bin, _work)) = setup("overlayfs") else {
+        return;
+    };
+    ok(ctr(
+        &daemon,
+        &bin,
+        &["run", "-d", IMAGE, "s1", "/bin/sh", "-c", "sleep 1000"],
+    ));
+    let events = Events::start(&daemon, &bin);
+    std::thread::sleep(Duration::from_millis(300));
+    // A client waiting on the task when the shim goes.
+    let mut waiting = Command::new(&bin)
+        .arg("--address")
+        .arg(&daemon.socket)
+        .args(["tasks", "attach", "s1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = shim_pid(&daemon, "s1").expect("the shim of s1 runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    events.wait_for("/tasks/exit", "s1");
+    events.wait_for("/tasks/delete", "s1");
+    wait_until(
+        Duration::from_secs(10),
+        || matches!(waiting.try_wait(), Ok(Some(_))),
+        || "the waiting client still hangs".into(),
+    );
+    assert_eq!(task_status(&daemon, &bin, "s1"), "none");
+    assert!(bundles(&daemon).is_empty(), "{:?}", bundles(&daemon));
+    ok(ctr(&daemon, &bin, &["containers", "rm", "s1"]));
+}

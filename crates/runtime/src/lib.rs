@@ -1,0 +1,479 @@
+//! The runtime v2 task manager, plugin `io.containerd.runtime.v2.task`: a task is a shim
+//! process (found on PATH by runtime name, started with containerd's start protocol, spoken to
+//! over ttrpc) running one container from a bundle under `<state>/<ns>/<id>`. Shims publish
+//! their own task events to the daemon's ttrpc socket; this manager publishes the exit of a
+//! shim that died, and finds the live shims of a previous run when the daemon starts.
+
+mod bundle;
+mod error;
+pub mod shim;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use crated_api::containerd::events as ev;
+use crated_events::Exchange;
+use crated_metadata::MetadataStore;
+use crated_plugin::{types, Instance, PluginError, Registration};
+use serde::{Deserialize, Serialize};
+
+pub use bundle::Bundle;
+pub use error::RuntimeError;
+pub use shim::{DaemonAddresses, ShimClient};
+
+/// `[plugins."io.containerd.runtime.v2.task"]`, containerd's keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Platforms the runtime supports (introspection only).
+    pub platforms: Vec<String>,
+    /// Sets `SCHED_CORE=1` for shims: a core-scheduling group per container.
+    pub sched_core: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            platforms: vec![format!("linux/{}", host_arch())],
+            sched_core: false,
+        }
+    }
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// A task: one container's shim.
+pub struct Task {
+    pub namespace: String,
+    pub id: String,
+    pub bundle: Bundle,
+    binary: PathBuf,
+    client: ShimClient,
+}
+
+impl Task {
+    /// A call of the shim's task API (`containerd.task.v2.Task/<method>`).
+    pub async fn call<Req: Message, Resp: Message>(
+        &self,
+        method: &str,
+        req: &Req,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Resp, RuntimeError> {
+        self.client.call(method, req, timeout).await
+    }
+}
+
+/// What Create needs besides the container record's spec and runtime.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub namespace: String,
+    pub id: String,
+    pub runtime: String,
+    /// An explicit shim binary (CreateTaskRequest.runtime_path); empty: by runtime name.
+    pub runtime_path: String,
+    /// The OCI spec JSON, written as `config.json`.
+    pub spec: Vec<u8>,
+    /// Runtime options: given to `start` on stdin and to Create.
+    pub options: Option<prost_types::Any>,
+    pub rootfs: Vec<api::Mount>,
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+pub struct TaskManager {
+    state: PathBuf,
+    root: PathBuf,
+    daemon: DaemonAddresses,
+    exchange: Arc<Exchange>,
+    tasks: Mutex<HashMap<(String, String), Arc<Task>>>,
+}
+
+fn key(ns: &str, id: &str) -> (String, String) {
+    (ns.to_owned(), id.to_owned())
+}
+
+fn now() -> prost_types::Timestamp {
+    let n = crated_metadata::now_nanos();
+    prost_types::Timestamp {
+        seconds: (n / 1_000_000_000) as i64,
+        nanos: (n % 1_000_000_000) as i32,
+    }
+}
+
+/// A shim timestamp as the gRPC API's.
+pub fn timestamp(
+    t: &MessageField<containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp>,
+) -> Option<prost_types::Timestamp> {
+    t.as_ref().map(|t| prost_types::Timestamp {
+        seconds: t.seconds,
+        nanos: t.nanos,
+    })
+}
+
+impl TaskManager {
+    pub fn new(
+        state: PathBuf,
+        root: PathBuf,
+        daemon: DaemonAddresses,
+        exchange: Arc<Exchange>,
+    ) -> Arc<TaskManager> {
+        Arc::new(TaskManager {
+            state,
+            root,
+            daemon,
+            exchange,
+            tasks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn get(&self, ns: &str, id: &str) -> Result<Arc<Task>, RuntimeError> {
+        self.lock()
+            .get(&key(ns, id))
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound(format!("task {id}")))
+    }
+
+    pub fn list(&self, ns: &str) -> Vec<Arc<Task>> {
+        let mut tasks: Vec<_> = self
+            .lock()
+            .values()
+            .filter(|t| t.namespace == ns)
+            .cloned()
+            .collect();
+        tasks.sort_by(|a, b| a.id.cmp(&b.id));
+        tasks
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Task>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes the task from the table if it is still this one; whoever removes it owns the
+    /// end of its life (delete or dead-shim cleanup), so that happens once.
+    fn take(&self, task: &Arc<Task>) -> bool {
+        let mut tasks = self.lock();
+        match tasks.get(&key(&task.namespace, &task.id)) {
+            Some(t) if Arc::ptr_eq(t, task) => {
+                tasks.remove(&key(&task.namespace, &task.id));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts a shim for the container and creates its task; returns the task and its pid.
+    pub async fn create(
+        self: &Arc<Self>,
+        req: CreateRequest,
+    ) -> Result<(Arc<Task>, u32), RuntimeError> {
+        if self.lock().contains_key(&key(&req.namespace, &req.id)) {
+            return Err(RuntimeError::AlreadyExists(format!("task {}", req.id)));
+        }
+        let binary = shim::resolve_binary(&req.runtime, &req.runtime_path)?;
+        let bundle = Bundle::create(&self.state, &self.root, &req.namespace, &req.id, &req.spec)?;
+        let daemon = self.daemon.clone();
+        let started = async {
+            let address = shim::start(&binary, &bundle, &daemon, req.options.as_ref()).await?;
+            ShimClient::connect(&address, &req.namespace).await
+        }
+        .await;
+        let client = match started {
+            Ok(c) => c,
+            Err(e) => {
+                bundle.delete();
+                return Err(e);
+            }
+        };
+        let task = Arc::new(Task {
+            namespace: req.namespace.clone(),
+            id: req.id.clone(),
+            bundle,
+            binary,
+            client,
+        });
+        let create = api::CreateTaskRequest {
+            id: req.id.clone(),
+            bundle: task.bundle.path.to_string_lossy().into_owned(),
+            rootfs: req.rootfs,
+            terminal: req.terminal,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            options: MessageField::from_option(req.options.map(|o| {
+                let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+                any.type_url = o.type_url;
+                any.value = o.value;
+                any
+            })),
+            ..Default::default()
+        };
+        let created: Result<api::CreateTaskResponse, _> =
+            task.call("Create", &create, Some(shim::CALL_TIMEOUT)).await;
+        let pid = match created {
+            Ok(r) => r.pid,
+            Err(e) => {
+                self.stop_shim(&task).await;
+                task.bundle.delete();
+                return Err(e);
+            }
+        };
+        let inserted = {
+            let mut tasks = self.lock();
+            let k = key(&task.namespace, &task.id);
+            let free = !tasks.contains_key(&k);
+            if free {
+                tasks.insert(k, task.clone());
+            }
+            free
+        };
+        if !inserted {
+            self.stop_shim(&task).await;
+            return Err(RuntimeError::AlreadyExists(format!("task {}", task.id)));
+        }
+        self.clone().watch(task.clone());
+        Ok((task, pid))
+    }
+
+    /// Deletes the task's init process, stops its shim and removes the bundle.
+    pub async fn delete(&self, ns: &str, id: &str) -> Result<api::DeleteResponse, RuntimeError> {
+        let task = self.get(ns, id)?;
+        let req = api::DeleteRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        match task
+            .call::<_, api::DeleteResponse>("Delete", &req, Some(shim::CALL_TIMEOUT))
+            .await
+        {
+            Ok(resp) => {
+                if self.take(&task) {
+                    self.stop_shim(&task).await;
+                    task.bundle.delete();
+                }
+                Ok(resp)
+            }
+            Err(RuntimeError::Unavailable(_)) if self.take(&task) => {
+                // The shim is gone: clean up as after a crash, and report what it found.
+                Ok(self.bury(&task).await)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn stop_shim(&self, task: &Task) {
+        let req = api::ShutdownRequest {
+            id: task.id.clone(),
+            ..Default::default()
+        };
+        // The shim exits without answering; a closed connection is success here.
+        let _ = task
+            .call::<_, containerd_shim_protos::protobuf::well_known_types::empty::Empty>(
+                "Shutdown",
+                &req,
+                Some(shim::SHUTDOWN_TIMEOUT),
+            )
+            .await;
+    }
+
+    /// Waits on the init process: a normal exit is the shim's to report; a broken connection
+    /// means the shim died, and its task is ended here.
+    fn watch(self: Arc<Self>, task: Arc<Task>) {
+        tokio::spawn(async move {
+            let req = api::WaitRequest {
+                id: task.id.clone(),
+                ..Default::default()
+            };
+            match task.call::<_, api::WaitResponse>("Wait", &req, None).await {
+                Ok(_) => {}
+                Err(RuntimeError::Unavailable(e)) => {
+                    if self.take(&task) {
+                        tracing::warn!(id = %task.id, namespace = %task.namespace, "shim died: {e}");
+                        self.bury(&task).await;
+                    }
+                }
+                Err(e) => tracing::debug!(id = %task.id, "waiting on the task: {e}"),
+            }
+        });
+    }
+
+    /// After a shim died: the shim's `delete` action, the bundle, and the exit events
+    /// containerd sends (255 when the shim could not say).
+    async fn bury(&self, task: &Task) -> api::DeleteResponse {
+        let resp = match shim::cleanup_dead(&task.binary, &task.bundle, &self.daemon).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(id = %task.id, "cleaning up after a dead shim: {e}");
+                api::DeleteResponse {
+                    exit_status: 255,
+                    ..Default::default()
+                }
+            }
+        };
+        task.bundle.delete();
+        let exited_at = timestamp(&resp.exited_at).or_else(|| Some(now()));
+        self.exchange.publish_message(
+            &task.namespace,
+            "/tasks/exit",
+            "containerd.events.TaskExit",
+            &ev::TaskExit {
+                container_id: task.id.clone(),
+                id: task.id.clone(),
+                pid: resp.pid,
+                exit_status: resp.exit_status,
+                exited_at,
+            },
+        );
+        self.exchange.publish_message(
+            &task.namespace,
+            "/tasks/delete",
+            "containerd.events.TaskDelete",
+            &ev::TaskDelete {
+                container_id: task.id.clone(),
+                pid: resp.pid,
+                exit_status: resp.exit_status,
+                exited_at,
+                id: String::new(),
+            },
+        );
+        resp
+    }
+
+    /// Finds the shims of a previous run from their bundles: live ones are reconnected and
+    /// watched again, dead ones cleaned up; work directories nobody owns are removed.
+    pub async fn load_existing(self: &Arc<Self>, db: &MetadataStore) {
+        let Ok(namespaces) = std::fs::read_dir(&self.state) else {
+            return;
+        };
+        for ns_entry in namespaces.flatten() {
+            let ns = ns_entry.file_name().to_string_lossy().into_owned();
+            if ns.starts_with('.') || !ns_entry.path().is_dir() {
+                continue;
+            }
+            let Ok(ids) = std::fs::read_dir(ns_entry.path()) else {
+                continue;
+            };
+            for id_entry in ids.flatten() {
+                let id = id_entry.file_name().to_string_lossy().into_owned();
+                if id.starts_with('.') {
+                    continue;
+                }
+                self.load_one(db, &ns, &id).await;
+            }
+        }
+        self.remove_orphan_work_dirs();
+    }
+
+    async fn load_one(self: &Arc<Self>, db: &MetadataStore, ns: &str, id: &str) {
+        let bundle = Bundle::at(&self.state, &self.root, ns, id);
+        let binary = match std::fs::read_to_string(bundle.path.join("shim-binary-path")) {
+            Ok(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => db
+                .container_get(ns, id)
+                .map_err(|e| RuntimeError::NotFound(e.to_string()))
+                .and_then(|c| shim::resolve_binary(&c.runtime.name, "")),
+        };
+        let binary = match binary {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(%ns, %id, "removing a bundle with no runtime: {e}");
+                bundle.delete();
+                return;
+            }
+        };
+        let address = std::fs::read_to_string(bundle.path.join("address")).unwrap_or_default();
+        let connected = async {
+            let client = ShimClient::connect(&address, ns).await?;
+            let req = api::ConnectRequest {
+                id: id.to_owned(),
+                ..Default::default()
+            };
+            client
+                .call::<_, api::ConnectResponse>("Connect", &req, Some(shim::LOAD_TIMEOUT))
+                .await?;
+            Ok::<_, RuntimeError>(client)
+        };
+        let task = |client| {
+            Arc::new(Task {
+                namespace: ns.to_owned(),
+                id: id.to_owned(),
+                bundle: bundle.clone(),
+                binary: binary.clone(),
+                client,
+            })
+        };
+        match tokio::time::timeout(shim::LOAD_TIMEOUT, connected).await {
+            Ok(Ok(client)) => {
+                if let Err(e) = shim::follow_log(&bundle) {
+                    tracing::warn!(%ns, %id, "shim log: {e}");
+                }
+                let task = task(client);
+                self.lock().insert(key(ns, id), task.clone());
+                self.clone().watch(task);
+                tracing::info!(%ns, %id, "reconnected to the shim of a running task");
+            }
+            outcome => {
+                let why = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                };
+                tracing::warn!(%ns, %id, "the shim of a previous run is gone ({why}); cleaning up");
+                if let Err(e) = shim::cleanup_dead(&binary, &bundle, &self.daemon).await {
+                    tracing::warn!(%ns, %id, "{e}");
+                }
+                bundle.delete();
+            }
+        }
+    }
+
+    fn remove_orphan_work_dirs(&self) {
+        let Ok(namespaces) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for ns_entry in namespaces.flatten() {
+            let ns = ns_entry.file_name().to_string_lossy().into_owned();
+            let Ok(ids) = std::fs::read_dir(ns_entry.path()) else {
+                continue;
+            };
+            for id_entry in ids.flatten() {
+                let id = id_entry.file_name().to_string_lossy().into_owned();
+                if !self.lock().contains_key(&key(&ns, &id)) {
+                    let _ = std::fs::remove_dir_all(id_entry.path());
+                }
+            }
+        }
+    }
+}
+
+pub fn registration() -> Registration {
+    Registration::new(types::RUNTIME_V2, "task", |mut ctx| async move {
+        let config: RuntimeConfig = ctx.config()?;
+        ctx.meta().platforms = config.platforms.clone();
+        let exchange = ctx.get_single::<Exchange>(types::EVENT)?;
+        let db = ctx.get_single::<MetadataStore>(types::METADATA)?;
+        let publish_binary = std::env::current_exe()
+            .map_err(|e| PluginError::failed(format!("finding the daemon's executable: {e}")))?;
+        let daemon = DaemonAddresses {
+            grpc: ctx.grpc_address.clone(),
+            ttrpc: ctx.ttrpc_address.clone(),
+            publish_binary,
+            debug: tracing::enabled!(tracing::Level::DEBUG),
+            sched_core: config.sched_core,
+        };
+        let manager = TaskManager::new(ctx.state()?, ctx.root()?, daemon, exchange);
+        manager.load_existing(&db).await;
+        Ok(Instance::new(manager))
+    })
+    .requires(&[types::EVENT, types::METADATA])
+    .with_config::<RuntimeConfig>()
+}

@@ -1,0 +1,161 @@
+//! Events: `io.containerd.grpc.v1.events` over the exchange (`io.containerd.event.v1.exchange`).
+//! Clients Publish, Forward and Subscribe over gRPC; shims Forward over the daemon's ttrpc
+//! socket (`containerd.services.events.ttrpc.v1.Events`), where the runc shim sends its task
+//! events.
+
+use std::sync::Arc;
+
+use containerd_shim_protos::shim::events as ttrpc_events;
+use containerd_shim_protos::shim_async::{create_events, Events as TtrpcEvents};
+use crated_api::containerd::services::events::v1 as api;
+use crated_api::containerd::services::events::v1::events_server::{Events, EventsServer};
+use crated_api::containerd::types;
+use crated_events::{Envelope, Exchange};
+use crated_plugin::{types as plugin_types, Instance, Registration};
+use tonic::{Request, Response, Status};
+
+use crate::edge::{filters, namespace, status, timestamp, BoxStream};
+use crate::GrpcService;
+
+pub fn registrations() -> Vec<Registration> {
+    vec![
+        crated_events::registration(),
+        Registration::new(plugin_types::GRPC, "events", |ctx| async move {
+            let exchange = ctx.get_single::<Exchange>(plugin_types::EVENT)?;
+            let grpc = Arc::new(EventsService {
+                exchange: exchange.clone(),
+            });
+            let forwarder = Arc::new(ShimForwarder { exchange });
+            Ok(Instance::new(GrpcService::with_ttrpc(
+                move |routes| {
+                    routes.add_service(EventsServer::from_arc(grpc.clone()));
+                },
+                move || create_events(forwarder.clone()),
+            )))
+        })
+        .requires(&[plugin_types::EVENT]),
+    ]
+}
+
+pub struct EventsService {
+    exchange: Arc<Exchange>,
+}
+
+fn nanos_of(t: Option<prost_types::Timestamp>) -> u64 {
+    t.map_or(0, |t| {
+        (t.seconds.max(0) as u64) * 1_000_000_000 + t.nanos.max(0) as u64
+    })
+}
+
+fn to_api(e: &Envelope) -> types::Envelope {
+    types::Envelope {
+        timestamp: Some(timestamp(e.timestamp)),
+        namespace: e.namespace.clone(),
+        topic: e.topic.clone(),
+        event: Some(e.event.clone()),
+    }
+}
+
+type EnvelopeStream = BoxStream<types::Envelope>;
+
+#[tonic::async_trait]
+impl Events for EventsService {
+    async fn publish(&self, req: Request<api::PublishRequest>) -> Result<Response<()>, Status> {
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        let event = req
+            .event
+            .ok_or_else(|| status(&crated_events::EventError::NoEvent))?;
+        self.exchange
+            .publish(&ns, &req.topic, event)
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(()))
+    }
+
+    async fn forward(&self, req: Request<api::ForwardRequest>) -> Result<Response<()>, Status> {
+        let envelope = req
+            .into_inner()
+            .envelope
+            .ok_or_else(|| Status::invalid_argument("envelope must be set"))?;
+        let event = envelope
+            .event
+            .ok_or_else(|| status(&crated_events::EventError::NoEvent))?;
+        self.exchange
+            .forward(Envelope {
+                timestamp: nanos_of(envelope.timestamp),
+                namespace: envelope.namespace,
+                topic: envelope.topic,
+                event,
+            })
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(()))
+    }
+
+    async fn subscribe(
+        &self,
+        req: Request<api::SubscribeRequest>,
+    ) -> Result<Response<EnvelopeStream>, Status> {
+        let filter = filters(&req.into_inner().filters)?;
+        let mut subscription = self.exchange.subscribe(filter);
+        let stream = async_stream(move |tx| async move {
+            while let Some(e) = subscription.next().await {
+                if tx.send(Ok(to_api(&e))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a task that stops when the client goes away.
+fn async_stream<F, Fut>(run: F) -> EnvelopeStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<types::Envelope, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(run(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// The ttrpc side: what shims forward.
+struct ShimForwarder {
+    exchange: Arc<Exchange>,
+}
+
+#[async_trait::async_trait]
+impl TtrpcEvents for ShimForwarder {
+    async fn forward(
+        &self,
+        _ctx: &ttrpc::r#async::TtrpcContext,
+        req: ttrpc_events::ForwardRequest,
+    ) -> ttrpc::Result<containerd_shim_protos::protobuf::well_known_types::empty::Empty> {
+        let invalid = |msg: String| {
+            ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INVALID_ARGUMENT, msg))
+        };
+        let envelope = req
+            .envelope
+            .into_option()
+            .ok_or_else(|| invalid("envelope must be set".into()))?;
+        let event = envelope
+            .event
+            .into_option()
+            .ok_or_else(|| invalid("event must be set".into()))?;
+        let timestamp = envelope.timestamp.into_option().map_or(0, |t| {
+            (t.seconds.max(0) as u64) * 1_000_000_000 + t.nanos.max(0) as u64
+        });
+        self.exchange
+            .forward(Envelope {
+                timestamp,
+                namespace: envelope.namespace,
+                topic: envelope.topic,
+                event: prost_types::Any {
+                    type_url: event.type_url,
+                    value: event.value,
+                },
+            })
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(Default::default())
+    }
+}
