@@ -12,7 +12,7 @@ use crated_testsupport::{peak_rss_kib, rss_kib, tool, Daemon};
 #[derive(Parser)]
 #[command(about = "crated vs containerd benchmarks")]
 struct Args {
-    /// Rows to run (default: all): startup, ingest, snapshots, pull
+    /// Rows to run (default: all): startup, ingest, snapshots, pull, run
     rows: Vec<String>,
     /// Counted runs per daemon and row.
     #[arg(short, long, default_value_t = 7)]
@@ -529,6 +529,130 @@ fn pull(
     Ok((rows, note))
 }
 
+/// Wall time of one command, failing on a non-zero exit.
+fn timed(cmd: &mut std::process::Command) -> anyhow::Result<f64> {
+    let started = std::time::Instant::now();
+    let out = cmd.output()?;
+    let secs = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(secs)
+}
+
+/// `ctr run --rm busybox true`, end to end, against each daemon with the same shim and
+/// runc (overlayfs), and `runc run` of the same rootfs alone as the floor.
+fn run_latency(
+    runs: usize,
+    crated: &Path,
+    containerd: Option<&Path>,
+) -> anyhow::Result<(Vec<Row>, String)> {
+    const IMAGE: &str = "docker.io/library/busybox:bench";
+    let ctr = tool("ctr", "containerd").context("ctr (Debian's containerd) is needed")?;
+    let runc = tool("runc", "runc").context("runc is needed")?;
+    let scratch = tempfile::tempdir()?;
+    let archive = scratch.path().join("busybox.tar");
+    crated_testsupport::oci::busybox_archive(IMAGE, &archive);
+    let prepare = |d: &Daemon| -> anyhow::Result<()> {
+        let out = d.client(
+            &ctr,
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                "overlayfs",
+                archive.to_str().unwrap_or_default(),
+            ],
+        );
+        if !out.status.success() {
+            bail!(
+                "importing busybox: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let run_once = |d: &Daemon, id: &str| {
+        timed(
+            std::process::Command::new(&ctr)
+                .arg("--address")
+                .arg(&d.socket)
+                .args(["run", "--rm", "--snapshotter", "overlayfs", IMAGE, id])
+                // The test image is busybox alone: `true` is its applet.
+                .args(["/bin/busybox", "true"]),
+        )
+    };
+    let mut row = Row {
+        name: "ctr run --rm busybox true".into(),
+        unit: "ms",
+        crated: vec![],
+        containerd: vec![],
+    };
+    let ours = Daemon::crated(crated, None, &[]).map_err(anyhow::Error::msg)?;
+    prepare(&ours)?;
+    let theirs = match containerd {
+        Some(c) => {
+            let d = Daemon::containerd(c, Some("")).map_err(anyhow::Error::msg)?;
+            prepare(&d)?;
+            Some(d)
+        }
+        None => None,
+    };
+    // One warm-up each (page cache for shim, runc and the image).
+    run_once(&ours, "bench-warm-crated")?;
+    if let Some(d) = &theirs {
+        run_once(d, "bench-warm-containerd")?;
+    }
+    for i in 0..runs {
+        row.crated
+            .push(run_once(&ours, &format!("bench-crated-{i}"))? * 1000.0);
+        if let Some(d) = &theirs {
+            row.containerd
+                .push(run_once(d, &format!("bench-containerd-{i}"))? * 1000.0);
+        }
+    }
+    // The floor: runc alone on a prepared bundle.
+    let bundle = scratch.path().join("bundle");
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin"))?;
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))?;
+    let out = std::process::Command::new(&runc)
+        .args(["spec", "--bundle"])
+        .arg(&bundle)
+        .output()?;
+    if !out.status.success() {
+        bail!("runc spec: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let config = std::fs::read_to_string(bundle.join("config.json"))?
+        .replace("\"terminal\": true", "\"terminal\": false")
+        .replace("\"sh\"", "\"/bin/busybox\", \"true\"");
+    std::fs::write(bundle.join("config.json"), config)?;
+    let mut floor = Vec::new();
+    for i in 0..runs {
+        let secs = timed(
+            std::process::Command::new(&runc)
+                .args(["--root"])
+                .arg(scratch.path().join("runc-state"))
+                .args(["run", "--bundle"])
+                .arg(&bundle)
+                .arg(format!("bench-floor-{i}")),
+        )?;
+        floor.push(secs * 1000.0);
+    }
+    drop(ours);
+    drop(theirs);
+    let floor = stats(&floor).map_or(0.0, |(m, ..)| m);
+    let median = stats(&row.crated).map_or(0.0, |(m, ..)| m);
+    let note = format!(
+        "floor: `runc run` of the same rootfs alone {floor:.1} ms (median); ctr run against crated / floor {:.2}",
+        median / floor.max(f64::EPSILON)
+    );
+    Ok((vec![row], note))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let all = args.rows.is_empty();
@@ -551,6 +675,11 @@ fn main() -> anyhow::Result<()> {
     if all || args.rows.iter().any(|r| r == "pull") {
         let (pull_rows, note) = pull(args.runs.min(3), &crated, containerd.as_deref())?;
         rows.extend(pull_rows);
+        notes.push(note);
+    }
+    if all || args.rows.iter().any(|r| r == "run") {
+        let (run_rows, note) = run_latency(args.runs * 3, &crated, containerd.as_deref())?;
+        rows.extend(run_rows);
         notes.push(note);
     }
     println!(

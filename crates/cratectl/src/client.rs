@@ -1,13 +1,16 @@
 //! A gRPC channel over the daemon's unix socket, with the namespace header on every call.
 
 use anyhow::Context;
+use crated_api::containerd::services::containers::v1::containers_client::ContainersClient;
 use crated_api::containerd::services::content::v1::content_client::ContentClient;
+use crated_api::containerd::services::events::v1::events_client::EventsClient;
 use crated_api::containerd::services::images::v1::images_client::ImagesClient;
 use crated_api::containerd::services::introspection::v1::introspection_client::IntrospectionClient;
 use crated_api::containerd::services::leases::v1::leases_client::LeasesClient;
 use crated_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
 use crated_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use crated_api::containerd::services::streaming::v1::streaming_client::StreamingClient;
+use crated_api::containerd::services::tasks::v1::tasks_client::TasksClient;
 use crated_api::containerd::services::transfer::v1::transfer_client::TransferClient;
 use crated_api::containerd::services::version::v1::version_client::VersionClient;
 use hyper_util::rt::TokioIo;
@@ -15,6 +18,8 @@ use tokio::net::UnixStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// Cheap to clone: the channel is shared.
+#[derive(Clone)]
 pub struct Connection {
     channel: Channel,
     namespace: MetadataValue<tonic::metadata::Ascii>,
@@ -102,6 +107,18 @@ impl Connection {
 
     pub fn streaming(&self) -> StreamingClient<Channel> {
         StreamingClient::new(self.channel.clone())
+    }
+
+    pub fn containers(&self) -> ContainersClient<Channel> {
+        ContainersClient::new(self.channel.clone())
+    }
+
+    pub fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel.clone())
+    }
+
+    pub fn events(&self) -> EventsClient<Channel> {
+        EventsClient::new(self.channel.clone())
     }
 
     pub fn transfer(&self) -> TransferClient<Channel> {

@@ -397,7 +397,7 @@ impl Display {
     }
 }
 
-async fn read_blob(conn: &Connection, digest: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) async fn read_blob(conn: &Connection, digest: &str) -> anyhow::Result<Vec<u8>> {
     let mut stream = conn
         .content()
         .read(conn.request(ReadContentRequest {
@@ -416,13 +416,15 @@ async fn read_blob(conn: &Connection, digest: &str) -> anyhow::Result<Vec<u8>> {
 
 /// What `ls` and `mount` need of an image: its total size, platforms, and the layers' diff IDs
 /// of the host's manifest.
-struct Contents {
-    size: i64,
-    platforms: Vec<String>,
-    diff_ids: Vec<String>,
+pub(crate) struct Contents {
+    pub size: i64,
+    /// The image config of the host's manifest (Null when missing).
+    pub config: serde_json::Value,
+    pub platforms: Vec<String>,
+    pub diff_ids: Vec<String>,
 }
 
-async fn contents(
+pub(crate) async fn contents(
     conn: &Connection,
     target: &crated_api::containerd::types::Descriptor,
 ) -> anyhow::Result<Contents> {
@@ -454,13 +456,14 @@ async fn contents(
         Some(doc)
     };
     let mut diff_ids = Vec::new();
+    let mut config = serde_json::Value::Null;
     if let Some(m) = manifest {
         size += m["config"]["size"].as_i64().unwrap_or_default();
         for layer in m["layers"].as_array().into_iter().flatten() {
             size += layer["size"].as_i64().unwrap_or_default();
         }
-        if let Some(config) = m["config"]["digest"].as_str() {
-            if let Ok(raw) = read_blob(conn, config).await {
+        if let Some(config_digest) = m["config"]["digest"].as_str() {
+            if let Ok(raw) = read_blob(conn, config_digest).await {
                 let c: serde_json::Value = serde_json::from_slice(&raw).unwrap_or_default();
                 if platforms.is_empty() {
                     if let (Some(os), Some(arch)) = (c["os"].as_str(), c["architecture"].as_str()) {
@@ -473,11 +476,13 @@ async fn contents(
                     .flatten()
                     .filter_map(|d| d.as_str().map(str::to_owned))
                     .collect();
+                config = c;
             }
         }
     }
     Ok(Contents {
         size,
+        config,
         platforms,
         diff_ids,
     })

@@ -2,13 +2,16 @@
 //! and prints what `ctr` prints.
 
 mod client;
+mod containers;
 mod content;
 mod gc;
 mod images;
 mod leases;
 mod namespaces;
 mod plugins;
+mod run;
 mod snapshots;
+mod tasks;
 
 use clap::{Parser, Subcommand};
 
@@ -76,6 +79,22 @@ enum Command {
     Gc,
     /// Print client and server versions.
     Version,
+    /// Run a container from an unpacked image; exits with the container's status.
+    Run(run::RunArgs),
+    /// Manage containers.
+    #[command(alias = "container", alias = "c")]
+    Containers {
+        #[command(subcommand)]
+        command: containers::ContainersCommand,
+    },
+    /// Manage tasks (a container's running process).
+    #[command(alias = "task", alias = "t")]
+    Tasks {
+        #[command(subcommand)]
+        command: tasks::TasksCommand,
+    },
+    /// Print the daemon's events as they happen (filters: topic, namespace).
+    Events { filters: Vec<String> },
     /// Manage namespaces.
     #[command(alias = "namespace", alias = "ns")]
     Namespaces {
@@ -95,6 +114,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Images { command } => images::run(&conn, command).await,
         Command::Snapshots(args) => snapshots::run(&conn, args).await,
         Command::Gc => gc::run(&conn, gc::Show::Everything).await,
+        Command::Containers { command } => containers::run(&conn, command).await,
+        Command::Tasks { command } => tasks::run(&conn, command).await,
+        Command::Events { filters } => tasks::events(&conn, filters).await,
+        Command::Run(args) => {
+            let status = run::run(&conn, args).await?;
+            if status != 0 {
+                // The container's status is ours, as with ctr.
+                std::process::exit(status);
+            }
+            Ok(())
+        }
         Command::Version => {
             let mut version = conn.version();
             let server = version.version(conn.request(())).await?.into_inner();

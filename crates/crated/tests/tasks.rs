@@ -185,6 +185,18 @@ fn ctr_detached_task_lifecycle_with_events() {
     ok(ctr(
         &daemon,
         &bin,
+        &["images", "tag", IMAGE, "docker.io/library/d1:tag"],
+    ));
+    ok(ctr(
+        &daemon,
+        &bin,
+        &["images", "rm", "docker.io/library/d1:tag"],
+    ));
+    events.wait_for("/images/create", "d1:tag");
+    events.wait_for("/images/delete", "d1:tag");
+    ok(ctr(
+        &daemon,
+        &bin,
         &["run", "-d", IMAGE, "d1", "/bin/sh", "-c", "sleep 1000"],
     ));
     assert_eq!(task_status(&daemon, &bin, "d1"), "RUNNING");
@@ -258,6 +270,7 @@ fn ctr_detached_task_lifecycle_with_events() {
     ok(ctr(&daemon, &bin, &["tasks", "rm", "d1"]));
     ok(ctr(&daemon, &bin, &["containers", "rm", "d1"]));
     for topic in [
+        "/snapshot/prepare",
         "/containers/create",
         "/tasks/create",
         "/tasks/start",
@@ -265,6 +278,7 @@ fn ctr_detached_task_lifecycle_with_events() {
         "/tasks/paused",
         "/tasks/resumed",
         "/tasks/delete",
+        "/snapshot/remove",
         "/containers/delete",
     ] {
         events.wait_for(topic, "d1");
@@ -361,4 +375,102 @@ fn a_shim_that_dies_ends_its_task_without_hanging_calls() {
     assert_eq!(task_status(&daemon, &bin, "s1"), "none");
     assert!(bundles(&daemon).is_empty(), "{:?}", bundles(&daemon));
     ok(ctr(&daemon, &bin, &["containers", "rm", "s1"]));
+}
+
+fn cratectl() -> PathBuf {
+    crated_testsupport::workspace_bin("cratectl")
+}
+
+#[test]
+fn cratectl_run_foreground_detached_and_with_a_terminal() {
+    let Some((daemon, bin, _work)) = setup("overlayfs") else {
+        return;
+    };
+    let ours = cratectl();
+    let out = ctr(
+        &daemon,
+        &ours,
+        &[
+            "run",
+            "--rm",
+            IMAGE,
+            "cr1",
+            "/bin/sh",
+            "-c",
+            "echo hi; echo err >&2; exit 3",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    assert!(ok(ctr(&daemon, &bin, &["containers", "ls", "-q"]))
+        .trim()
+        .is_empty());
+
+    // The image's config gives the command (busybox: /bin/sh), stdin reaches it.
+    let mut child = Command::new(&ours)
+        .arg("--address")
+        .arg(&daemon.socket)
+        .args(["run", "--rm", IMAGE, "cr2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo from-stdin; exit 5\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-stdin\n");
+
+    // Detached, managed with cratectl, seen by ctr.
+    ok(ctr(
+        &daemon,
+        &ours,
+        &["run", "-d", IMAGE, "cr3", "/bin/sh", "-c", "sleep 1000"],
+    ));
+    let ls = ok(ctr(&daemon, &ours, &["tasks", "ls"]));
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("cr3") && l.contains("RUNNING")),
+        "{ls}"
+    );
+    assert_eq!(task_status(&daemon, &bin, "cr3"), "RUNNING");
+    let containers = ok(ctr(&daemon, &ours, &["containers", "ls"]));
+    assert!(containers.contains("cr3") && containers.contains("io.containerd.runc.v2"));
+    let info = ok(ctr(&daemon, &ours, &["containers", "info", "cr3"]));
+    assert!(info.contains("\"cgroupsPath\": \"/default/cr3\""), "{info}");
+    let ps = ok(ctr(&daemon, &ours, &["tasks", "ps", "cr3"]));
+    assert!(ps.lines().count() >= 2, "{ps}");
+    let metrics = ok(ctr(&daemon, &ours, &["tasks", "metrics", "cr3"]));
+    assert!(metrics.contains("io.containerd.cgroups"), "{metrics}");
+    ok(ctr(&daemon, &ours, &["tasks", "rm", "-f", "cr3"]));
+    ok(ctr(&daemon, &ours, &["containers", "rm", "cr3"]));
+    assert!(ok(ctr(&daemon, &bin, &["containers", "ls", "-q"]))
+        .trim()
+        .is_empty());
+
+    // A terminal: `script` gives cratectl a pty, the container sees one too.
+    let line = format!(
+        "{} --address {} run -t --rm {IMAGE} cr4 /bin/sh -c 'tty; exit 4'",
+        ours.display(),
+        daemon.socket.display()
+    );
+    let out = crated_testsupport::output_within(
+        Command::new("script").args(["-qefc", &line, "/dev/null"]),
+        Duration::from_secs(60),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(bundles(&daemon).is_empty(), "{:?}", bundles(&daemon));
 }

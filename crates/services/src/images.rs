@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crated_api::containerd::services::images::v1 as api;
 use crated_api::containerd::services::images::v1::images_server::{Images, ImagesServer};
 use crated_api::containerd::types;
+use crated_events::Exchange;
 use crated_gc::Scheduler;
 use crated_metadata::{Descriptor, ImageRecord, MetadataStore};
 use crated_plugin::{types as plugin_types, Instance, Registration};
@@ -20,6 +21,7 @@ pub struct ImagesService {
     db: Arc<MetadataStore>,
     /// None when the GC plugin is disabled: a synchronous delete then cannot collect.
     gc: Option<Arc<Scheduler>>,
+    exchange: Arc<Exchange>,
 }
 
 pub fn registrations() -> Vec<Registration> {
@@ -27,9 +29,14 @@ pub fn registrations() -> Vec<Registration> {
         Registration::new(plugin_types::SERVICE, "images-service", |ctx| async move {
             let db = ctx.get_single::<MetadataStore>(plugin_types::METADATA)?;
             let gc = ctx.get_single::<Scheduler>(plugin_types::GC).ok();
-            Ok(Instance::new(Arc::new(ImagesService { db, gc })))
+            let exchange = ctx.get_single::<Exchange>(plugin_types::EVENT)?;
+            Ok(Instance::new(Arc::new(ImagesService { db, gc, exchange })))
         })
-        .requires(&[plugin_types::METADATA, plugin_types::GC]),
+        .requires(&[
+            plugin_types::EVENT,
+            plugin_types::METADATA,
+            plugin_types::GC,
+        ]),
         Registration::new(plugin_types::GRPC, "images", |ctx| async move {
             let service =
                 ctx.get_by_id::<ImagesService>(plugin_types::SERVICE, "images-service")?;
@@ -129,7 +136,17 @@ impl Images for ImagesService {
         let ns = namespace(&req)?;
         let image = from_api(required(req.into_inner().image)?);
         let db = self.db.clone();
-        let made = blocking(move || db.image_create(&ns, &image)).await?;
+        let ns2 = ns.clone();
+        let made = blocking(move || db.image_create(&ns2, &image)).await?;
+        self.exchange.publish_message(
+            &ns,
+            "/images/create",
+            "containerd.services.images.v1.ImageCreate",
+            &api::ImageCreate {
+                name: made.name.clone(),
+                labels: made.labels.clone().into_iter().collect(),
+            },
+        );
         Ok(Response::new(api::CreateImageResponse {
             image: Some(to_api(made)),
         }))
@@ -144,7 +161,17 @@ impl Images for ImagesService {
         let image = from_api(required(req.image)?);
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let db = self.db.clone();
-        let updated = blocking(move || db.image_update(&ns, &image, &paths)).await?;
+        let ns2 = ns.clone();
+        let updated = blocking(move || db.image_update(&ns2, &image, &paths)).await?;
+        self.exchange.publish_message(
+            &ns,
+            "/images/update",
+            "containerd.services.images.v1.ImageUpdate",
+            &api::ImageUpdate {
+                name: updated.name.clone(),
+                labels: updated.labels.clone().into_iter().collect(),
+            },
+        );
         Ok(Response::new(api::UpdateImageResponse {
             image: Some(to_api(updated)),
         }))
@@ -154,8 +181,14 @@ impl Images for ImagesService {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let target = req.target.map(|t| t.digest);
-        let (db, name) = (self.db.clone(), req.name);
-        blocking(move || db.image_delete(&ns, &name, target.as_deref())).await?;
+        let (db, name, ns2) = (self.db.clone(), req.name.clone(), ns.clone());
+        blocking(move || db.image_delete(&ns2, &name, target.as_deref())).await?;
+        self.exchange.publish_message(
+            &ns,
+            "/images/delete",
+            "containerd.services.images.v1.ImageDelete",
+            &api::ImageDelete { name: req.name },
+        );
         let mut response = Response::new(());
         if req.sync {
             collect_now(self.gc.as_deref(), response.metadata_mut()).await?;

@@ -8,6 +8,7 @@ pub mod namespaced;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crated_api::containerd::events as ev;
 use crated_api::containerd::services::snapshots::v1 as api;
 use crated_api::containerd::services::snapshots::v1::snapshots_server::{
     Snapshots, SnapshotsServer,
@@ -110,6 +111,8 @@ pub struct SnapshotsService {
     by_name: HashMap<String, Arc<dyn Target>>,
     /// Serving one snapshotter bare: every name reaches it.
     only: Option<Arc<dyn Target>>,
+    /// Where `/snapshot/*` events go (none when serving bare, outside a daemon).
+    exchange: Option<Arc<crated_events::Exchange>>,
 }
 
 impl SnapshotsService {
@@ -128,6 +131,7 @@ impl SnapshotsService {
                 })
                 .collect(),
             only: None,
+            exchange: None,
         }
     }
 
@@ -136,6 +140,19 @@ impl SnapshotsService {
         SnapshotsService {
             by_name: HashMap::new(),
             only: Some(Arc::new(Bare(snapshotter))),
+            exchange: None,
+        }
+    }
+
+    /// Publishes containerd's snapshot events on `exchange`.
+    pub fn with_events(mut self, exchange: Arc<crated_events::Exchange>) -> Self {
+        self.exchange = Some(exchange);
+        self
+    }
+
+    fn publish<M: prost::Message>(&self, ns: &str, topic: &str, type_name: &str, event: &M) {
+        if let Some(exchange) = &self.exchange {
+            exchange.publish_message(ns, topic, type_name, event);
         }
     }
 
@@ -182,12 +199,12 @@ pub fn registrations() -> Vec<Registration> {
                 .into_iter()
                 .map(|(id, s)| (id, Arc::clone(&*s)))
                 .collect();
-            Ok(Instance::new(Arc::new(SnapshotsService::namespaced(
-                db,
-                snapshotters,
-            ))))
+            let exchange = ctx.get_single::<crated_events::Exchange>(types::EVENT)?;
+            Ok(Instance::new(Arc::new(
+                SnapshotsService::namespaced(db, snapshotters).with_events(exchange),
+            )))
         })
-        .requires(&[types::METADATA, types::SNAPSHOTTER]),
+        .requires(&[types::EVENT, types::METADATA, types::SNAPSHOTTER]),
         Registration::new(types::GRPC, "snapshots", |ctx| async move {
             let service = ctx.get_by_id::<SnapshotsService>(types::SERVICE, "snapshots-service")?;
             Ok(Instance::new(GrpcService::new(move |routes| {
@@ -222,6 +239,16 @@ impl Snapshots for SnapshotsService {
             .create(&ns, &r.key, &r.parent, r.labels, lease, false)
             .await
             .map_err(edge)?;
+        self.publish(
+            &ns,
+            "/snapshot/prepare",
+            "containerd.events.SnapshotPrepare",
+            &ev::SnapshotPrepare {
+                key: r.key,
+                parent: r.parent,
+                snapshotter: r.snapshotter,
+            },
+        );
         Ok(Response::new(api::PrepareSnapshotResponse {
             mounts: mounts_to_api(mounts),
         }))
@@ -269,6 +296,16 @@ impl Snapshots for SnapshotsService {
             .commit(&ns, &r.name, &r.key, r.labels, lease)
             .await
             .map_err(edge)?;
+        self.publish(
+            &ns,
+            "/snapshot/commit",
+            "containerd.events.SnapshotCommit",
+            &ev::SnapshotCommit {
+                key: r.key,
+                name: r.name,
+                snapshotter: r.snapshotter,
+            },
+        );
         Ok(Response::new(()))
     }
 
@@ -282,6 +319,15 @@ impl Snapshots for SnapshotsService {
             .remove(&ns, &r.key)
             .await
             .map_err(edge)?;
+        self.publish(
+            &ns,
+            "/snapshot/remove",
+            "containerd.events.SnapshotRemove",
+            &ev::SnapshotRemove {
+                key: r.key,
+                snapshotter: r.snapshotter,
+            },
+        );
         Ok(Response::new(()))
     }
 
