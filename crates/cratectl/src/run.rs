@@ -14,7 +14,6 @@ use crated_api::containerd::services::containers::v1 as containers;
 use crated_api::containerd::services::images::v1 as images;
 use crated_api::containerd::services::snapshots::v1 as snapshots;
 use crated_api::containerd::services::tasks::v1 as tasks;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::Connection;
 
@@ -205,22 +204,13 @@ fn hold_open(p: &Path) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
         .open_receiver(p)
 }
 
+/// Copies a process's output FIFO to ours until the shim closes it.
 async fn copy_out(
     mut from: tokio::net::unix::pipe::Receiver,
     mut to: impl tokio::io::AsyncWrite + Unpin,
 ) {
-    let mut buf = vec![0u8; 32 << 10];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-                let _ = to.flush().await;
-            }
-        }
-    }
+    // tokio's copy flushes whenever the FIFO has nothing more yet: prompts show at once.
+    let _ = tokio::io::copy(&mut from, &mut to).await;
 }
 
 /// Puts the terminal in raw mode while it lives.
@@ -416,18 +406,7 @@ async fn run_task(
     let stdin_id = id.clone();
     tokio::spawn(async move {
         let mut to = stdin_fifo;
-        let mut from = tokio::io::stdin();
-        let mut buf = vec![0u8; 8 << 10];
-        loop {
-            match from.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut to).await;
         drop(to);
         let _ = stdin_conn
             .tasks()

@@ -174,6 +174,23 @@ fn task_status(daemon: &Daemon, bin: &Path, id: &str) -> String {
         .to_owned()
 }
 
+/// SIGKILL, the exit event, STOPPED in `tasks ls`, then task and container removed.
+fn kill_and_remove(daemon: &Daemon, bin: &Path, events: &Events, id: &str) {
+    ok(ctr(
+        daemon,
+        bin,
+        &["tasks", "kill", "--signal", "SIGKILL", id],
+    ));
+    events.wait_for("/tasks/exit", id);
+    wait_until(
+        Duration::from_secs(10),
+        || task_status(daemon, bin, id) == "STOPPED",
+        || task_status(daemon, bin, id),
+    );
+    ok(ctr(daemon, bin, &["tasks", "rm", id]));
+    ok(ctr(daemon, bin, &["containers", "rm", id]));
+}
+
 #[test]
 fn ctr_detached_task_lifecycle_with_events() {
     let Some((daemon, bin, _work)) = setup("overlayfs") else {
@@ -256,19 +273,7 @@ fn ctr_detached_task_lifecycle_with_events() {
     // A task that runs cannot be deleted; killed, it can.
     let busy = fails(ctr(&daemon, &bin, &["tasks", "rm", "d1"]));
     assert!(!busy.is_empty());
-    ok(ctr(
-        &daemon,
-        &bin,
-        &["tasks", "kill", "--signal", "SIGKILL", "d1"],
-    ));
-    events.wait_for("/tasks/exit", "d1");
-    wait_until(
-        Duration::from_secs(10),
-        || task_status(&daemon, &bin, "d1") == "STOPPED",
-        || task_status(&daemon, &bin, "d1"),
-    );
-    ok(ctr(&daemon, &bin, &["tasks", "rm", "d1"]));
-    ok(ctr(&daemon, &bin, &["containers", "rm", "d1"]));
+    kill_and_remove(&daemon, &bin, &events, "d1");
     for topic in [
         "/snapshot/prepare",
         "/containers/create",
@@ -302,19 +307,7 @@ fn a_daemon_killed_with_sigkill_finds_its_running_task_again() {
     assert_eq!(task_status(&daemon, &bin, "k1"), "RUNNING");
     let events = Events::start(&daemon, &bin);
     std::thread::sleep(Duration::from_millis(300));
-    ok(ctr(
-        &daemon,
-        &bin,
-        &["tasks", "kill", "--signal", "SIGKILL", "k1"],
-    ));
-    events.wait_for("/tasks/exit", "k1");
-    wait_until(
-        Duration::from_secs(10),
-        || task_status(&daemon, &bin, "k1") == "STOPPED",
-        || task_status(&daemon, &bin, "k1"),
-    );
-    ok(ctr(&daemon, &bin, &["tasks", "rm", "k1"]));
-    ok(ctr(&daemon, &bin, &["containers", "rm", "k1"]));
+    kill_and_remove(&daemon, &bin, &events, "k1");
     assert!(bundles(&daemon).is_empty(), "{:?}", bundles(&daemon));
 }
 
