@@ -554,26 +554,10 @@ fn run_latency(
     let ctr = tool("ctr", "containerd").context("ctr (Debian's containerd) is needed")?;
     let runc = tool("runc", "runc").context("runc is needed")?;
     let scratch = tempfile::tempdir()?;
-    let archive = scratch.path().join("busybox.tar");
-    crated_testsupport::oci::busybox_archive(IMAGE, &archive);
     let prepare = |d: &Daemon| -> anyhow::Result<()> {
-        let out = d.client(
-            &ctr,
-            &[
-                "images",
-                "import",
-                "--snapshotter",
-                "overlayfs",
-                archive.to_str().unwrap_or_default(),
-            ],
-        );
-        if !out.status.success() {
-            bail!(
-                "importing busybox: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
+        crated_testsupport::oci::import_busybox(d, &ctr, IMAGE, "overlayfs", scratch.path())
+            .map(drop)
+            .map_err(anyhow::Error::msg)
     };
     let run_once = |d: &Daemon, id: &str| {
         timed(

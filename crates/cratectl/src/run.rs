@@ -181,10 +181,20 @@ impl Fifos {
         })
     }
 
-    fn path(p: &Option<PathBuf>) -> String {
-        p.as_ref()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default()
+    fn all(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.stdin, &self.stdout]
+            .into_iter()
+            .chain(self.stderr.as_ref())
+    }
+
+    /// stdin, stdout and stderr as the task API takes them (empty: none).
+    fn paths(&self) -> [String; 3] {
+        let text = |p: &PathBuf| p.to_string_lossy().into_owned();
+        [
+            text(&self.stdin),
+            text(&self.stdout),
+            self.stderr.as_ref().map(text).unwrap_or_default(),
+        ]
     }
 }
 
@@ -359,24 +369,19 @@ async fn run_task(
     };
     // Held open (read and write) until the shim has its ends: no blocking open for it, no
     // early end of file for us.
-    let held = match &fifos {
-        Some(f) => {
-            let mut v = vec![hold_open(&f.stdout)?, hold_open(&f.stdin)?];
-            if let Some(e) = &f.stderr {
-                v.push(hold_open(e)?);
-            }
-            v
-        }
-        None => Vec::new(),
-    };
-    let path = |p: &Option<PathBuf>| Fifos::path(p);
+    let held = fifos
+        .iter()
+        .flat_map(Fifos::all)
+        .map(|p| hold_open(p))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let [stdin, stdout, stderr] = fifos.as_ref().map(Fifos::paths).unwrap_or_default();
     conn.tasks()
         .create(conn.request(tasks::CreateTaskRequest {
             container_id: id.clone(),
             rootfs,
-            stdin: path(&fifos.as_ref().map(|f| f.stdin.clone())),
-            stdout: path(&fifos.as_ref().map(|f| f.stdout.clone())),
-            stderr: path(&fifos.as_ref().and_then(|f| f.stderr.clone())),
+            stdin,
+            stdout,
+            stderr,
             terminal: args.tty,
             ..Default::default()
         }))

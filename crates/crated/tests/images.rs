@@ -32,19 +32,11 @@ fn import_round_trip(snapshotter: &str) {
     let Some((daemon, ctr, work)) = setup() else {
         return;
     };
-    let archive = work.path().join("busybox.tar");
-    let layer = crated_testsupport::oci::busybox_archive(IMAGE, &archive);
-    let out = ok(daemon.client(
-        &ctr,
-        &[
-            "images",
-            "import",
-            "--snapshotter",
-            snapshotter,
-            archive.to_str().unwrap(),
-        ],
-    ));
-    assert!(out.contains(IMAGE), "{out}");
+    let imported =
+        crated_testsupport::oci::import_busybox(&daemon, &ctr, IMAGE, snapshotter, work.path())
+            .unwrap();
+    assert!(imported.stdout.contains(IMAGE), "{}", imported.stdout);
+    let layer = imported.layer;
     check_export_remove(&daemon, &ctr, IMAGE, &layer, snapshotter, work.path());
 }
 

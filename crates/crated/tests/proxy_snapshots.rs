@@ -163,19 +163,15 @@ fn debian_containerd_uses_crated_snapshotter_as_its_proxy() {
     if tool("busybox", "busybox-static").is_none() {
         return;
     }
-    let archive = dir.path().join("busybox.tar");
-    let layer =
-        crated_testsupport::oci::busybox_archive("docker.io/library/busybox:crated", &archive);
-    ok(daemon.client(
+    let layer = crated_testsupport::oci::import_busybox(
+        &daemon,
         &ctr,
-        &[
-            "images",
-            "import",
-            "--snapshotter",
-            "custom",
-            archive.to_str().unwrap(),
-        ],
-    ));
+        "docker.io/library/busybox:crated",
+        "custom",
+        dir.path(),
+    )
+    .unwrap()
+    .layer;
     // One layer: the unpacked snapshot is named by its diff id (its chain id).
     let ls = ok(daemon.client(&ctr, &custom(&["ls"])));
     assert!(ls.contains(&layer), "{ls}");

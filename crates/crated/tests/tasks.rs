@@ -29,18 +29,8 @@ fn setup(snapshotter: &str) -> Option<(Daemon, PathBuf, tempfile::TempDir)> {
     tool("busybox", "busybox-static")?;
     let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
     let work = tempfile::tempdir().unwrap();
-    let archive = work.path().join("busybox.tar");
-    crated_testsupport::oci::busybox_archive(IMAGE, &archive);
-    ok(daemon.client(
-        &ctr,
-        &[
-            "images",
-            "import",
-            "--snapshotter",
-            snapshotter,
-            archive.to_str().unwrap(),
-        ],
-    ));
+    crated_testsupport::oci::import_busybox(&daemon, &ctr, IMAGE, snapshotter, work.path())
+        .unwrap();
     Some((daemon, ctr, work))
 }
 
@@ -62,27 +52,11 @@ fn bundles(daemon: &Daemon) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn run_rm_reports_output_and_exit_status(snapshotter: &str) {
-    let Some((daemon, bin, _work)) = setup(snapshotter) else {
-        return;
-    };
-    // Ids are unique across tests: runc keeps its state per namespace under /run/containerd.
-    let id = format!("rm-{snapshotter}");
-    let out = ctr(
-        &daemon,
-        &bin,
-        &[
-            "run",
-            "--rm",
-            "--snapshotter",
-            snapshotter,
-            IMAGE,
-            &id,
-            "/bin/sh",
-            "-c",
-            "echo hi; echo err >&2; exit 3",
-        ],
-    );
+/// A command writing to stdout and stderr and exiting with a status of its own.
+const HI_ERR_EXIT_3: [&str; 3] = ["/bin/sh", "-c", "echo hi; echo err >&2; exit 3"];
+
+/// What a foreground run of [`HI_ERR_EXIT_3`] must give its caller.
+fn assert_hi_err_exit_3(out: &std::process::Output) {
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -92,6 +66,23 @@ fn run_rm_reports_output_and_exit_status(snapshotter: &str) {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+}
+
+fn run_rm_reports_output_and_exit_status(snapshotter: &str) {
+    let Some((daemon, bin, _work)) = setup(snapshotter) else {
+        return;
+    };
+    // Ids are unique across tests: runc keeps its state per namespace under /run/containerd.
+    let id = format!("rm-{snapshotter}");
+    let out = ctr(
+        &daemon,
+        &bin,
+        &["run", "--rm", "--snapshotter", snapshotter, IMAGE, &id]
+            .into_iter()
+            .chain(HI_ERR_EXIT_3)
+            .collect::<Vec<_>>(),
+    );
+    assert_hi_err_exit_3(&out);
     // --rm: no task, container, snapshot or bundle left.
     let tasks = ok(ctr(&daemon, &bin, &["tasks", "ls", "-q"]));
     assert!(tasks.trim().is_empty(), "{tasks}");
@@ -383,24 +374,12 @@ fn cratectl_run_foreground_detached_and_with_a_terminal() {
     let out = ctr(
         &daemon,
         &ours,
-        &[
-            "run",
-            "--rm",
-            IMAGE,
-            "cr1",
-            "/bin/sh",
-            "-c",
-            "echo hi; echo err >&2; exit 3",
-        ],
+        &["run", "--rm", IMAGE, "cr1"]
+            .into_iter()
+            .chain(HI_ERR_EXIT_3)
+            .collect::<Vec<_>>(),
     );
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    assert_hi_err_exit_3(&out);
     assert!(ok(ctr(&daemon, &bin, &["containers", "ls", "-q"]))
         .trim()
         .is_empty());

@@ -116,7 +116,7 @@ impl Exchange {
         event: prost_types::Any,
     ) -> Result<(), EventError> {
         self.forward(Envelope {
-            timestamp: now_nanos(),
+            timestamp: crated_metadata::now_nanos(),
             namespace: namespace.to_owned(),
             topic: topic.to_owned(),
             event,
@@ -160,10 +160,6 @@ impl Exchange {
             filter,
         }
     }
-}
-
-fn now_nanos() -> u64 {
-    crated_metadata::now_nanos()
 }
 
 pub fn registration() -> Registration {

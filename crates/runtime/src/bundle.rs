@@ -48,13 +48,21 @@ impl Bundle {
     ) -> Result<Bundle, RuntimeError> {
         let b = Bundle::at(state, root, namespace, id);
         mkdir(&state.join(namespace), 0o711)?;
-        if b.path.exists() {
-            return Err(RuntimeError::AlreadyExists(format!(
-                "bundle {}",
-                b.path.display()
-            )));
+        // Made exclusively: while a bundle exists, no other task of that id can be created.
+        match fs::DirBuilder::new().mode(0o700).create(&b.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::AlreadyExists(format!(
+                    "bundle {}",
+                    b.path.display()
+                )))
+            }
+            Err(e) => {
+                return Err(RuntimeError::io(format!("creating {}", b.path.display()))(
+                    e,
+                ))
+            }
         }
-        mkdir(&b.path, 0o700)?;
         let made = (|| {
             mkdir(&b.path.join("rootfs"), 0o711)?;
             mkdir(&root.join(namespace), 0o711)?;

@@ -7,6 +7,7 @@
 mod bundle;
 mod error;
 pub mod shim;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -99,6 +100,11 @@ pub struct TaskManager {
     tasks: Mutex<HashMap<(String, String), Arc<Task>>>,
 }
 
+/// containerd's words for a task that is not there.
+pub fn not_found(id: &str) -> RuntimeError {
+    RuntimeError::NotFound(format!("task {id} not found"))
+}
+
 fn key(ns: &str, id: &str) -> (String, String) {
     (ns.to_owned(), id.to_owned())
 }
@@ -109,16 +115,6 @@ fn now() -> prost_types::Timestamp {
         seconds: (n / 1_000_000_000) as i64,
         nanos: (n % 1_000_000_000) as i32,
     }
-}
-
-/// A shim timestamp as the gRPC API's.
-pub fn timestamp(
-    t: &MessageField<containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp>,
-) -> Option<prost_types::Timestamp> {
-    t.as_ref().map(|t| prost_types::Timestamp {
-        seconds: t.seconds,
-        nanos: t.nanos,
-    })
 }
 
 impl TaskManager {
@@ -141,7 +137,7 @@ impl TaskManager {
         self.lock()
             .get(&key(ns, id))
             .cloned()
-            .ok_or_else(|| RuntimeError::NotFound(format!("task {id}")))
+            .ok_or_else(|| not_found(id))
     }
 
     pub fn list(&self, ns: &str) -> Vec<Arc<Task>> {
@@ -210,12 +206,7 @@ impl TaskManager {
             stdin: req.stdin,
             stdout: req.stdout,
             stderr: req.stderr,
-            options: MessageField::from_option(req.options.map(|o| {
-                let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
-                any.type_url = o.type_url;
-                any.value = o.value;
-                any
-            })),
+            options: MessageField::from_option(req.options.map(wire::any_to_shim)),
             ..Default::default()
         };
         let created: Result<api::CreateTaskResponse, _> =
@@ -228,19 +219,9 @@ impl TaskManager {
                 return Err(e);
             }
         };
-        let inserted = {
-            let mut tasks = self.lock();
-            let k = key(&task.namespace, &task.id);
-            let free = !tasks.contains_key(&k);
-            if free {
-                tasks.insert(k, task.clone());
-            }
-            free
-        };
-        if !inserted {
-            self.stop_shim(&task).await;
-            return Err(RuntimeError::AlreadyExists(format!("task {}", task.id)));
-        }
+        // The bundle, made exclusively, kept any other create of this id out.
+        self.lock()
+            .insert(key(&task.namespace, &task.id), task.clone());
         self.clone().watch(task.clone());
         Ok((task, pid))
     }
@@ -321,7 +302,11 @@ impl TaskManager {
             }
         };
         task.bundle.delete();
-        let exited_at = timestamp(&resp.exited_at).or_else(|| Some(now()));
+        let exited_at = Some(
+            resp.exited_at
+                .as_ref()
+                .map_or_else(now, wire::time_from_shim),
+        );
         self.exchange.publish_message(
             &task.namespace,
             "/tasks/exit",

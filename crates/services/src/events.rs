@@ -12,6 +12,7 @@ use crated_api::containerd::services::events::v1::events_server::{Events, Events
 use crated_api::containerd::types;
 use crated_events::{Envelope, Exchange};
 use crated_plugin::{types as plugin_types, Instance, Registration};
+use crated_runtime::wire::{any_from_shim, time_from_shim};
 use tonic::{Request, Response, Status};
 
 use crate::edge::{filters, namespace, status, timestamp, BoxStream};
@@ -96,27 +97,14 @@ impl Events for EventsService {
         req: Request<api::SubscribeRequest>,
     ) -> Result<Response<EnvelopeStream>, Status> {
         let filter = filters(&req.into_inner().filters)?;
-        let mut subscription = self.exchange.subscribe(filter);
-        let stream = async_stream(move |tx| async move {
-            while let Some(e) = subscription.next().await {
-                if tx.send(Ok(to_api(&e))).await.is_err() {
-                    break;
-                }
-            }
-        });
+        // The subscription lives in the stream: it ends when the client goes away.
+        let subscription = self.exchange.subscribe(filter);
+        let stream: EnvelopeStream =
+            Box::pin(futures::stream::unfold(subscription, |mut s| async move {
+                s.next().await.map(|e| (Ok(to_api(&e)), s))
+            }));
         Ok(Response::new(stream))
     }
-}
-
-/// A stream fed by a task that stops when the client goes away.
-fn async_stream<F, Fut>(run: F) -> EnvelopeStream
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<types::Envelope, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(run(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// The ttrpc side: what shims forward.
@@ -140,20 +128,15 @@ impl TtrpcEvents for ShimForwarder {
             .ok_or_else(|| invalid("envelope must be set".into()))?;
         let event = envelope
             .event
-            .into_option()
-            .ok_or_else(|| invalid("event must be set".into()))?;
-        let timestamp = envelope.timestamp.into_option().map_or(0, |t| {
-            (t.seconds.max(0) as u64) * 1_000_000_000 + t.nanos.max(0) as u64
-        });
+            .as_ref()
+            .map(any_from_shim)
+            .ok_or_else(|| invalid(crated_events::EventError::NoEvent.to_string()))?;
         self.exchange
             .forward(Envelope {
-                timestamp,
+                timestamp: nanos_of(envelope.timestamp.as_ref().map(time_from_shim)),
                 namespace: envelope.namespace,
                 topic: envelope.topic,
-                event: prost_types::Any {
-                    type_url: event.type_url,
-                    value: event.value,
-                },
+                event,
             })
             .map_err(|e| invalid(e.to_string()))?;
         Ok(Default::default())

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use containerd_shim_protos::api as shim;
-use containerd_shim_protos::protobuf::well_known_types::{any::Any as PbAny, empty::Empty};
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::protobuf::MessageField;
 use crated_api::containerd::services::tasks::v1 as api;
 use crated_api::containerd::services::tasks::v1::tasks_server::{Tasks, TasksServer};
@@ -14,7 +14,8 @@ use crated_api::containerd::v1::types as task_types;
 use crated_metadata::MetadataStore;
 use crated_plugin::{types as plugin_types, Instance, Registration};
 use crated_runtime::shim::{CALL_TIMEOUT, STATE_TIMEOUT};
-use crated_runtime::{timestamp as shim_time, CreateRequest, RuntimeError, Task, TaskManager};
+use crated_runtime::wire::{any_from_shim, any_to_shim, mount_to_shim, time_from_shim};
+use crated_runtime::{CreateRequest, RuntimeError, Task, TaskManager};
 use tonic::{Request, Response, Status};
 
 use crate::containers::any_to_api;
@@ -45,39 +46,13 @@ pub fn registrations() -> Vec<Registration> {
     ]
 }
 
-fn to_shim_any(a: prost_types::Any) -> PbAny {
-    let mut any = PbAny::new();
-    any.type_url = a.type_url;
-    any.value = a.value;
-    any
-}
-
-fn from_shim_any(a: &MessageField<PbAny>) -> Option<prost_types::Any> {
-    a.as_ref().map(|a| prost_types::Any {
-        type_url: a.type_url.clone(),
-        value: a.value.clone(),
-    })
-}
-
-fn to_shim_mount(m: types::Mount) -> shim::Mount {
-    shim::Mount {
-        type_: m.r#type,
-        source: m.source,
-        target: m.target,
-        options: m.options,
-        ..Default::default()
-    }
-}
-
 fn err(e: RuntimeError) -> Status {
     status(&e)
 }
 
 impl TasksService {
     fn task(&self, ns: &str, id: &str) -> Result<Arc<Task>, Status> {
-        self.runtime
-            .get(ns, id)
-            .map_err(|_| Status::not_found(format!("task {id} not found: not found")))
+        self.runtime.get(ns, id).map_err(err)
     }
 
     async fn state(task: &Task, exec_id: &str) -> Result<task_types::Process, RuntimeError> {
@@ -101,7 +76,7 @@ impl TasksService {
             stderr: s.stderr,
             terminal: s.terminal,
             exit_status: s.exit_status,
-            exited_at: shim_time(&s.exited_at),
+            exited_at: s.exited_at.as_ref().map(time_from_shim),
         })
     }
 }
@@ -137,7 +112,7 @@ impl Tasks for TasksService {
                 runtime_path: req.runtime_path,
                 spec: spec.value,
                 options,
-                rootfs: req.rootfs.into_iter().map(to_shim_mount).collect(),
+                rootfs: req.rootfs.into_iter().map(mount_to_shim).collect(),
                 stdin: req.stdin,
                 stdout: req.stdout,
                 stderr: req.stderr,
@@ -185,7 +160,7 @@ impl Tasks for TasksService {
             id,
             pid: r.pid,
             exit_status: r.exit_status,
-            exited_at: shim_time(&r.exited_at),
+            exited_at: r.exited_at.as_ref().map(time_from_shim),
         }))
     }
 
@@ -212,7 +187,7 @@ impl Tasks for TasksService {
             id: req.exec_id,
             pid: r.pid,
             exit_status: r.exit_status,
-            exited_at: shim_time(&r.exited_at),
+            exited_at: r.exited_at.as_ref().map(time_from_shim),
         }))
     }
 
@@ -227,9 +202,7 @@ impl Tasks for TasksService {
             .await
             .map_err(|e| match e {
                 // A shim that is gone has no task any more.
-                RuntimeError::Unavailable(_) => {
-                    Status::not_found(format!("task {} not found: not found", req.container_id))
-                }
+                RuntimeError::Unavailable(_) => err(crated_runtime::not_found(&req.container_id)),
                 e => err(e),
             })?;
         Ok(Response::new(api::GetResponse {
@@ -307,7 +280,7 @@ impl Tasks for TasksService {
                     stdin: req.stdin,
                     stdout: req.stdout,
                     stderr: req.stderr,
-                    spec: MessageField::from_option(req.spec.map(to_shim_any)),
+                    spec: MessageField::from_option(req.spec.map(any_to_shim)),
                     ..Default::default()
                 },
                 Some(CALL_TIMEOUT),
@@ -411,7 +384,7 @@ impl Tasks for TasksService {
             .iter()
             .map(|p| task_types::ProcessInfo {
                 pid: p.pid,
-                info: from_shim_any(&p.info),
+                info: p.info.as_ref().map(any_from_shim),
             })
             .collect();
         Ok(Response::new(api::ListPidsResponse { processes }))
@@ -435,7 +408,7 @@ impl Tasks for TasksService {
                 "Update",
                 &shim::UpdateTaskRequest {
                     id: req.container_id,
-                    resources: MessageField::from_option(req.resources.map(to_shim_any)),
+                    resources: MessageField::from_option(req.resources.map(any_to_shim)),
                     annotations: req.annotations.into_iter().collect(),
                     ..Default::default()
                 },
@@ -475,7 +448,7 @@ impl Tasks for TasksService {
             metrics.push(types::Metric {
                 timestamp: Some(crate::edge::timestamp(crated_metadata::now_nanos())),
                 id: task.id.clone(),
-                data: from_shim_any(&stats.stats),
+                data: stats.stats.as_ref().map(any_from_shim),
             });
         }
         Ok(Response::new(api::MetricsResponse { metrics }))
@@ -502,7 +475,7 @@ impl Tasks for TasksService {
             .map_err(err)?;
         Ok(Response::new(api::WaitResponse {
             exit_status: r.exit_status,
-            exited_at: shim_time(&r.exited_at),
+            exited_at: r.exited_at.as_ref().map(time_from_shim),
         }))
     }
 }

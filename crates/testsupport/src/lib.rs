@@ -150,13 +150,7 @@ impl Daemon {
     ) -> Result<Daemon, String> {
         let state = dir.path().join("state");
         let socket = dir.path().join("crated.sock");
-        let mut cmd = Command::new(bin);
-        cmd.arg("--root")
-            .arg(&root)
-            .arg("--state")
-            .arg(&state)
-            .arg("--address")
-            .arg(&socket);
+        let mut cmd = crated_command(bin, &root, &state, &socket);
         if let Some(text) = config {
             let path = dir.path().join("config.toml");
             std::fs::write(&path, text).map_err(|e| e.to_string())?;
@@ -228,13 +222,7 @@ impl Daemon {
             .append(true)
             .open(&self.stderr_path)
             .map_err(|e| e.to_string())?;
-        self.child = Command::new(bin)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--state")
-            .arg(&self.state)
-            .arg("--address")
-            .arg(&self.socket)
+        self.child = crated_command(bin, &self.root, &self.state, &self.socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -283,6 +271,18 @@ impl Daemon {
             .output()
             .expect("running the client")
     }
+}
+
+/// `crated` on a private root, state and socket.
+fn crated_command(bin: &Path, root: &Path, state: &Path, socket: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--root")
+        .arg(root)
+        .arg("--state")
+        .arg(state)
+        .arg("--address")
+        .arg(socket);
+    cmd
 }
 
 impl Drop for Daemon {
@@ -356,15 +356,11 @@ impl SocketServer {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} did not listen on {}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            Duration::from_secs(10),
+            || std::os::unix::net::UnixStream::connect(socket).is_ok(),
+            || format!("{name} did not listen on {}", socket.display()),
+        );
         SocketServer { child }
     }
 }

@@ -149,6 +149,40 @@ pub fn busybox(name: &str) -> (OciImage, String) {
     (image, digest)
 }
 
+/// What [`import_busybox`] did: the layer's digest and ctr's output.
+pub struct Imported {
+    pub layer: String,
+    pub stdout: String,
+}
+
+/// Writes the busybox image `name` as an archive under `dir` and imports it into `daemon` with
+/// `ctr images import --snapshotter SNAPSHOTTER` (unpacked there); Err holds ctr's stderr.
+pub fn import_busybox(
+    daemon: &crate::Daemon,
+    ctr: &Path,
+    name: &str,
+    snapshotter: &str,
+    dir: &Path,
+) -> Result<Imported, String> {
+    let archive = dir.join("busybox.tar");
+    let layer = busybox_archive(name, &archive);
+    let archive = archive.to_str().ok_or("the archive path is not UTF-8")?;
+    let out = daemon.client(
+        ctr,
+        &["images", "import", "--snapshotter", snapshotter, archive],
+    );
+    if !out.status.success() {
+        return Err(format!(
+            "ctr images import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(Imported {
+        layer,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    })
+}
+
 /// Writes the busybox image archive of image `name` to `out`; returns the layer's digest.
 pub fn busybox_archive(name: &str, out: &Path) -> String {
     let (image, layer) = busybox(name);
