@@ -127,7 +127,6 @@ fn warn_unapplied(config: &Config) {
         ("debug.format", !config.debug.format.is_empty()),
         ("debug.address", !config.debug.address.is_empty()),
         ("grpc.tcp_address", !config.grpc.tcp_address.is_empty()),
-        ("metrics.address", !config.metrics.address.is_empty()),
         (
             "grpc.max_recv_message_size",
             config.grpc.max_recv_message_size != defaults.grpc.max_recv_message_size,
@@ -230,6 +229,25 @@ async fn serve(
             ttrpc_path.display()
         ));
     }
+    let metrics = if config.metrics.address.is_empty() {
+        None
+    } else {
+        let monitors = set
+            .instances::<crated_runtime::monitor::CgroupsMonitor>(types::MONITOR)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        match crate::metrics::serve(&config.metrics.address, monitors).await {
+            Ok(task) => Some(task),
+            Err(e) => {
+                let _ = ttrpc_server.shutdown().await;
+                let _ = std::fs::remove_file(&address);
+                let _ = std::fs::remove_file(&ttrpc_path);
+                set.close_all().await;
+                return Err(e);
+            }
+        }
+    };
     let server = crated_services::socket::bulk_server()
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
@@ -257,6 +275,9 @@ async fn serve(
             Ok(Ok(()))
         }
     };
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     let _ = ttrpc_server.shutdown().await;
     let _ = std::fs::remove_file(&address);
     let _ = std::fs::remove_file(&ttrpc_path);

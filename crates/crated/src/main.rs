@@ -4,7 +4,9 @@
 mod configcmd;
 mod daemon;
 mod lock;
+mod metrics;
 mod plugins;
+mod publish;
 
 use std::path::PathBuf;
 
@@ -46,6 +48,15 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Publish an event (a protobuf Any on stdin) to the daemon at --address: what shims run.
+    Publish {
+        /// Namespace to publish to.
+        #[arg(long, default_value = "")]
+        namespace: String,
+        /// Topic of the event.
+        #[arg(long, default_value = "")]
+        topic: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -73,6 +84,14 @@ fn main() -> std::process::ExitCode {
         Some(Command::Config {
             what: ConfigCommand::Dump,
         }) => configcmd::print_dump(&cli),
+        Some(Command::Publish { namespace, topic }) => {
+            // Without --address: the default `[grpc] address`.
+            let address = cli
+                .address
+                .clone()
+                .unwrap_or_else(|| crated_config::Config::default().grpc.address);
+            publish::run(&address, namespace, topic)
+        }
         None => daemon::run(&cli),
     };
     match result {

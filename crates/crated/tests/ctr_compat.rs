@@ -55,6 +55,12 @@ fn check_client(client: &Path, daemon: &Daemon, is_ctr: bool) {
     );
     assert_eq!(row(&table, "io.containerd.grpc.v1", "namespaces")[3], "ok");
     assert_eq!(row(&table, "io.containerd.metadata.v1", "bolt")[3], "ok");
+    assert_eq!(row(&table, "io.containerd.monitor.v1", "cgroups")[3], "ok");
+    assert_eq!(row(&table, "io.containerd.internal.v1", "restart")[3], "ok");
+    if crated_testsupport::is_root() {
+        // It makes /opt/containerd/{bin,lib}, which needs root.
+        assert_eq!(row(&table, "io.containerd.internal.v1", "opt")[3], "ok");
+    }
     let btrfs = row(&table, "io.containerd.snapshotter.v1", "btrfs");
     assert_eq!(btrfs[2], crated_snapshots_platform());
     assert_eq!(btrfs[3], "skip");

@@ -2,71 +2,16 @@
 //! `containerd-shim-runc-v2` and `runc`: `ctr run` in the foreground and detached, the task
 //! commands, events, and a daemon killed with SIGKILL that finds its running task again.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crated_testsupport::blobs::{fails, ok};
-use crated_testsupport::{is_root, tool, wait_until, Daemon};
+use crated_testsupport::{wait_until, Daemon};
 
-fn crated() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_crated"))
-}
+mod common;
 
-const IMAGE: &str = "docker.io/library/busybox:crated";
-
-/// Starts crated and imports busybox with ctr; None (after saying why) without root or a peer
-/// outside CI.
-fn setup(snapshotter: &str) -> Option<(Daemon, PathBuf, tempfile::TempDir)> {
-    if !is_root() {
-        eprintln!("skipped: running containers needs root");
-        return None;
-    }
-    let ctr = tool("ctr", "containerd")?;
-    tool("containerd-shim-runc-v2", "containerd")?;
-    tool("runc", "runc")?;
-    tool("busybox", "busybox-static")?;
-    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    crated_testsupport::oci::import_busybox(&daemon, &ctr, IMAGE, snapshotter, work.path())
-        .unwrap();
-    Some((daemon, ctr, work))
-}
-
-/// Runs ctr with a deadline: a hung call fails the test instead of hanging it.
-fn ctr(daemon: &Daemon, ctr: &Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new(ctr);
-    cmd.arg("--address").arg(&daemon.socket).args(args);
-    crated_testsupport::output_within(&mut cmd, Duration::from_secs(60))
-}
-
-fn bundles(daemon: &Daemon) -> Vec<String> {
-    let dir = daemon.state.join("io.containerd.runtime.v2.task/default");
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A command writing to stdout and stderr and exiting with a status of its own.
-const HI_ERR_EXIT_3: [&str; 3] = ["/bin/sh", "-c", "echo hi; echo err >&2; exit 3"];
-
-/// What a foreground run of [`HI_ERR_EXIT_3`] must give its caller.
-fn assert_hi_err_exit_3(out: &std::process::Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "stdout {} stderr {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
-}
+use common::*;
 
 fn run_rm_reports_output_and_exit_status(snapshotter: &str) {
     let Some((daemon, bin, _work)) = setup(snapshotter) else {
@@ -105,64 +50,6 @@ fn ctr_run_rm_with_overlayfs() {
 #[test]
 fn ctr_run_rm_with_native() {
     run_rm_reports_output_and_exit_status("native");
-}
-
-/// `ctr events` in the background, its lines collected.
-struct Events {
-    child: std::process::Child,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Events {
-    fn start(daemon: &Daemon, ctr: &Path) -> Events {
-        let mut child = Command::new(ctr)
-            .arg("--address")
-            .arg(&daemon.socket)
-            .arg("events")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Events { child, lines }
-    }
-
-    fn wait_for(&self, topic: &str, id: &str) {
-        wait_until(
-            Duration::from_secs(10),
-            || {
-                self.lines
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|l| l.contains(topic) && l.contains(id))
-            },
-            || format!("no {topic} for {id} in {:?}", self.lines.lock().unwrap()),
-        );
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn task_status(daemon: &Daemon, bin: &Path, id: &str) -> String {
-    let ls = ok(ctr(daemon, bin, &["tasks", "ls"]));
-    ls.lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("none")
-        .to_owned()
 }
 
 /// SIGKILL, the exit event, STOPPED in `tasks ls`, then task and container removed.

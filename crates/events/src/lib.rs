@@ -5,6 +5,8 @@
 //! Delivery is best effort, as containerd's: a subscriber that falls more than
 //! [`SUBSCRIBER_BACKLOG`] envelopes behind loses the oldest and is told how many.
 
+mod fields;
+
 use std::sync::Arc;
 
 use crated_errdefs::{HasKind, Kind};
@@ -59,12 +61,13 @@ pub fn validate_topic(topic: &str) -> Result<(), EventError> {
     Ok(())
 }
 
-/// The fields subscriber filters see: `topic`, `namespace`. (`event.*` is not served yet: it
-/// needs the decoded event, and never matches.)
+/// The fields subscriber filters see: `topic`, `namespace`, and `event.<field>` of the decoded
+/// event ([`fields::event_field`]).
 pub fn field<'a>(e: &'a Envelope) -> impl Fn(&[String]) -> Option<String> + 'a {
     move |path: &[String]| match path.first().map(String::as_str) {
         Some("topic") if path.len() == 1 => Some(e.topic.clone()),
         Some("namespace") if path.len() == 1 => Some(e.namespace.clone()),
+        Some("event") => fields::event_field(&e.event, &path[1..]),
         _ => None,
     }
 }
@@ -171,6 +174,7 @@ pub fn registration() -> Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
     fn any(v: &[u8]) -> prost_types::Any {
         prost_types::Any {
@@ -207,5 +211,63 @@ mod tests {
         let e = exits.next().await.unwrap();
         assert_eq!((e.namespace.as_str(), &e.event.value[..]), ("a", &b"3"[..]));
         assert!(e.timestamp > 0);
+    }
+
+    #[tokio::test]
+    async fn event_fields_filter_on_the_decoded_event() {
+        use crated_api::containerd::events as ev;
+        let exchange = Exchange::new();
+        let mut of_c1 = exchange.subscribe(
+            crated_filters::parse_all(&["event.container_id==c1", "event.labels.app==web"])
+                .unwrap(),
+        );
+        let mut ids = exchange.subscribe(crated_filters::parse_all(&["event.id"]).unwrap());
+        let exit = |c: &str, id: &str| ev::TaskExit {
+            container_id: c.into(),
+            id: id.into(),
+            ..Default::default()
+        };
+        exchange.publish_message(
+            "a",
+            "/tasks/exit",
+            "containerd.events.TaskExit",
+            &exit("c2", ""),
+        );
+        exchange.publish_message(
+            "a",
+            "/tasks/exit",
+            "containerd.events.TaskExit",
+            &exit("c1", "e1"),
+        );
+        let update = ev::ContainerUpdate {
+            id: "c3".into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        };
+        exchange.publish_message(
+            "a",
+            "/containers/update",
+            "containerd.events.ContainerUpdate",
+            &update,
+        );
+        let got = of_c1.next().await.unwrap();
+        assert_eq!(
+            ev::TaskExit::decode(&got.event.value[..])
+                .unwrap()
+                .container_id,
+            "c1"
+        );
+        assert_eq!(of_c1.next().await.unwrap().topic, "/containers/update");
+        // An empty string is an absent field: only the exit with an id passes.
+        let got = ids.next().await.unwrap();
+        assert_eq!(ev::TaskExit::decode(&got.event.value[..]).unwrap().id, "e1");
+        // A field of another type, or of an unknown type, is absent.
+        let field = |path: &[&str]| {
+            let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+            super::fields::event_field(&got.event, &path)
+        };
+        assert_eq!(field(&["container_id"]), Some("c1".into()));
+        assert_eq!(field(&["key"]), None);
+        assert_eq!(field(&[]), None);
     }
 }

@@ -6,6 +6,8 @@
 
 mod bundle;
 mod error;
+pub mod monitor;
+pub mod opt;
 pub mod shim;
 pub mod wire;
 
@@ -151,6 +153,11 @@ impl TaskManager {
         tasks
     }
 
+    /// Every task of every namespace.
+    pub fn list_all(&self) -> Vec<Arc<Task>> {
+        self.lock().values().cloned().collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Task>>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -176,7 +183,7 @@ impl TaskManager {
         if self.lock().contains_key(&key(&req.namespace, &req.id)) {
             return Err(RuntimeError::AlreadyExists(format!("task {}", req.id)));
         }
-        let binary = shim::resolve_binary(&req.runtime, &req.runtime_path)?;
+        let binary = shim::resolve_binary(&req.runtime, &req.runtime_path, &self.daemon)?;
         let bundle = Bundle::create(&self.state, &self.root, &req.namespace, &req.id, &req.spec)?;
         let daemon = self.daemon.clone();
         let started = async {
@@ -366,7 +373,7 @@ impl TaskManager {
             _ => db
                 .container_get(ns, id)
                 .map_err(|e| RuntimeError::NotFound(e.to_string()))
-                .and_then(|c| shim::resolve_binary(&c.runtime.name, "")),
+                .and_then(|c| shim::resolve_binary(&c.runtime.name, "", &self.daemon)),
         };
         let binary = match binary {
             Ok(b) => b,
@@ -454,6 +461,7 @@ pub fn registration() -> Registration {
             publish_binary,
             debug: tracing::enabled!(tracing::Level::DEBUG),
             sched_core: config.sched_core,
+            opt: ctx.get_by_id::<opt::OptDirs>(types::INTERNAL, "opt").ok(),
         };
         let manager = TaskManager::new(ctx.state()?, ctx.root()?, daemon, exchange);
         manager.load_existing(&db).await;

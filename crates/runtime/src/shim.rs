@@ -41,9 +41,13 @@ pub fn binary_name(runtime: &str) -> Result<String, RuntimeError> {
     ))
 }
 
-/// The shim binary of a runtime: an absolute path as is; else found on PATH, then beside the
-/// daemon's executable.
-pub fn resolve_binary(runtime: &str, runtime_path: &str) -> Result<PathBuf, RuntimeError> {
+/// The shim binary of a runtime: an absolute path as is; else found on PATH (after the opt
+/// plugin's `bin`), then beside the daemon's executable.
+pub fn resolve_binary(
+    runtime: &str,
+    runtime_path: &str,
+    daemon: &DaemonAddresses,
+) -> Result<PathBuf, RuntimeError> {
     if !runtime_path.is_empty() {
         return Ok(PathBuf::from(runtime_path));
     }
@@ -51,7 +55,12 @@ pub fn resolve_binary(runtime: &str, runtime_path: &str) -> Result<PathBuf, Runt
         return Ok(PathBuf::from(runtime));
     }
     let name = binary_name(runtime)?;
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+    let path = daemon
+        .opt
+        .as_ref()
+        .map(|o| o.path())
+        .or_else(|| std::env::var_os("PATH"));
+    let mut dirs: Vec<PathBuf> = path
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     if let Some(dir) = std::env::current_exe()
@@ -78,6 +87,8 @@ pub struct DaemonAddresses {
     pub debug: bool,
     /// containerd's `sched_core`: shims put each container in its own core-scheduling group.
     pub sched_core: bool,
+    /// The opt plugin's directories, searched first by shims (none when it is disabled).
+    pub opt: Option<std::sync::Arc<crate::opt::OptDirs>>,
 }
 
 fn base_args(
@@ -102,6 +113,10 @@ fn base_args(
         .env("GOMAXPROCS", "2");
     if daemon.sched_core {
         cmd.env("SCHED_CORE", "1");
+    }
+    if let Some(opt) = &daemon.opt {
+        cmd.env("PATH", opt.path())
+            .env("LD_LIBRARY_PATH", opt.library_path());
     }
     cmd
 }

@@ -14,6 +14,7 @@ pub mod introspection;
 pub mod leases;
 pub mod metadata;
 pub mod namespaces;
+pub mod restart;
 pub mod snapshots;
 pub mod socket;
 pub mod tasks;
@@ -36,6 +37,7 @@ pub fn registrations() -> Vec<crated_plugin::Registration> {
     regs.extend(containers::registrations());
     regs.extend(tasks::registrations());
     regs.extend(transfer::registrations());
+    regs.push(restart::registration());
     regs.extend(introspection::registrations());
     regs.push(version::registration());
     regs.push(healthcheck::registration());
