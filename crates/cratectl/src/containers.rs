@@ -1,4 +1,4 @@
-//! `cratectl containers ls|info|rm|label`, printed as ctr prints them.
+//! `cratectl containers create|ls|info|rm|label`, printed as ctr prints them.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -19,6 +19,8 @@ pub enum ContainersCommand {
         quiet: bool,
         filters: Vec<String>,
     },
+    /// Make a container (snapshot and record) from an unpacked image, without a task.
+    Create(crate::run::ContainerArgs),
     /// Print a container's record as JSON (the spec decoded).
     Info { id: String },
     /// Remove containers and their snapshots.
@@ -36,6 +38,9 @@ pub enum ContainersCommand {
 
 pub async fn run(conn: &Connection, command: ContainersCommand) -> anyhow::Result<()> {
     match command {
+        ContainersCommand::Create(args) => {
+            crate::run::create_container(conn, &args).await?;
+        }
         ContainersCommand::Ls { quiet, filters } => {
             let found = conn
                 .containers()

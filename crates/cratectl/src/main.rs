@@ -11,7 +11,9 @@ mod namespaces;
 mod plugins;
 mod run;
 mod snapshots;
+mod stdio;
 mod tasks;
+mod user;
 
 use clap::{Parser, Subcommand};
 
@@ -103,6 +105,14 @@ enum Command {
     },
 }
 
+/// A process's exit status becomes ours, as with ctr.
+fn exit_with(status: i32) -> anyhow::Result<()> {
+    if status != 0 {
+        std::process::exit(status);
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let conn =
         client::Connection::connect(&cli.address, &cli.namespace, cli.lease.as_deref()).await?;
@@ -115,16 +125,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshots(args) => snapshots::run(&conn, args).await,
         Command::Gc => gc::run(&conn, gc::Show::Everything).await,
         Command::Containers { command } => containers::run(&conn, command).await,
-        Command::Tasks { command } => tasks::run(&conn, command).await,
+        Command::Tasks { command } => exit_with(tasks::run(&conn, command).await?),
         Command::Events { filters } => tasks::events(&conn, filters).await,
-        Command::Run(args) => {
-            let status = run::run(&conn, args).await?;
-            if status != 0 {
-                // The container's status is ours, as with ctr.
-                std::process::exit(status);
-            }
-            Ok(())
-        }
+        Command::Run(args) => exit_with(run::run(&conn, args).await?),
         Command::Version => {
             let mut version = conn.version();
             let server = version.version(conn.request(())).await?.into_inner();

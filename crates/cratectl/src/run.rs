@@ -1,12 +1,12 @@
-//! `cratectl run`: a container from an unpacked image, as `ctr run` makes it: a snapshot on the
-//! image's top layer, an OCI spec from the image config (entrypoint, cmd, env, workdir, user)
-//! over runc's defaults, the container record, stdio FIFOs, the task; then wait (forwarding
-//! signals), and with `--rm` remove task, snapshot and container. The exit status is the
-//! container's.
+//! `cratectl run` and `containers create`: a container from an unpacked image, as `ctr run`
+//! makes it: a snapshot on the image's top layer, an OCI spec from the image config
+//! (entrypoint, cmd, env, workdir, user, names looked up in the image's own /etc/passwd) over
+//! runc's defaults, the container record; for `run` then the task with stdio FIFOs, waited
+//! on (forwarding signals), and with `--rm` task, snapshot and container removed. The exit
+//! status is the container's.
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -16,43 +16,57 @@ use crated_api::containerd::services::snapshots::v1 as snapshots;
 use crated_api::containerd::services::tasks::v1 as tasks;
 
 use crate::client::Connection;
+use crate::stdio::{attach_and_wait, hold_open, Fifos, Process};
 
 /// containerd's type URL for an OCI runtime spec in a container record.
 pub const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// What a container is made from: `run` and `containers create` share these.
 #[derive(Args, Debug)]
-pub struct RunArgs {
-    /// Remove the container, its task and snapshot when it exits.
-    #[arg(long)]
-    rm: bool,
+pub struct ContainerArgs {
     /// Allocate a terminal.
     #[arg(short = 't', long)]
-    tty: bool,
-    /// Start the task and return.
-    #[arg(short = 'd', long)]
-    detach: bool,
+    pub tty: bool,
     /// Environment variables, KEY=VALUE.
     #[arg(long = "env")]
     env: Vec<String>,
     /// Extra mounts: type=bind,src=/host,dst=/in/container,options=rbind:ro
     #[arg(long = "mount")]
     mounts: Vec<String>,
+    /// Container labels, KEY=VALUE.
+    #[arg(long = "label")]
+    labels: Vec<String>,
     /// Snapshotter the image is unpacked in.
     #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
     snapshotter: String,
     /// Runtime name (resolved to a shim on the daemon's PATH).
     #[arg(long, default_value = "io.containerd.runc.v2")]
     runtime: String,
-    /// Directory for the stdio FIFOs.
-    #[arg(long, default_value = "/run/crated/fifo")]
-    fifo_dir: PathBuf,
     image: String,
-    id: String,
+    pub id: String,
     /// Command and arguments (default: the image's entrypoint and cmd).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
 }
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Remove the container, its task and snapshot when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// Start the task and return.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Directory for the stdio FIFOs.
+    #[arg(long, default_value = DEFAULT_FIFO_DIR)]
+    fifo_dir: PathBuf,
+    #[command(flatten)]
+    container: ContainerArgs,
+}
+
+/// Where the stdio FIFOs of processes go.
+pub const DEFAULT_FIFO_DIR: &str = "/run/crated/fifo";
 
 fn strings(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
@@ -87,10 +101,11 @@ fn parse_mount(text: &str) -> anyhow::Result<oci_spec::runtime::Mount> {
 /// The OCI spec: runc's defaults, the image config, then the flags.
 fn spec(
     ns: &str,
-    id: &str,
     config: &serde_json::Value,
-    run: &RunArgs,
+    run: &ContainerArgs,
+    (uid, gid): (u32, u32),
 ) -> anyhow::Result<oci_spec::runtime::Spec> {
+    let id = &run.id;
     let c = &config["config"];
     // As ctr: arguments given replace the image's entrypoint and cmd.
     let args = if run.args.is_empty() {
@@ -113,15 +128,8 @@ fn spec(
         env.push(e);
     }
     let mut user = oci_spec::runtime::User::default();
-    if let Some(u) = c["User"].as_str().filter(|u| !u.is_empty()) {
-        let (uid, gid) = u.split_once(':').unwrap_or((u, u));
-        let uid: u32 = uid
-            .parse()
-            .with_context(|| format!("user {u:?}: only numeric uid[:gid] is supported"))?;
-        let gid: u32 = gid.parse().unwrap_or(uid);
-        user.set_uid(uid);
-        user.set_gid(gid);
-    }
+    user.set_uid(uid);
+    user.set_gid(gid);
     let mut spec = oci_spec::runtime::Spec::default();
     spec.set_hostname(None);
     let mut process = spec.process().clone().unwrap_or_default();
@@ -153,115 +161,39 @@ fn spec(
     Ok(spec)
 }
 
-/// The FIFOs of one process, opened so the shim never blocks on them and we never read a
-/// spurious end before it has opened them.
-struct Fifos {
-    dir: PathBuf,
-    stdin: PathBuf,
-    stdout: PathBuf,
-    stderr: Option<PathBuf>,
-}
-
-impl Fifos {
-    fn create(base: &Path, id: &str, tty: bool) -> anyhow::Result<Fifos> {
-        std::fs::create_dir_all(base).with_context(|| format!("creating {}", base.display()))?;
-        let dir = base.join(format!("{id}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let make = |name: &str| -> anyhow::Result<PathBuf> {
-            let p = dir.join(format!("{id}-{name}"));
-            nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o700))
-                .with_context(|| format!("creating {}", p.display()))?;
-            Ok(p)
-        };
-        Ok(Fifos {
-            stdin: make("stdin")?,
-            stdout: make("stdout")?,
-            stderr: if tty { None } else { Some(make("stderr")?) },
-            dir,
+/// The image's `User` resolved against the container's files (mounted read-only for the
+/// lookup, as ctr does, when a name needs looking up).
+async fn resolve_user(
+    config: &serde_json::Value,
+    mounts: &[crated_api::containerd::types::Mount],
+) -> anyhow::Result<(u32, u32)> {
+    let Some(user) = config["config"]["User"]
+        .as_str()
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+    else {
+        return Ok((0, 0));
+    };
+    if !crate::user::needs_files(&user) {
+        return crate::user::resolve(&user, None);
+    }
+    let mounts = crated_snapshots::wire::mounts_from_api(mounts.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let scratch = tempfile::tempdir().context("a directory to mount the rootfs on")?;
+        let resolved = crated_diff::with_read_only(&mounts, scratch.path(), |root| {
+            Ok(crate::user::resolve(&user, root))
         })
-    }
-
-    fn all(&self) -> impl Iterator<Item = &PathBuf> {
-        [&self.stdin, &self.stdout]
-            .into_iter()
-            .chain(self.stderr.as_ref())
-    }
-
-    /// stdin, stdout and stderr as the task API takes them (empty: none).
-    fn paths(&self) -> [String; 3] {
-        let text = |p: &PathBuf| p.to_string_lossy().into_owned();
-        [
-            text(&self.stdin),
-            text(&self.stdout),
-            self.stderr.as_ref().map(text).unwrap_or_default(),
-        ]
-    }
+        .context("mounting the rootfs to look up the user")?;
+        resolved.with_context(|| format!("image user {user:?}"))
+    })
+    .await?
 }
 
-impl Drop for Fifos {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn open_read(p: &Path) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
-    tokio::net::unix::pipe::OpenOptions::new().open_receiver(p)
-}
-
-fn hold_open(p: &Path) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
-    tokio::net::unix::pipe::OpenOptions::new()
-        .read_write(true)
-        .open_receiver(p)
-}
-
-/// Copies a process's output FIFO to ours until the shim closes it.
-async fn copy_out(
-    mut from: tokio::net::unix::pipe::Receiver,
-    mut to: impl tokio::io::AsyncWrite + Unpin,
-) {
-    // tokio's copy flushes whenever the FIFO has nothing more yet: prompts show at once.
-    let _ = tokio::io::copy(&mut from, &mut to).await;
-}
-
-/// Puts the terminal in raw mode while it lives.
-struct RawTerminal(Option<nix::sys::termios::Termios>);
-
-impl RawTerminal {
-    fn enter() -> RawTerminal {
-        let stdin = std::io::stdin();
-        match nix::sys::termios::tcgetattr(&stdin) {
-            Ok(saved) => {
-                let mut raw = saved.clone();
-                nix::sys::termios::cfmakeraw(&mut raw);
-                let _ =
-                    nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &raw);
-                RawTerminal(Some(saved))
-            }
-            Err(_) => RawTerminal(None),
-        }
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        if let Some(saved) = &self.0 {
-            let _ = nix::sys::termios::tcsetattr(
-                std::io::stdin(),
-                nix::sys::termios::SetArg::TCSANOW,
-                saved,
-            );
-        }
-    }
-}
-
-fn terminal_size() -> Option<(u16, u16)> {
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ writes a winsize into the pointer given.
-    let rc = unsafe { libc::ioctl(std::io::stdin().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_col > 0).then_some((ws.ws_col, ws.ws_row))
-}
-
-pub async fn run(conn: &Connection, args: RunArgs) -> anyhow::Result<i32> {
+/// Makes the container (its snapshot and record) and returns the rootfs mounts.
+pub async fn create_container(
+    conn: &Connection,
+    args: &ContainerArgs,
+) -> anyhow::Result<Vec<crated_api::containerd::types::Mount>> {
     let image = conn
         .images()
         .get(conn.request(images::GetImageRequest {
@@ -291,8 +223,14 @@ pub async fn run(conn: &Connection, args: RunArgs) -> anyhow::Result<i32> {
             args.snapshotter
         );
     }
-    let spec = spec(conn.namespace(), &args.id, &contents.config, &args)?;
-    let spec_json = serde_json::to_vec(&spec)?;
+    let labels = args
+        .labels
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
+            None => bail!("label {l:?} is not KEY=VALUE"),
+        })
+        .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let mounts = conn
         .snapshots()
         .prepare(conn.request(snapshots::PrepareSnapshotRequest {
@@ -304,43 +242,61 @@ pub async fn run(conn: &Connection, args: RunArgs) -> anyhow::Result<i32> {
         .await?
         .into_inner()
         .mounts;
-    let created = conn
-        .containers()
-        .create(conn.request(containers::CreateContainerRequest {
-            container: Some(containers::Container {
-                id: args.id.clone(),
-                image: args.image.clone(),
-                runtime: Some(containers::container::Runtime {
-                    name: args.runtime.clone(),
-                    options: None,
+    let record = async {
+        let user = resolve_user(&contents.config, &mounts).await?;
+        let spec = spec(conn.namespace(), &contents.config, args, user)?;
+        conn.containers()
+            .create(conn.request(containers::CreateContainerRequest {
+                container: Some(containers::Container {
+                    id: args.id.clone(),
+                    image: args.image.clone(),
+                    labels,
+                    runtime: Some(containers::container::Runtime {
+                        name: args.runtime.clone(),
+                        options: None,
+                    }),
+                    spec: Some(prost_types::Any {
+                        type_url: SPEC_TYPE.into(),
+                        value: serde_json::to_vec(&spec)?,
+                    }),
+                    snapshotter: args.snapshotter.clone(),
+                    snapshot_key: args.id.clone(),
+                    ..Default::default()
                 }),
-                spec: Some(prost_types::Any {
-                    type_url: SPEC_TYPE.into(),
-                    value: spec_json,
-                }),
-                snapshotter: args.snapshotter.clone(),
-                snapshot_key: args.id.clone(),
-                ..Default::default()
-            }),
-        }))
-        .await;
-    if let Err(e) = created {
-        let _ = remove_snapshot(conn, &args.snapshotter, &args.id).await;
-        return Err(e.into());
+            }))
+            .await?;
+        Ok::<_, anyhow::Error>(())
     }
-    let result = run_task(conn, &args, mounts).await;
+    .await;
+    if let Err(e) = record {
+        let _ = remove_snapshot(conn, &args.snapshotter, &args.id).await;
+        return Err(e);
+    }
+    Ok(mounts)
+}
+
+pub async fn run(conn: &Connection, args: RunArgs) -> anyhow::Result<i32> {
+    let c = &args.container;
+    let rootfs = create_container(conn, c).await?;
+    let result = start_task(
+        conn,
+        &c.id,
+        c.tty,
+        args.detach,
+        &args.fifo_dir,
+        Some(rootfs),
+    )
+    .await;
     if args.rm || (result.is_err() && !args.detach) {
         let _ = conn
             .tasks()
             .delete(conn.request(tasks::DeleteTaskRequest {
-                container_id: args.id.clone(),
+                container_id: c.id.clone(),
             }))
             .await;
-        remove_snapshot(conn, &args.snapshotter, &args.id).await?;
+        remove_snapshot(conn, &c.snapshotter, &c.id).await?;
         conn.containers()
-            .delete(conn.request(containers::DeleteContainerRequest {
-                id: args.id.clone(),
-            }))
+            .delete(conn.request(containers::DeleteContainerRequest { id: c.id.clone() }))
             .await?;
     }
     result
@@ -356,143 +312,69 @@ async fn remove_snapshot(conn: &Connection, snapshotter: &str, key: &str) -> any
     Ok(())
 }
 
-async fn run_task(
+/// Creates the container's task with stdio FIFOs and starts it: detached, it returns at once
+/// (the FIFOs stay for `tasks attach`); else it is attached to and its exit status returned.
+/// `rootfs`: the container's mounts when known, else asked of its snapshotter.
+pub async fn start_task(
     conn: &Connection,
-    args: &RunArgs,
-    rootfs: Vec<crated_api::containerd::types::Mount>,
+    id: &str,
+    tty: bool,
+    detach: bool,
+    fifo_dir: &std::path::Path,
+    rootfs: Option<Vec<crated_api::containerd::types::Mount>>,
 ) -> anyhow::Result<i32> {
-    let id = args.id.clone();
-    let fifos = if args.detach {
-        None
-    } else {
-        Some(Fifos::create(&args.fifo_dir, &id, args.tty)?)
+    let rootfs = match rootfs {
+        Some(r) => r,
+        None => {
+            let c = conn
+                .containers()
+                .get(conn.request(containers::GetContainerRequest { id: id.to_owned() }))
+                .await?
+                .into_inner()
+                .container
+                .context("the daemon answered no container")?;
+            conn.snapshots()
+                .mounts(conn.request(snapshots::MountsRequest {
+                    snapshotter: c.snapshotter,
+                    key: c.snapshot_key,
+                }))
+                .await?
+                .into_inner()
+                .mounts
+        }
     };
+    let fifos = Fifos::create(fifo_dir, id, tty)?;
     // Held open (read and write) until the shim has its ends: no blocking open for it, no
     // early end of file for us.
     let held = fifos
-        .iter()
-        .flat_map(Fifos::all)
+        .all()
         .map(|p| hold_open(p))
         .collect::<std::io::Result<Vec<_>>>()?;
-    let [stdin, stdout, stderr] = fifos.as_ref().map(Fifos::paths).unwrap_or_default();
+    let paths = fifos.paths();
     conn.tasks()
         .create(conn.request(tasks::CreateTaskRequest {
-            container_id: id.clone(),
+            container_id: id.to_owned(),
             rootfs,
-            stdin,
-            stdout,
-            stderr,
-            terminal: args.tty,
+            stdin: paths[0].clone(),
+            stdout: paths[1].clone(),
+            stderr: paths[2].clone(),
+            terminal: tty,
             ..Default::default()
         }))
         .await?;
-    if args.detach {
+    let process = Process {
+        id: id.to_owned(),
+        exec_id: String::new(),
+    };
+    if detach {
         conn.tasks()
             .start(conn.request(tasks::StartRequest {
-                container_id: id,
+                container_id: id.to_owned(),
                 exec_id: String::new(),
             }))
             .await?;
+        fifos.keep();
         return Ok(0);
     }
-    let fifos = fifos.context("fifos")?;
-    let mut copies = Vec::new();
-    copies.push(tokio::spawn(copy_out(
-        open_read(&fifos.stdout)?,
-        tokio::io::stdout(),
-    )));
-    if let Some(e) = &fifos.stderr {
-        copies.push(tokio::spawn(copy_out(open_read(e)?, tokio::io::stderr())));
-    }
-    let stdin_fifo = tokio::net::unix::pipe::OpenOptions::new().open_sender(&fifos.stdin)?;
-    drop(held);
-    let _raw = args.tty.then(RawTerminal::enter);
-    let stdin_conn = conn.clone();
-    let stdin_id = id.clone();
-    tokio::spawn(async move {
-        let mut to = stdin_fifo;
-        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut to).await;
-        drop(to);
-        let _ = stdin_conn
-            .tasks()
-            .close_io(stdin_conn.request(tasks::CloseIoRequest {
-                container_id: stdin_id,
-                exec_id: String::new(),
-                stdin: true,
-            }))
-            .await;
-    });
-    let mut waiter = conn.tasks();
-    let wait_req = conn.request(tasks::WaitRequest {
-        container_id: id.clone(),
-        exec_id: String::new(),
-    });
-    let wait = tokio::spawn(async move { waiter.wait(wait_req).await });
-    conn.tasks()
-        .start(conn.request(tasks::StartRequest {
-            container_id: id.clone(),
-            exec_id: String::new(),
-        }))
-        .await?;
-    if args.tty {
-        if let Some((w, h)) = terminal_size() {
-            let _ = conn
-                .tasks()
-                .resize_pty(conn.request(tasks::ResizePtyRequest {
-                    container_id: id.clone(),
-                    exec_id: String::new(),
-                    width: w.into(),
-                    height: h.into(),
-                }))
-                .await;
-        }
-    }
-    let signals = forward_signals(conn.clone(), id.clone(), args.tty);
-    let status = wait.await??.into_inner().exit_status;
-    signals.abort();
-    for c in copies {
-        let _ = c.await;
-    }
-    Ok(status as i32)
-}
-
-/// SIGINT and SIGTERM go to the task (with a terminal, ^C reaches it through the pty);
-/// SIGWINCH resizes its terminal.
-fn forward_signals(conn: Connection, id: String, tty: bool) -> tokio::task::JoinHandle<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    tokio::spawn(async move {
-        let (Ok(mut int), Ok(mut term), Ok(mut winch)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::window_change()),
-        ) else {
-            return;
-        };
-        loop {
-            let sig = tokio::select! {
-                _ = int.recv() => libc::SIGINT,
-                _ = term.recv() => libc::SIGTERM,
-                _ = winch.recv() => {
-                    if let (true, Some((w, h))) = (tty, terminal_size()) {
-                        let _ = conn.tasks().resize_pty(conn.request(tasks::ResizePtyRequest {
-                            container_id: id.clone(),
-                            exec_id: String::new(),
-                            width: w.into(),
-                            height: h.into(),
-                        })).await;
-                    }
-                    continue;
-                }
-            };
-            let _ = conn
-                .tasks()
-                .kill(conn.request(tasks::KillRequest {
-                    container_id: id.clone(),
-                    exec_id: String::new(),
-                    signal: sig as u32,
-                    all: false,
-                }))
-                .await;
-        }
-    })
+    attach_and_wait(conn, &process, &paths, tty, held, true).await
 }

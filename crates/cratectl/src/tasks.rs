@@ -1,15 +1,17 @@
-//! `cratectl tasks ls|start|kill|ps|pause|resume|metrics|rm` and `cratectl events`.
+//! `cratectl tasks ls|start|kill|ps|exec|attach|pause|resume|metrics|rm` and `cratectl events`.
 
 use std::io::Write;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Subcommand;
+use crated_api::containerd::services::containers::v1 as containers;
 use crated_api::containerd::services::events::v1 as events;
 use crated_api::containerd::services::tasks::v1 as api;
 use crated_api::containerd::v1::types::Status;
 use tabwriter::TabWriter;
 
 use crate::client::Connection;
+use crate::stdio::{attach_and_wait, hold_open, Fifos, Process};
 
 #[derive(Subcommand, Debug)]
 pub enum TasksCommand {
@@ -19,8 +21,38 @@ pub enum TasksCommand {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Start a created task and return.
+    /// Start a container's task (created now if it has none) and wait for it, attached.
     Start {
+        /// Start and return.
+        #[arg(short, long)]
+        detach: bool,
+        /// Allocate a terminal (for a task created now).
+        #[arg(short = 't', long)]
+        tty: bool,
+        #[arg(long, default_value = crate::run::DEFAULT_FIFO_DIR)]
+        fifo_dir: std::path::PathBuf,
+        id: String,
+    },
+    /// Run another process in a task's container; exits with its status.
+    Exec {
+        #[arg(long, required = true)]
+        exec_id: String,
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Start and return.
+        #[arg(short, long)]
+        detach: bool,
+        /// Working directory (default: the container's).
+        #[arg(long)]
+        cwd: Option<String>,
+        #[arg(long, default_value = crate::run::DEFAULT_FIFO_DIR)]
+        fifo_dir: std::path::PathBuf,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Attach to a running task's stdio and wait for it; exits with its status.
+    Attach {
         id: String,
     },
     /// Signal a task.
@@ -73,7 +105,8 @@ fn signal_number(name: &str) -> anyhow::Result<u32> {
     Ok(sig as i32 as u32)
 }
 
-pub async fn run(conn: &Connection, command: TasksCommand) -> anyhow::Result<()> {
+/// The exit status of the process the command waited for (0 for the others).
+pub async fn run(conn: &Connection, command: TasksCommand) -> anyhow::Result<i32> {
     let mut tasks = conn.tasks();
     match command {
         TasksCommand::Ls { quiet } => {
@@ -98,13 +131,63 @@ pub async fn run(conn: &Connection, command: TasksCommand) -> anyhow::Result<()>
             }
             tw.flush()?;
         }
-        TasksCommand::Start { id } => {
-            tasks
-                .start(conn.request(api::StartRequest {
-                    container_id: id,
+        TasksCommand::Start {
+            detach,
+            tty,
+            fifo_dir,
+            id,
+        } => {
+            let existing = tasks
+                .get(conn.request(api::GetRequest {
+                    container_id: id.clone(),
                     exec_id: String::new(),
                 }))
-                .await?;
+                .await;
+            let Ok(existing) = existing else {
+                return crate::run::start_task(conn, &id, tty, detach, &fifo_dir, None).await;
+            };
+            let p = existing.into_inner().process.unwrap_or_default();
+            let process = Process {
+                id,
+                exec_id: String::new(),
+            };
+            if detach {
+                tasks
+                    .start(conn.request(api::StartRequest {
+                        container_id: process.id,
+                        exec_id: String::new(),
+                    }))
+                    .await?;
+                return Ok(0);
+            }
+            let paths = [p.stdin, p.stdout, p.stderr];
+            return attach_and_wait(conn, &process, &paths, p.terminal, Vec::new(), true).await;
+        }
+        TasksCommand::Exec {
+            exec_id,
+            tty,
+            detach,
+            cwd,
+            fifo_dir,
+            id,
+            args,
+        } => return exec(conn, &id, &exec_id, tty, detach, cwd, &fifo_dir, args).await,
+        TasksCommand::Attach { id } => {
+            let p = tasks
+                .get(conn.request(api::GetRequest {
+                    container_id: id.clone(),
+                    exec_id: String::new(),
+                }))
+                .await?
+                .into_inner()
+                .process
+                .context("the daemon answered no process")?;
+            let process = Process {
+                id,
+                exec_id: String::new(),
+            };
+            let paths = [p.stdin, p.stdout, p.stderr];
+            return attach_and_wait(conn, &process, &paths, p.terminal, Vec::new(), false).await;
         }
         TasksCommand::Kill {
             signal,
@@ -186,10 +269,26 @@ pub async fn run(conn: &Connection, command: TasksCommand) -> anyhow::Result<()>
                     }))
                     .await;
             }
+            let stdout = tasks
+                .get(conn.request(api::GetRequest {
+                    container_id: id.clone(),
+                    exec_id: String::new(),
+                }))
+                .await
+                .ok()
+                .and_then(|p| p.into_inner().process)
+                .map(|p| p.stdout)
+                .unwrap_or_default();
             let r = tasks
-                .delete(conn.request(api::DeleteTaskRequest { container_id: id }))
+                .delete(conn.request(api::DeleteTaskRequest {
+                    container_id: id.clone(),
+                }))
                 .await?
                 .into_inner();
+            // The FIFOs a detached run or start left for attaching.
+            if let Some(dir) = Fifos::dir_of(&id, &stdout) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
             if r.exit_status != 0 {
                 println!(
                     "WARN: task {} exit with non-zero exit code {}",
@@ -198,8 +297,87 @@ pub async fn run(conn: &Connection, command: TasksCommand) -> anyhow::Result<()>
             }
         }
     }
-    Ok(())
+    Ok(0)
 }
+
+/// The container's process spec with these arguments (and terminal, working directory),
+/// given to the shim as containerd's Process type.
+#[allow(clippy::too_many_arguments)]
+async fn exec(
+    conn: &Connection,
+    id: &str,
+    exec_id: &str,
+    tty: bool,
+    detach: bool,
+    cwd: Option<String>,
+    fifo_dir: &std::path::Path,
+    args: Vec<String>,
+) -> anyhow::Result<i32> {
+    let container = conn
+        .containers()
+        .get(conn.request(containers::GetContainerRequest { id: id.to_owned() }))
+        .await?
+        .into_inner()
+        .container
+        .context("the daemon answered no container")?;
+    let spec: serde_json::Value =
+        serde_json::from_slice(&container.spec.map(|s| s.value).unwrap_or_default())
+            .context("the container's spec is not JSON")?;
+    let mut process = spec["process"].clone();
+    if !process.is_object() {
+        bail!("the container's spec has no process");
+    }
+    process["args"] = serde_json::json!(args);
+    process["terminal"] = serde_json::json!(tty);
+    if let Some(cwd) = cwd {
+        process["cwd"] = serde_json::json!(cwd);
+    }
+    let fifos = Fifos::create(fifo_dir, exec_id, tty)?;
+    let held = fifos
+        .all()
+        .map(|p| hold_open(p))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let paths = fifos.paths();
+    conn.tasks()
+        .exec(conn.request(api::ExecProcessRequest {
+            container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            stdin: paths[0].clone(),
+            stdout: paths[1].clone(),
+            stderr: paths[2].clone(),
+            terminal: tty,
+            spec: Some(prost_types::Any {
+                type_url: PROCESS_TYPE.into(),
+                value: serde_json::to_vec(&process)?,
+            }),
+        }))
+        .await?;
+    let process = Process {
+        id: id.to_owned(),
+        exec_id: exec_id.to_owned(),
+    };
+    if detach {
+        conn.tasks()
+            .start(conn.request(api::StartRequest {
+                container_id: process.id,
+                exec_id: process.exec_id,
+            }))
+            .await?;
+        fifos.keep();
+        return Ok(0);
+    }
+    let status = attach_and_wait(conn, &process, &paths, tty, held, true).await?;
+    conn.tasks()
+        .delete_process(conn.request(api::DeleteProcessRequest {
+            container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+        }))
+        .await?;
+    Ok(status)
+}
+
+/// containerd's type URL for an OCI process spec.
+const PROCESS_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
 /// `cratectl events [FILTER...]`: one line per event, as ctr prints them.
 pub async fn events(conn: &Connection, filters: Vec<String>) -> anyhow::Result<()> {

@@ -333,3 +333,162 @@ fn cratectl_run_foreground_detached_and_with_a_terminal() {
     assert!(text.contains("/dev/pts/"), "{text}");
     assert!(bundles(&daemon).is_empty(), "{:?}", bundles(&daemon));
 }
+
+#[test]
+fn cratectl_create_start_exec_attach_and_named_image_users() {
+    let Some((daemon, bin, work)) = setup("overlayfs") else {
+        return;
+    };
+    clear_stale_runc_state(&["cc1", "cu1", "cu2"]);
+    let cc1_fifos = || -> Vec<PathBuf> {
+        std::fs::read_dir("/run/crated/fifo")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("cc1-"))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for stale in cc1_fifos() {
+        let _ = std::fs::remove_dir_all(stale);
+    }
+    let ours = cratectl();
+    // A container made without a task, then started detached and managed.
+    ok(ctr(
+        &daemon,
+        &ours,
+        &[
+            "containers",
+            "create",
+            "--label",
+            "team=a",
+            IMAGE,
+            "cc1",
+            "/bin/sh",
+            "-c",
+            "echo started; sleep 1000",
+        ],
+    ));
+    let info = ok(ctr(&daemon, &bin, &["containers", "info", "cc1"]));
+    assert!(info.contains("\"team\": \"a\""), "{info}");
+    assert_eq!(task_status(&daemon, &bin, "cc1"), "none");
+    ok(ctr(&daemon, &ours, &["tasks", "start", "-d", "cc1"]));
+    assert_eq!(task_status(&daemon, &bin, "cc1"), "RUNNING");
+
+    // exec: output, stdin, exit status; the process is gone after.
+    let out = ctr(
+        &daemon,
+        &ours,
+        &[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "x1",
+            "cc1",
+            "/bin/sh",
+            "-c",
+            "echo in-exec; exit 6",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in-exec\n");
+    let missing = ctr(&daemon, &ours, &["tasks", "exec", "cc1", "/bin/true"]);
+    assert!(!missing.status.success());
+
+    // attach: a client on the detached task's FIFOs sees its exit.
+    let mut attached = std::process::Command::new(&ours)
+        .arg("--address")
+        .arg(&daemon.socket)
+        .args(["tasks", "attach", "cc1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    ok(ctr(
+        &daemon,
+        &bin,
+        &["tasks", "kill", "-s", "SIGKILL", "cc1"],
+    ));
+    wait_until(
+        Duration::from_secs(10),
+        || matches!(attached.try_wait(), Ok(Some(_))),
+        || "attach still waits".into(),
+    );
+    assert_eq!(attached.wait().unwrap().code(), Some(137));
+    // The detached start left its FIFOs for attaching; removing the task removes them.
+    assert_eq!(cc1_fifos().len(), 1, "{:?}", cc1_fifos());
+    ok(ctr(&daemon, &ours, &["tasks", "rm", "cc1"]));
+    let fifo_dirs = cc1_fifos();
+    assert!(fifo_dirs.is_empty(), "FIFOs left: {fifo_dirs:?}");
+    ok(ctr(&daemon, &ours, &["containers", "rm", "cc1"]));
+
+    // The image's User by name, looked up in the image's own /etc/passwd and /etc/group.
+    let image = crated_testsupport::oci::busybox_as_user("docker.io/library/users:1", "www:staff");
+    let archive = work.path().join("users.tar");
+    image.write_archive(&archive);
+    ok(ctr(
+        &daemon,
+        &bin,
+        &[
+            "images",
+            "import",
+            "--snapshotter",
+            "overlayfs",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    let out = ok(ctr(
+        &daemon,
+        &ours,
+        &[
+            "run",
+            "--rm",
+            "docker.io/library/users:1",
+            "cu1",
+            "/bin/sh",
+            "-c",
+            "id -u; id -g",
+        ],
+    ));
+    assert_eq!(out, "33\n50\n");
+    let image = crated_testsupport::oci::busybox_as_user("docker.io/library/users:2", "nobody");
+    image.write_archive(&archive);
+    ok(ctr(
+        &daemon,
+        &bin,
+        &[
+            "images",
+            "import",
+            "--snapshotter",
+            "overlayfs",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    let out = ctr(
+        &daemon,
+        &ours,
+        &[
+            "run",
+            "--rm",
+            "docker.io/library/users:2",
+            "cu2",
+            "/bin/true",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"nobody\" is not in /etc/passwd"), "{err}");
+    // Nothing is left of the container that could not be made.
+    assert!(ok(ctr(&daemon, &bin, &["containers", "ls", "-q"]))
+        .trim()
+        .is_empty());
+    let snaps = ok(ctr(&daemon, &bin, &["snapshots", "ls"]));
+    assert!(!snaps.contains("cu2"), "{snaps}");
+}

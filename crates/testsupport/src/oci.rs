@@ -91,10 +91,19 @@ pub fn host_arch() -> &'static str {
 /// Builds an image from uncompressed layer tars and their media type's compression
 /// (`gzip` or none): config with `cmd`, manifest, an index naming it `name` (tag `latest`).
 pub fn image(name: &str, layers: &[(Vec<u8>, Vec<u8>, &str)], cmd: &str) -> OciImage {
+    image_with_config(name, layers, &format!(r#""Cmd":{cmd}"#))
+}
+
+/// [`image`] with the members of the config's `config` object given as JSON text.
+pub fn image_with_config(
+    name: &str,
+    layers: &[(Vec<u8>, Vec<u8>, &str)],
+    config_members: &str,
+) -> OciImage {
     let arch = host_arch();
     let diff_ids: Vec<String> = layers.iter().map(|(tar, _, _)| sha256(tar)).collect();
     let config = format!(
-        r#"{{"architecture":"{arch}","os":"linux","config":{{"Cmd":{cmd}}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        r#"{{"architecture":"{arch}","os":"linux","config":{{{config_members}}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
         diff_ids
             .iter()
             .map(|d| format!("\"{d}\""))
@@ -147,6 +156,27 @@ pub fn busybox(name: &str) -> (OciImage, String) {
         r#"["/bin/sh"]"#,
     );
     (image, digest)
+}
+
+/// The busybox image with a second layer holding `etc/passwd` and `etc/group` (user `www`,
+/// uid 33, gid 44; group `staff`, gid 50) and `user` as the config's `User`.
+pub fn busybox_as_user(name: &str, user: &str) -> OciImage {
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static)");
+    let base = layer(&busybox);
+    let mut etc = tar::Builder::new(Vec::new());
+    append(
+        &mut etc,
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:44:www:/var/www:/bin/sh\n",
+    );
+    append(&mut etc, "etc/group", b"root:x:0:\nstaff:x:50:www\n");
+    let etc = etc.into_inner().unwrap();
+    let media = "application/vnd.oci.image.layer.v1.tar";
+    image_with_config(
+        name,
+        &[(base.clone(), base, media), (etc.clone(), etc, media)],
+        &format!(r#""Cmd":["/bin/sh"],"User":"{user}""#),
+    )
 }
 
 /// What [`import_busybox`] did: the layer's digest and ctr's output.
