@@ -559,9 +559,10 @@ fn run_latency(
             .map(drop)
             .map_err(anyhow::Error::msg)
     };
-    let run_once = |d: &Daemon, id: &str| {
+    let cratectl = release_bin("cratectl")?;
+    let run_with = |client: &Path, d: &Daemon, id: &str| {
         timed(
-            std::process::Command::new(&ctr)
+            std::process::Command::new(client)
                 .arg("--address")
                 .arg(&d.socket)
                 .args(["run", "--rm", "--snapshotter", "overlayfs", IMAGE, id])
@@ -569,8 +570,16 @@ fn run_latency(
                 .args(["/bin/busybox", "true"]),
         )
     };
+    let run_once = |d: &Daemon, id: &str| run_with(&ctr, d, id);
     let mut row = Row {
         name: "ctr run --rm busybox true".into(),
+        unit: "ms",
+        crated: vec![],
+        containerd: vec![],
+    };
+    // cratectl against crated; its containerd column is ctr against containerd.
+    let mut ours_row = Row {
+        name: "cratectl run --rm busybox true".into(),
         unit: "ms",
         crated: vec![],
         containerd: vec![],
@@ -587,17 +596,22 @@ fn run_latency(
     };
     // One warm-up each (page cache for shim, runc and the image).
     run_once(&ours, "bench-warm-crated")?;
+    run_with(&cratectl, &ours, "bench-warm-cratectl")?;
     if let Some(d) = &theirs {
         run_once(d, "bench-warm-containerd")?;
     }
     for i in 0..runs {
         row.crated
             .push(run_once(&ours, &format!("bench-crated-{i}"))? * 1000.0);
+        ours_row
+            .crated
+            .push(run_with(&cratectl, &ours, &format!("bench-cratectl-{i}"))? * 1000.0);
         if let Some(d) = &theirs {
             row.containerd
                 .push(run_once(d, &format!("bench-containerd-{i}"))? * 1000.0);
         }
     }
+    ours_row.containerd = row.containerd.clone();
     // The floor: runc alone on a prepared bundle.
     let bundle = scratch.path().join("bundle");
     let rootfs = bundle.join("rootfs");
@@ -629,12 +643,14 @@ fn run_latency(
     drop(ours);
     drop(theirs);
     let floor = stats(&floor).map_or(0.0, |(m, ..)| m);
-    let median = stats(&row.crated).map_or(0.0, |(m, ..)| m);
+    let median = |r: &Row| stats(&r.crated).map_or(0.0, |(m, ..)| m);
     let note = format!(
-        "floor: `runc run` of the same rootfs alone {floor:.1} ms (median); ctr run against crated / floor {:.2}",
-        median / floor.max(f64::EPSILON)
+        "floor: `runc run` of the same rootfs alone {floor:.1} ms (median); against crated / floor: ctr run {:.2}, cratectl run {:.2}\n\
+         the cratectl row's containerd column is ctr against containerd (the same as the row above)",
+        median(&row) / floor.max(f64::EPSILON),
+        median(&ours_row) / floor.max(f64::EPSILON)
     );
-    Ok((vec![row], note))
+    Ok((vec![row, ours_row], note))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -167,3 +167,51 @@ fn published_events_reach_subscribers_through_their_event_filters() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn namespace_and_content_changes_publish_containerds_events() {
+    let Some(ctr) = tool("ctr", "containerd") else {
+        return;
+    };
+    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    let all = Subscriber::start(&ctr, &daemon, &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let run = |args: &[&str]| {
+        let out = daemon.client(&ctr, args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["namespaces", "create", "evns"]);
+    run(&["namespaces", "label", "evns", "tier=gold"]);
+    run(&["namespaces", "rm", "evns"]);
+    // One blob in, then removed.
+    let blob = b"an event blob\n";
+    let digest = format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(blob));
+    let mut ingest = Command::new(&ctr)
+        .arg("--address")
+        .arg(&daemon.socket)
+        .args(["content", "ingest", "--expected-digest", &digest, "evblob"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ingest.stdin.take().unwrap().write_all(blob).unwrap();
+    assert!(ingest.wait().unwrap().success());
+    run(&["content", "rm", &digest]);
+    for topic in [
+        "/namespaces/create",
+        "/namespaces/update",
+        "/namespaces/delete",
+        "/content/delete",
+    ] {
+        wait_until(
+            Duration::from_secs(10),
+            || all.text().contains(topic),
+            || format!("no {topic} in {}", all.text()),
+        );
+    }
+    let text = all.text();
+    assert!(text.contains("evns") && text.contains(&digest), "{text}");
+}

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crated_api::containerd::events as ev;
 use crated_api::containerd::services::namespaces::v1 as api;
 use crated_api::containerd::services::namespaces::v1::namespaces_server::{
     Namespaces, NamespacesServer,
@@ -11,17 +12,18 @@ use crated_metadata::{MetadataError, MetadataStore, Namespace};
 use crated_plugin::{types, Instance, Registration};
 use tonic::{Request, Response, Status};
 
-use crate::edge::{blocking, filter_status, status};
+use crate::edge::{blocking, filter_status, namespace, status};
 use crate::GrpcService;
 
 /// The namespaces service: containerd's semantics over the metadata store.
 pub struct NamespacesService {
     store: Arc<MetadataStore>,
+    exchange: Arc<crated_events::Exchange>,
 }
 
 impl NamespacesService {
-    pub fn new(store: Arc<MetadataStore>) -> Self {
-        NamespacesService { store }
+    pub fn new(store: Arc<MetadataStore>, exchange: Arc<crated_events::Exchange>) -> Self {
+        NamespacesService { store, exchange }
     }
 
     fn store(&self) -> Arc<MetadataStore> {
@@ -33,9 +35,12 @@ pub fn registrations() -> Vec<Registration> {
     vec![
         Registration::new(types::SERVICE, "namespaces-service", |ctx| async move {
             let store = ctx.get_single::<MetadataStore>(types::METADATA)?;
-            Ok(Instance::new(Arc::new(NamespacesService::new(store))))
+            let exchange = ctx.get_single::<crated_events::Exchange>(types::EVENT)?;
+            Ok(Instance::new(Arc::new(NamespacesService::new(
+                store, exchange,
+            ))))
         })
-        .requires(&[types::METADATA]),
+        .requires(&[types::EVENT, types::METADATA]),
         Registration::new(types::GRPC, "namespaces", |ctx| async move {
             let service =
                 ctx.get_by_id::<NamespacesService>(types::SERVICE, "namespaces-service")?;
@@ -103,6 +108,7 @@ impl Namespaces for NamespacesService {
         &self,
         req: Request<api::CreateNamespaceRequest>,
     ) -> Result<Response<api::CreateNamespaceResponse>, Status> {
+        let caller = namespace(&req)?;
         let ns = req.into_inner().namespace.unwrap_or_default();
         // An empty value means "no such label", as containerd's store treats it.
         let ns = Namespace {
@@ -116,6 +122,15 @@ impl Namespaces for NamespacesService {
         let store = self.store();
         let created = ns.clone();
         blocking(move || store.create_namespace(&ns)).await?;
+        self.exchange.publish_message(
+            &caller,
+            "/namespaces/create",
+            "containerd.events.NamespaceCreate",
+            &ev::NamespaceCreate {
+                name: created.name.clone(),
+                labels: created.labels.clone().into_iter().collect(),
+            },
+        );
         Ok(Response::new(api::CreateNamespaceResponse {
             namespace: Some(to_api(created)),
         }))
@@ -125,6 +140,7 @@ impl Namespaces for NamespacesService {
         &self,
         req: Request<api::UpdateNamespaceRequest>,
     ) -> Result<Response<api::UpdateNamespaceResponse>, Status> {
+        let caller = namespace(&req)?;
         let req = req.into_inner();
         let ns = req.namespace.unwrap_or_default();
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -153,6 +169,15 @@ impl Namespaces for NamespacesService {
         let name = ns.name;
         let updated =
             blocking(move || store.update_namespace_labels(&name, &changes, replace)).await?;
+        self.exchange.publish_message(
+            &caller,
+            "/namespaces/update",
+            "containerd.events.NamespaceUpdate",
+            &ev::NamespaceUpdate {
+                name: updated.name.clone(),
+                labels: updated.labels.clone().into_iter().collect(),
+            },
+        );
         Ok(Response::new(api::UpdateNamespaceResponse {
             namespace: Some(to_api(updated)),
         }))
@@ -162,9 +187,17 @@ impl Namespaces for NamespacesService {
         &self,
         req: Request<api::DeleteNamespaceRequest>,
     ) -> Result<Response<()>, Status> {
+        let caller = namespace(&req)?;
         let name = req.into_inner().name;
         let store = self.store();
+        let deleted = name.clone();
         blocking(move || store.delete_namespace(&name)).await?;
+        self.exchange.publish_message(
+            &caller,
+            "/namespaces/delete",
+            "containerd.events.NamespaceDelete",
+            &ev::NamespaceDelete { name: deleted },
+        );
         Ok(Response::new(()))
     }
 }

@@ -30,6 +30,8 @@ const LIST_BATCH: usize = 100;
 pub struct ContentService {
     db: Arc<MetadataStore>,
     store: Arc<dyn ContentStore>,
+    /// Where `/content/delete` goes (none when the event plugin is not up).
+    exchange: Option<Arc<crated_events::Exchange>>,
 }
 
 pub fn registrations() -> Vec<Registration> {
@@ -46,7 +48,7 @@ pub fn registrations() -> Vec<Registration> {
         Registration::new(types::SERVICE, "content-service", |ctx| async move {
             Ok(Instance::new(Arc::new(ContentService::from_context(&ctx)?)))
         })
-        .requires(&[types::METADATA, types::CONTENT]),
+        .requires(&[types::EVENT, types::METADATA, types::CONTENT]),
         Registration::new(types::GRPC, "content", |ctx| async move {
             let service = ctx.get_by_id::<ContentService>(types::SERVICE, "content-service")?;
             Ok(Instance::new(GrpcService::new(move |routes| {
@@ -145,6 +147,7 @@ impl ContentService {
         Ok(ContentService {
             db,
             store: Arc::clone(&store),
+            exchange: ctx.get_single::<crated_events::Exchange>(types::EVENT).ok(),
         })
     }
 
@@ -398,8 +401,17 @@ impl Content for ContentService {
         let digest = req.into_inner().digest;
         check_digest(&digest)?;
         let db = self.db.clone();
+        let (ns2, deleted) = (ns.clone(), digest.clone());
         // The blob itself stays on disk until garbage collection, as in containerd.
-        blocking(move || db.content_delete(&ns, &digest)).await?;
+        blocking(move || db.content_delete(&ns2, &digest)).await?;
+        if let Some(exchange) = &self.exchange {
+            exchange.publish_message(
+                &ns,
+                "/content/delete",
+                "containerd.events.ContentDelete",
+                &crated_api::containerd::events::ContentDelete { digest: deleted },
+            );
+        }
         Ok(Response::new(()))
     }
 
