@@ -3,6 +3,7 @@
 use anyhow::Context;
 use crated_api::containerd::services::containers::v1::containers_client::ContainersClient;
 use crated_api::containerd::services::content::v1::content_client::ContentClient;
+use crated_api::containerd::services::diff::v1::diff_client::DiffClient;
 use crated_api::containerd::services::events::v1::events_client::EventsClient;
 use crated_api::containerd::services::images::v1::images_client::ImagesClient;
 use crated_api::containerd::services::introspection::v1::introspection_client::IntrospectionClient;
@@ -69,6 +70,18 @@ impl Connection {
             req.metadata_mut().insert("containerd-lease", lease.clone());
         }
         req
+    }
+
+    /// The same connection with calls under lease `id`.
+    pub fn with_lease(&self, id: &str) -> anyhow::Result<Connection> {
+        Ok(Connection {
+            lease: Some(id.parse().context("lease is not valid header text")?),
+            ..self.clone()
+        })
+    }
+
+    pub fn diff(&self) -> DiffClient<Channel> {
+        DiffClient::new(self.channel.clone())
     }
 
     pub fn namespace(&self) -> &str {

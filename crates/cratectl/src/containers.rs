@@ -140,7 +140,7 @@ pub async fn run(conn: &Connection, command: ContainersCommand) -> anyhow::Resul
     Ok(())
 }
 
-async fn get(conn: &Connection, id: &str) -> anyhow::Result<api::Container> {
+pub async fn get(conn: &Connection, id: &str) -> anyhow::Result<api::Container> {
     Ok(conn
         .containers()
         .get(conn.request(api::GetContainerRequest { id: id.to_owned() }))

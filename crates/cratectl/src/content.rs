@@ -76,8 +76,7 @@ async fn list(conn: &Connection, filters: Vec<String>) -> anyhow::Result<Vec<Inf
     Ok(out)
 }
 
-/// Streams stdin into the store: Stat first (to learn where an earlier write stopped), then
-/// writes that are not each waited for, then Commit.
+/// Streams stdin into the store.
 async fn ingest(
     conn: &Connection,
     reference: String,
@@ -85,13 +84,44 @@ async fn ingest(
     expected: String,
     labels: HashMap<String, String>,
 ) -> anyhow::Result<()> {
+    let (chunks, rx) = mpsc::channel(4);
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let n = stdin.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.truncate(n);
+            if chunks.blocking_send(buf).is_err() {
+                return Ok(());
+            }
+        }
+    });
+    let written = write_blob(conn, reference, size, expected, labels, rx).await;
+    reader.await??;
+    written
+}
+
+/// Writes the bytes arriving on `chunks` as a blob: Stat first (to learn where an earlier write
+/// of the reference stopped: that much of the input is skipped), then writes that are not each
+/// waited for, then Commit with the expected size and digest. A blob already there is done.
+pub async fn write_blob(
+    conn: &Connection,
+    reference: String,
+    size: i64,
+    expected: String,
+    labels: HashMap<String, String>,
+    mut chunks: mpsc::Receiver<Vec<u8>>,
+) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<WriteContentRequest>(8);
     tx.send(WriteContentRequest {
         action: WriteAction::Stat as i32,
         r#ref: reference.clone(),
         total: size,
         expected: expected.clone(),
-        labels,
+        labels: labels.clone(),
         ..Default::default()
     })
     .await?;
@@ -107,53 +137,71 @@ async fn ingest(
         Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
         Err(s) => return Err(s.into()),
     };
-    let mut offset = first.offset;
-    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut stdin = std::io::stdin().lock();
-        // Skip what an earlier write already stored.
-        std::io::copy(&mut (&mut stdin).take(offset as u64), &mut std::io::sink())?;
+    let sender = async move {
+        let mut skip = first.offset.max(0) as usize;
+        let mut offset = first.offset;
+        let mut pending: Option<Vec<u8>> = None;
+        let mut committed = false;
         loop {
-            let mut buf = vec![0u8; CHUNK];
-            let mut filled = 0;
-            while filled < CHUNK {
-                let n = stdin.read(&mut buf[filled..])?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
+            let next = chunks.recv().await;
+            // Each chunk goes out once the next is known, so the last one carries Commit.
+            if let Some(data) = pending.take() {
+                let last = next.is_none();
+                let len = data.len() as i64;
+                let req = WriteContentRequest {
+                    action: if last {
+                        WriteAction::Commit
+                    } else {
+                        WriteAction::Write
+                    } as i32,
+                    offset,
+                    data,
+                    total: if last { size } else { 0 },
+                    expected: if last {
+                        expected.clone()
+                    } else {
+                        String::new()
+                    },
+                    labels: if last { labels.clone() } else { HashMap::new() },
+                    ..Default::default()
+                };
+                offset += len;
+                committed = last;
+                tx.send(req).await.context("the daemon ended the write")?;
             }
-            buf.truncate(filled);
-            let last = filled < CHUNK;
-            let action = if last {
-                WriteAction::Commit
-            } else {
-                WriteAction::Write
-            };
-            let req = WriteContentRequest {
-                action: action as i32,
-                offset,
-                data: buf,
-                total: if last { size } else { 0 },
-                expected: if last {
-                    expected.clone()
-                } else {
-                    String::new()
-                },
-                ..Default::default()
-            };
-            offset += filled as i64;
-            tx.blocking_send(req)
-                .context("the daemon ended the write")?;
-            if last {
-                return Ok(());
+            let Some(mut data) = next else { break };
+            if skip > 0 {
+                let n = skip.min(data.len());
+                data.drain(..n);
+                skip -= n;
             }
+            pending = Some(data);
         }
-    });
-    let mut digest = String::new();
-    while let Some(m) = responses.message().await? {
-        digest = m.digest;
-    }
-    reader.await??;
+        if !committed {
+            // Nothing arrived: commit what is there.
+            tx.send(WriteContentRequest {
+                action: WriteAction::Commit as i32,
+                offset,
+                total: size,
+                expected: expected.clone(),
+                labels: labels.clone(),
+                ..Default::default()
+            })
+            .await
+            .context("the daemon ended the write")?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let receiver = async {
+        let mut digest = String::new();
+        while let Some(m) = responses.message().await? {
+            digest = m.digest;
+        }
+        Ok::<_, anyhow::Error>(digest)
+    };
+    let (sent, digest) = tokio::join!(sender, receiver);
+    let digest = digest?;
+    sent?;
     if digest.is_empty() {
         bail!("no commit acknowledged");
     }

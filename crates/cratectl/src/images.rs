@@ -1,4 +1,5 @@
-//! `cratectl images pull|ls|rm|tag|mount|unmount`. A pull is the daemon's (containerd's
+//! `cratectl images pull|ls|rm|tag|mount|unmount|check|usage|import|export` (the archives are
+//! [`crate::archive`]'s, check and usage [`crate::inspect`]'s). A pull is the daemon's (containerd's
 //! Transfer API, OCI registry to image store): this client opens a progress stream and, with
 //! `--user`, a stream to answer the registry's credential requests on, then shows progress
 //! per layer as the daemon reports it.
@@ -86,10 +87,40 @@ pub enum ImagesCommand {
         snapshotter: String,
         target: String,
     },
+    /// Say, per image, how many of its blobs the content store has and whether it is unpacked.
+    Check {
+        #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
+        snapshotter: String,
+        /// Print only the names of complete images.
+        #[arg(short, long)]
+        quiet: bool,
+        filters: Vec<String>,
+    },
+    /// Disk usage of an image's layer snapshots.
+    Usage {
+        #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
+        snapshotter: String,
+        reference: String,
+    },
+    /// Import images from an OCI layout or Docker `save` archive, and unpack them.
+    Import(crate::archive::ImportArgs),
+    /// Export images to an OCI layout archive (with a Docker manifest.json).
+    Export(crate::archive::ExportArgs),
 }
 
 pub async fn run(conn: &Connection, command: ImagesCommand) -> anyhow::Result<()> {
     match command {
+        ImagesCommand::Check {
+            snapshotter,
+            quiet,
+            filters,
+        } => crate::inspect::check(conn, &snapshotter, quiet, filters).await,
+        ImagesCommand::Usage {
+            snapshotter,
+            reference,
+        } => crate::inspect::usage(conn, &snapshotter, &reference).await,
+        ImagesCommand::Import(args) => crate::archive::import(conn, args).await,
+        ImagesCommand::Export(args) => crate::archive::export(conn, args).await,
         ImagesCommand::Pull {
             plain_http,
             platforms,

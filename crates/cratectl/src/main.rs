@@ -1,11 +1,13 @@
 //! `cratectl`: crated's client. Talks to any containerd-compatible socket (crated or containerd)
 //! and prints what `ctr` prints.
 
+mod archive;
 mod client;
 mod containers;
 mod content;
 mod gc;
 mod images;
+mod inspect;
 mod leases;
 mod namespaces;
 mod plugins;

@@ -16,7 +16,7 @@ use crated_api::containerd::services::snapshots::v1 as snapshots;
 use crated_api::containerd::services::tasks::v1 as tasks;
 
 use crate::client::Connection;
-use crate::stdio::{attach_and_wait, hold_open, Fifos, Process};
+use crate::stdio::{attach_and_wait, Fifos, Process};
 
 /// containerd's type URL for an OCI runtime spec in a container record.
 pub const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -326,13 +326,7 @@ pub async fn start_task(
     let rootfs = match rootfs {
         Some(r) => r,
         None => {
-            let c = conn
-                .containers()
-                .get(conn.request(containers::GetContainerRequest { id: id.to_owned() }))
-                .await?
-                .into_inner()
-                .container
-                .context("the daemon answered no container")?;
+            let c = crate::containers::get(conn, id).await?;
             conn.snapshots()
                 .mounts(conn.request(snapshots::MountsRequest {
                     snapshotter: c.snapshotter,
@@ -344,12 +338,7 @@ pub async fn start_task(
         }
     };
     let fifos = Fifos::create(fifo_dir, id, tty)?;
-    // Held open (read and write) until the shim has its ends: no blocking open for it, no
-    // early end of file for us.
-    let held = fifos
-        .all()
-        .map(|p| hold_open(p))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let held = fifos.hold()?;
     let paths = fifos.paths();
     conn.tasks()
         .create(conn.request(tasks::CreateTaskRequest {

@@ -49,7 +49,13 @@ impl Fifos {
         })
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &PathBuf> {
+    /// The FIFOs opened read-write, to be held until the shim has its ends: no blocking open
+    /// for it, no early end of file for us.
+    pub fn hold(&self) -> std::io::Result<Vec<tokio::net::unix::pipe::Receiver>> {
+        self.all().map(|p| hold_open(p)).collect()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &PathBuf> {
         [&self.stdin, &self.stdout]
             .into_iter()
             .chain(self.stderr.as_ref())
@@ -96,7 +102,7 @@ fn open_read(p: &Path) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
     tokio::net::unix::pipe::OpenOptions::new().open_receiver(p)
 }
 
-pub fn hold_open(p: &Path) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
+fn hold_open(p: &Path) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
     tokio::net::unix::pipe::OpenOptions::new()
         .read_write(true)
         .open_receiver(p)

@@ -4,14 +4,13 @@ use std::io::Write;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use crated_api::containerd::services::containers::v1 as containers;
 use crated_api::containerd::services::events::v1 as events;
 use crated_api::containerd::services::tasks::v1 as api;
 use crated_api::containerd::v1::types::Status;
 use tabwriter::TabWriter;
 
 use crate::client::Connection;
-use crate::stdio::{attach_and_wait, hold_open, Fifos, Process};
+use crate::stdio::{attach_and_wait, Fifos, Process};
 
 #[derive(Subcommand, Debug)]
 pub enum TasksCommand {
@@ -313,13 +312,7 @@ async fn exec(
     fifo_dir: &std::path::Path,
     args: Vec<String>,
 ) -> anyhow::Result<i32> {
-    let container = conn
-        .containers()
-        .get(conn.request(containers::GetContainerRequest { id: id.to_owned() }))
-        .await?
-        .into_inner()
-        .container
-        .context("the daemon answered no container")?;
+    let container = crate::containers::get(conn, id).await?;
     let spec: serde_json::Value =
         serde_json::from_slice(&container.spec.map(|s| s.value).unwrap_or_default())
             .context("the container's spec is not JSON")?;
@@ -333,10 +326,7 @@ async fn exec(
         process["cwd"] = serde_json::json!(cwd);
     }
     let fifos = Fifos::create(fifo_dir, exec_id, tty)?;
-    let held = fifos
-        .all()
-        .map(|p| hold_open(p))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let held = fifos.hold()?;
     let paths = fifos.paths();
     conn.tasks()
         .exec(conn.request(api::ExecProcessRequest {

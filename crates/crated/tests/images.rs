@@ -279,3 +279,144 @@ fn a_layer_writing_through_a_symlink_outside_is_refused() {
     );
     assert_eq!(std::fs::read_to_string(&canary).unwrap(), "canary");
 }
+
+/// The snapshot of chain `chain` is committed in `snapshotter`.
+fn unpacked(daemon: &Daemon, ctr: &Path, snapshotter: &str, chain: &str) -> bool {
+    let ls = ok(daemon.client(ctr, &["snapshots", "--snapshotter", snapshotter, "ls"]));
+    ls.lines()
+        .any(|l| l.starts_with(chain) && l.contains("Committed"))
+}
+
+#[test]
+fn cratectl_images_export_and_import_round_trip_with_ctr_and_docker_archives() {
+    let Some((first, ctr, work)) = setup() else {
+        return;
+    };
+    let cratectl = crated_testsupport::workspace_bin("cratectl");
+    let layer = crated_testsupport::oci::import_busybox(&first, &ctr, IMAGE, "native", work.path())
+        .unwrap()
+        .layer;
+    let ours = work.path().join("ours.tar");
+    let theirs = work.path().join("theirs.tar");
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    ok(first.client(&cratectl, &["images", "export", &path(&ours), IMAGE]));
+    ok(first.client(&ctr, &["images", "export", &path(&theirs), IMAGE]));
+
+    // Our export, read by Debian's ctr into another daemon, unpacked and complete.
+    let (second, _, _) = setup().unwrap();
+    let out = ok(second.client(
+        &ctr,
+        &["images", "import", "--snapshotter", "native", &path(&ours)],
+    ));
+    assert!(out.contains(IMAGE), "{out}");
+    assert!(unpacked(&second, &ctr, "native", &layer));
+    let check = ok(second.client(&ctr, &["images", "check"]));
+    assert!(check.contains("complete"), "{check}");
+
+    // ctr's export and ours, imported by cratectl: the image, its blobs and its snapshot.
+    for archive in [&theirs, &ours] {
+        let (third, _, _) = setup().unwrap();
+        let out = ok(third.client(
+            &cratectl,
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                "native",
+                &path(archive),
+            ],
+        ));
+        assert!(out.contains(IMAGE), "{out}");
+        assert!(unpacked(&third, &ctr, "native", &layer), "{out}");
+        let check = ok(third.client(&ctr, &["images", "check"]));
+        assert!(check.contains("complete"), "{check}");
+        let ours = ok(third.client(&cratectl, &["images", "check", "--snapshotter", "native"]));
+        let row = ours
+            .lines()
+            .find(|l| l.starts_with(IMAGE))
+            .unwrap_or_default();
+        assert!(
+            row.contains("complete (3/3)") && row.trim_end().ends_with("true"),
+            "{ours}"
+        );
+        let usage = ok(third.client(
+            &cratectl,
+            &["images", "usage", "--snapshotter", "native", IMAGE],
+        ));
+        assert!(
+            usage
+                .lines()
+                .any(|l| l.starts_with(&layer) && !l.contains("not unpacked")),
+            "{usage}"
+        );
+        // The image record holds the blobs after the import's lease is gone.
+        ok(third.client(&ctr, &["leases", "ls"]));
+        let collected = ok(third.client(&cratectl, &["gc"]));
+        let content = ok(third.client(&ctr, &["content", "ls", "-q"]));
+        assert!(content.contains(&layer), "{collected}\n{content}");
+        let labels = ok(third.client(&ctr, &["content", "ls"]));
+        assert!(
+            labels.contains("containerd.io/gc.ref.snapshot.native="),
+            "{labels}"
+        );
+    }
+
+    // A Docker `save` archive made by skopeo from our export.
+    if let Some(skopeo) = tool("skopeo", "skopeo") {
+        let docker = work.path().join("docker.tar");
+        let out = std::process::Command::new(skopeo)
+            .args(["copy", "--quiet"])
+            .arg(format!("oci-archive:{}:crated", ours.display()))
+            .arg(format!("docker-archive:{}:busybox:dock", docker.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (fourth, _, _) = setup().unwrap();
+        let out = ok(fourth.client(
+            &cratectl,
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                "native",
+                &path(&docker),
+            ],
+        ));
+        assert!(out.contains("docker.io/library/busybox:dock"), "{out}");
+        assert!(unpacked(&fourth, &ctr, "native", &layer), "{out}");
+        let ls = ok(fourth.client(&ctr, &["images", "ls"]));
+        assert!(
+            ls.contains("application/vnd.docker.distribution.manifest.v2+json"),
+            "{ls}"
+        );
+    }
+
+    // A blob that does not match its name is refused, and nothing is imported.
+    let bad = work.path().join("bad.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&bad).unwrap());
+    let mut original = tar::Archive::new(std::fs::File::open(&ours).unwrap());
+    for entry in original.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        if name.ends_with(layer.trim_start_matches("sha256:")) {
+            let last = data.len() - 1;
+            data[last] ^= 1;
+        }
+        let mut header = entry.header().clone();
+        builder.append_data(&mut header, &name, &data[..]).unwrap();
+    }
+    builder.finish().unwrap();
+    drop(builder);
+    let (fifth, _, _) = setup().unwrap();
+    let err = fails(fifth.client(&cratectl, &["images", "import", &path(&bad)]));
+    assert!(err.contains("does not match its digest"), "{err}");
+    assert!(ok(fifth.client(&ctr, &["images", "ls", "-q"]))
+        .trim()
+        .is_empty());
+}

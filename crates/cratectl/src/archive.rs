@@ -1,0 +1,847 @@
+//! `cratectl images import|export`: image archives in and out, as ctr makes and reads them.
+//! Import takes an OCI image layout archive (`index.json`, `blobs/`; image names from the
+//! `io.containerd.image.name` or `org.opencontainers.image.ref.name` annotations) or a Docker
+//! `save` archive (`manifest.json`, for which a Docker schema 2 manifest is written); every
+//! blob goes into the content store checked against its digest, under a lease until the image
+//! records hold it, with containerd's GC labels; then each image is unpacked for this host.
+//! Export writes the OCI layout of the named images (this host's platform, or all), with a
+//! Docker `manifest.json` beside it so `docker load` reads it too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use crated_api::containerd::services::content::v1::{self as content, ReadContentRequest};
+use crated_api::containerd::services::diff::v1::ApplyRequest;
+use crated_api::containerd::services::images::v1 as images;
+use crated_api::containerd::services::leases::v1 as leases;
+use crated_api::containerd::services::snapshots::v1 as snapshots;
+use crated_api::containerd::types::Descriptor;
+use sha2::Digest as _;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use crate::client::Connection;
+use crate::content::write_blob;
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+const IMAGE_NAME: &str = "io.containerd.image.name";
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Files up to this size are kept from the first read (the JSON documents are among them).
+const SMALL: u64 = 4 << 20;
+const CHUNK: usize = 1 << 20;
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Snapshotter to unpack into.
+    #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
+    snapshotter: String,
+    /// Store the blobs and images only.
+    #[arg(long)]
+    no_unpack: bool,
+    /// Name images whose index entry has only a tag annotation `BASE:TAG`.
+    #[arg(long)]
+    base_name: Option<String>,
+    archive: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Every platform's manifest, not only this host's.
+    #[arg(long)]
+    all_platforms: bool,
+    output: PathBuf,
+    #[arg(required = true)]
+    images: Vec<String>,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+fn entry_path(entry: &tar::Entry<'_, std::fs::File>) -> anyhow::Result<String> {
+    let path = entry.path().context("an archive entry with a bad path")?;
+    Ok(path.to_string_lossy().trim_start_matches("./").to_owned())
+}
+
+/// What the first read of the archive found.
+#[derive(Default)]
+struct Scanned {
+    /// Every regular file: path → (digest, size, gzip-compressed).
+    files: HashMap<String, (String, u64, bool)>,
+    /// The bytes of the small files, by path.
+    small: HashMap<String, Vec<u8>>,
+}
+
+fn scan(archive: &Path) -> anyhow::Result<Scanned> {
+    let file =
+        std::fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let mut tar = tar::Archive::new(file);
+    let mut scanned = Scanned::default();
+    for entry in tar.entries().context("reading the archive")? {
+        let mut entry = entry.context("reading the archive")?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry_path(&entry)?;
+        let size = entry.size();
+        let mut hasher = sha2::Sha256::new();
+        let mut kept = Vec::new();
+        let mut head = [0u8; 2];
+        let mut buf = vec![0u8; CHUNK];
+        let mut read = 0u64;
+        loop {
+            let n = entry.read(&mut buf).context("reading the archive")?;
+            if n == 0 {
+                break;
+            }
+            if read < 2 {
+                for (i, b) in buf[..n.min(2)].iter().enumerate() {
+                    if (read as usize + i) < 2 {
+                        head[read as usize + i] = *b;
+                    }
+                }
+            }
+            hasher.update(&buf[..n]);
+            if size <= SMALL {
+                kept.extend_from_slice(&buf[..n]);
+            }
+            read += n as u64;
+        }
+        let digest = format!("sha256:{:x}", hasher.finalize());
+        scanned
+            .files
+            .insert(path.clone(), (digest, size, head == [0x1f, 0x8b]));
+        if size <= SMALL {
+            scanned.small.insert(path, kept);
+        }
+    }
+    Ok(scanned)
+}
+
+/// A blob to store: from the archive (by path) or made here.
+struct Blob {
+    digest: String,
+    size: u64,
+    labels: HashMap<String, String>,
+    bytes: Option<Vec<u8>>,
+}
+
+/// What an import stores: image names with their targets, and blobs (by archive path; made
+/// ones have an empty path and carry their bytes).
+struct Plan {
+    images: Vec<(String, Descriptor)>,
+    blobs: Vec<(String, Blob)>,
+}
+
+/// containerd's `containerd.io/gc.ref.content.*` labels of an index's or manifest's children.
+fn children_labels(doc: &serde_json::Value) -> HashMap<String, String> {
+    let mut labels = HashMap::new();
+    let digest = |d: &serde_json::Value| d["digest"].as_str().map(str::to_owned);
+    for (i, m) in doc["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(d) = digest(m) {
+            labels.insert(format!("containerd.io/gc.ref.content.m.{i}"), d);
+        }
+    }
+    if let Some(d) = digest(&doc["config"]) {
+        labels.insert("containerd.io/gc.ref.content.config".into(), d);
+    }
+    for (i, l) in doc["layers"].as_array().into_iter().flatten().enumerate() {
+        if let Some(d) = digest(l) {
+            labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), d);
+        }
+    }
+    labels
+}
+
+fn normalize(name: &str) -> anyhow::Result<String> {
+    Ok(crated_images::Reference::parse(name)?.to_string())
+}
+
+/// The images and blobs of an OCI layout.
+fn plan_oci(scanned: &Scanned, index: &[u8], base_name: Option<&str>) -> anyhow::Result<Plan> {
+    let index: serde_json::Value =
+        serde_json::from_slice(index).context("index.json is not JSON")?;
+    let mut blobs = Vec::new();
+    for (path, (digest, size, _)) in &scanned.files {
+        let Some(hex) = path.strip_prefix("blobs/sha256/") else {
+            continue;
+        };
+        if digest.trim_start_matches("sha256:") != hex {
+            bail!("blob {path} does not match its digest (its content hashes to {digest})");
+        }
+        let labels = scanned
+            .small
+            .get(path)
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .filter(|v| v.is_object())
+            .map(|v| children_labels(&v))
+            .unwrap_or_default();
+        let blob = Blob {
+            digest: digest.clone(),
+            size: *size,
+            labels,
+            bytes: None,
+        };
+        blobs.push((path.clone(), blob));
+    }
+    let mut found = Vec::new();
+    for entry in index["manifests"].as_array().into_iter().flatten() {
+        let annotations = &entry["annotations"];
+        let name = match (
+            annotations[IMAGE_NAME].as_str(),
+            annotations[REF_NAME].as_str(),
+        ) {
+            (Some(name), _) => normalize(name)?,
+            (None, Some(tag)) => match base_name {
+                Some(base) => normalize(&format!("{base}:{tag}"))?,
+                None if tag.contains('/') || tag.contains(':') => normalize(tag)?,
+                None => {
+                    eprintln!(
+                        "skipping the manifest {} tagged {tag:?}: give --base-name to name it",
+                        entry["digest"]
+                    );
+                    continue;
+                }
+            },
+            (None, None) => continue,
+        };
+        let desc = Descriptor {
+            media_type: entry["mediaType"].as_str().unwrap_or_default().to_owned(),
+            digest: entry["digest"].as_str().unwrap_or_default().to_owned(),
+            size: entry["size"].as_i64().unwrap_or_default(),
+            annotations: HashMap::new(),
+        };
+        found.push((name, desc));
+    }
+    Ok(Plan {
+        images: found,
+        blobs,
+    })
+}
+
+/// The images and blobs of a Docker `save` archive: a schema 2 manifest made for each entry.
+fn plan_docker(scanned: &Scanned, manifest: &[u8]) -> anyhow::Result<Plan> {
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_slice(manifest).context("manifest.json is not a JSON list")?;
+    let mut found = Vec::new();
+    let mut blobs = Vec::new();
+    let file = |path: &str| {
+        scanned
+            .files
+            .get(path.trim_start_matches("./"))
+            .cloned()
+            .with_context(|| format!("manifest.json names {path}, which the archive lacks"))
+    };
+    for entry in entries {
+        let config_path = entry["Config"]
+            .as_str()
+            .context("an entry without Config")?;
+        let (config_digest, config_size, _) = file(config_path)?;
+        blobs.push((
+            config_path.to_owned(),
+            Blob {
+                digest: config_digest.clone(),
+                size: config_size,
+                labels: HashMap::new(),
+                bytes: None,
+            },
+        ));
+        let mut layers = Vec::new();
+        for layer in entry["Layers"].as_array().into_iter().flatten() {
+            let path = layer.as_str().context("a layer that is not a path")?;
+            let (digest, size, gzip) = file(path)?;
+            layers.push(serde_json::json!({
+                "mediaType": if gzip { DOCKER_LAYER_GZIP } else { DOCKER_LAYER },
+                "size": size,
+                "digest": digest,
+            }));
+            blobs.push((
+                path.to_owned(),
+                Blob {
+                    digest,
+                    size,
+                    labels: HashMap::new(),
+                    bytes: None,
+                },
+            ));
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG, "size": config_size, "digest": config_digest},
+            "layers": layers,
+        });
+        let bytes = serde_json::to_vec(&manifest)?;
+        let desc = Descriptor {
+            media_type: DOCKER_MANIFEST.into(),
+            digest: sha256(&bytes),
+            size: bytes.len() as i64,
+            annotations: HashMap::new(),
+        };
+        blobs.push((
+            String::new(),
+            Blob {
+                digest: desc.digest.clone(),
+                size: bytes.len() as u64,
+                labels: children_labels(&manifest),
+                bytes: Some(bytes),
+            },
+        ));
+        for tag in entry["RepoTags"].as_array().into_iter().flatten() {
+            if let Some(tag) = tag.as_str() {
+                found.push((normalize(tag)?, desc.clone()));
+            }
+        }
+    }
+    Ok(Plan {
+        images: found,
+        blobs,
+    })
+}
+
+async fn create_lease(conn: &Connection) -> anyhow::Result<String> {
+    let id = format!(
+        "import-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    );
+    let labels = crate::gc::expire_label("24h")?;
+    conn.leases()
+        .create(conn.request(leases::CreateRequest {
+            id: id.clone(),
+            labels: labels.into_iter().collect(),
+        }))
+        .await?;
+    Ok(id)
+}
+
+pub async fn import(conn: &Connection, args: ImportArgs) -> anyhow::Result<()> {
+    let archive = args.archive.clone();
+    let scanned = tokio::task::spawn_blocking(move || scan(&archive)).await??;
+    let plan = if let Some(index) = scanned.small.get("index.json") {
+        plan_oci(&scanned, index, args.base_name.as_deref())?
+    } else if let Some(manifest) = scanned.small.get("manifest.json") {
+        plan_docker(&scanned, manifest)?
+    } else {
+        bail!(
+            "{} is neither an OCI image layout (index.json) nor a Docker archive (manifest.json)",
+            args.archive.display()
+        );
+    };
+    let lease = create_lease(conn).await?;
+    let leased = conn.with_lease(&lease)?;
+    let result = import_under(&leased, &args, plan).await;
+    // The image records hold what was imported now; the lease goes.
+    let _ = conn
+        .leases()
+        .delete(conn.request(leases::DeleteRequest {
+            id: lease,
+            sync: false,
+        }))
+        .await;
+    result
+}
+
+async fn import_under(conn: &Connection, args: &ImportArgs, plan: Plan) -> anyhow::Result<()> {
+    let Plan {
+        images: found,
+        blobs,
+    } = plan;
+    let reference = |digest: &str| format!("import-{digest}");
+    let mut from_archive: HashMap<String, Blob> = HashMap::new();
+    for (path, blob) in blobs {
+        match blob.bytes {
+            Some(ref bytes) => {
+                let (tx, rx) = mpsc::channel(1);
+                tx.send(bytes.clone()).await?;
+                drop(tx);
+                write_blob(
+                    conn,
+                    reference(&blob.digest),
+                    blob.size as i64,
+                    blob.digest.clone(),
+                    blob.labels.clone(),
+                    rx,
+                )
+                .await?;
+            }
+            None => {
+                from_archive.insert(path, blob);
+            }
+        }
+    }
+    // The archive's blobs, read again and streamed to the store one by one.
+    let (blob_tx, mut blob_rx) = mpsc::channel::<(Blob, mpsc::Receiver<Vec<u8>>)>(1);
+    let archive = args.archive.clone();
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let file = std::fs::File::open(&archive)?;
+        let mut tar = tar::Archive::new(file);
+        for entry in tar.entries()? {
+            let mut entry = entry?;
+            let path = entry_path(&entry)?;
+            let Some(blob) = from_archive.remove(&path) else {
+                continue;
+            };
+            let (tx, rx) = mpsc::channel(4);
+            if blob_tx.blocking_send((blob, rx)).is_err() {
+                return Ok(());
+            }
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = entry.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                if tx.blocking_send(buf).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    });
+    while let Some((blob, chunks)) = blob_rx.recv().await {
+        write_blob(
+            conn,
+            reference(&blob.digest),
+            blob.size as i64,
+            blob.digest.clone(),
+            blob.labels,
+            chunks,
+        )
+        .await
+        .with_context(|| format!("storing {}", blob.digest))?;
+    }
+    reader.await??;
+    for (name, target) in found {
+        let image = images::Image {
+            name: name.clone(),
+            target: Some(target.clone()),
+            ..Default::default()
+        };
+        let created = conn
+            .images()
+            .create(conn.request(images::CreateImageRequest {
+                image: Some(image.clone()),
+                source_date_epoch: None,
+            }))
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                conn.images()
+                    .update(conn.request(images::UpdateImageRequest {
+                        image: Some(image),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["target".into()],
+                        }),
+                        source_date_epoch: None,
+                    }))
+                    .await?;
+            }
+            Err(s) => return Err(s.into()),
+        }
+        if args.no_unpack {
+            println!("{name}");
+            continue;
+        }
+        print!("unpacking {name} ({})...", target.digest);
+        unpack(conn, &target, &args.snapshotter).await?;
+        println!("done");
+    }
+    Ok(())
+}
+
+async fn read_json(conn: &Connection, digest: &str) -> anyhow::Result<serde_json::Value> {
+    let raw = crate::images::read_blob(conn, digest).await?;
+    serde_json::from_slice(&raw).with_context(|| format!("{digest} is not JSON"))
+}
+
+fn descriptor(v: &serde_json::Value) -> Descriptor {
+    Descriptor {
+        media_type: v["mediaType"].as_str().unwrap_or_default().to_owned(),
+        digest: v["digest"].as_str().unwrap_or_default().to_owned(),
+        size: v["size"].as_i64().unwrap_or_default(),
+        annotations: HashMap::new(),
+    }
+}
+
+/// Whether an index entry is for this host (one without a platform is for any).
+pub(crate) fn is_host(entry: &serde_json::Value) -> bool {
+    let host = crated_images::Platform::host();
+    let p = &entry["platform"];
+    let os = p["os"].as_str().unwrap_or_default();
+    let arch = p["architecture"].as_str().unwrap_or_default();
+    os.is_empty() || (os == host.os && arch == host.architecture)
+}
+
+/// The manifest of `target` for this host (the target itself when it is a manifest).
+async fn host_manifest(
+    conn: &Connection,
+    target: &Descriptor,
+) -> anyhow::Result<serde_json::Value> {
+    let mut doc = read_json(conn, &target.digest).await?;
+    // Indexes may nest; the first entry for this host is followed down.
+    for _ in 0..8 {
+        let Some(list) = doc["manifests"].as_array() else {
+            return Ok(doc);
+        };
+        let entry = list.iter().find(|e| is_host(e)).with_context(|| {
+            format!("no manifest for this host's platform in {}", target.digest)
+        })?;
+        let digest = entry["digest"].as_str().unwrap_or_default().to_owned();
+        doc = read_json(conn, &digest).await?;
+    }
+    bail!("indexes nested too deep in {}", target.digest)
+}
+
+/// Unpacks the host's manifest of `target` into `snapshotter`, layer by layer, each snapshot
+/// named by its chain ID (those already there are kept), as ctr's unpacker does.
+async fn unpack(conn: &Connection, target: &Descriptor, snapshotter: &str) -> anyhow::Result<()> {
+    let manifest = host_manifest(conn, target).await?;
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .context("a manifest without config")?
+        .to_owned();
+    let config = read_json(conn, &config_digest).await?;
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().map(str::to_owned))
+        .collect();
+    let layers: Vec<Descriptor> = manifest["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(descriptor)
+        .collect();
+    if layers.len() != diff_ids.len() {
+        bail!(
+            "mismatched image rootfs ({} diff IDs) and manifest layers ({})",
+            diff_ids.len(),
+            layers.len()
+        );
+    }
+    let chains = crated_images::chain_ids(&diff_ids);
+    let mut parent = String::new();
+    for (i, layer) in layers.into_iter().enumerate() {
+        let chain = chains[i].clone();
+        let exists = conn
+            .snapshots()
+            .stat(conn.request(snapshots::StatSnapshotRequest {
+                snapshotter: snapshotter.to_owned(),
+                key: chain.clone(),
+            }))
+            .await
+            .is_ok();
+        if !exists {
+            apply_layer(conn, snapshotter, &layer, &diff_ids[i], &parent, &chain).await?;
+        }
+        parent = chain;
+    }
+    conn.content()
+        .update(conn.request(content::UpdateRequest {
+            info: Some(content::Info {
+                digest: config_digest,
+                labels: HashMap::from([(
+                    format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
+                    parent.clone(),
+                )]),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec![format!(
+                    "labels.containerd.io/gc.ref.snapshot.{snapshotter}"
+                )],
+            }),
+        }))
+        .await?;
+    Ok(())
+}
+
+async fn apply_layer(
+    conn: &Connection,
+    snapshotter: &str,
+    layer: &Descriptor,
+    diff_id: &str,
+    parent: &str,
+    chain: &str,
+) -> anyhow::Result<()> {
+    let key = format!(
+        "extract-{}-{chain}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    );
+    let mounts = conn
+        .snapshots()
+        .prepare(conn.request(snapshots::PrepareSnapshotRequest {
+            snapshotter: snapshotter.to_owned(),
+            key: key.clone(),
+            parent: parent.to_owned(),
+            labels: HashMap::new(),
+        }))
+        .await?
+        .into_inner()
+        .mounts;
+    let applied = async {
+        let applied = conn
+            .diff()
+            .apply(conn.request(ApplyRequest {
+                diff: Some(layer.clone()),
+                mounts,
+                payloads: HashMap::new(),
+                sync_fs: false,
+            }))
+            .await?
+            .into_inner()
+            .applied
+            .unwrap_or_default();
+        if applied.digest != diff_id {
+            bail!(
+                "wrong diff id {} calculated on extraction of {}, expected {diff_id}",
+                applied.digest,
+                layer.digest
+            );
+        }
+        let committed = conn
+            .snapshots()
+            .commit(conn.request(snapshots::CommitSnapshotRequest {
+                snapshotter: snapshotter.to_owned(),
+                name: chain.to_owned(),
+                key: key.clone(),
+                labels: HashMap::new(),
+            }))
+            .await;
+        committed.map(drop).map_err(anyhow::Error::from)
+    }
+    .await;
+    if let Err(e) = applied {
+        let _ = conn
+            .snapshots()
+            .remove(conn.request(snapshots::RemoveSnapshotRequest {
+                snapshotter: snapshotter.to_owned(),
+                key,
+            }))
+            .await;
+        // Unpacked meanwhile by someone else: theirs stands.
+        if e.downcast_ref::<tonic::Status>()
+            .is_some_and(|s| s.code() == tonic::Code::AlreadyExists)
+        {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `docker.io/library/busybox:latest` as Docker shows it: `busybox:latest`.
+fn familiar(name: &str) -> String {
+    let short = name.strip_prefix("docker.io/").unwrap_or(name);
+    short.strip_prefix("library/").unwrap_or(short).to_owned()
+}
+
+/// The blobs of `desc` to export, depth first: the document, then its children (for an index
+/// only this host's manifests unless `all`).
+async fn collect(
+    conn: &Connection,
+    desc: Descriptor,
+    all: bool,
+    out: &mut Vec<Descriptor>,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let doc = read_json(conn, &desc.digest).await?;
+    out.push(desc);
+    let mut chosen = None;
+    if let Some(list) = doc["manifests"].as_array() {
+        for entry in list {
+            if all || is_host(entry) {
+                let found = Box::pin(collect(conn, descriptor(entry), all, out)).await?;
+                chosen = chosen.or(found);
+            }
+        }
+        return Ok(chosen);
+    }
+    out.push(descriptor(&doc["config"]));
+    for layer in doc["layers"].as_array().into_iter().flatten() {
+        out.push(descriptor(layer));
+    }
+    Ok(Some(doc))
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("blobs/{}", digest.replacen(':', "/", 1))
+}
+
+/// One file's worth of chunks, read by the tar writer.
+struct ChunkReader {
+    chunks: mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.chunks.blocking_recv() {
+                Some(c) => {
+                    self.current = c;
+                    self.at = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+pub async fn export(conn: &Connection, args: ExportArgs) -> anyhow::Result<()> {
+    let mut index_entries = Vec::new();
+    let mut docker = Vec::new();
+    let mut blobs: Vec<Descriptor> = Vec::new();
+    for name in &args.images {
+        let image = conn
+            .images()
+            .get(conn.request(images::GetImageRequest { name: name.clone() }))
+            .await
+            .with_context(|| format!("image {name:?}"))?
+            .into_inner()
+            .image
+            .context("the daemon answered no image")?;
+        let target = image.target.unwrap_or_default();
+        let manifest = collect(conn, target.clone(), args.all_platforms, &mut blobs).await?;
+        let tag = name
+            .rsplit_once(':')
+            .map(|(_, t)| t)
+            .filter(|t| !t.contains('/'));
+        let mut annotations = BTreeMap::from([(IMAGE_NAME.to_owned(), name.clone())]);
+        if let Some(tag) = tag {
+            annotations.insert(REF_NAME.to_owned(), tag.to_owned());
+        }
+        index_entries.push(serde_json::json!({
+            "mediaType": target.media_type,
+            "digest": target.digest,
+            "size": target.size,
+            "annotations": annotations,
+        }));
+        if let Some(m) = manifest {
+            let layers: Vec<String> = m["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l["digest"].as_str().map(blob_path))
+                .collect();
+            docker.push(serde_json::json!({
+                "Config": m["config"]["digest"].as_str().map(blob_path),
+                "RepoTags": [familiar(name)],
+                "Layers": layers,
+            }));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    blobs.retain(|d| seen.insert(d.digest.clone()));
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": index_entries,
+    }))?;
+    let docker = serde_json::to_vec(&docker)?;
+
+    // The tar is written by a blocking thread; blobs reach it as chunks, one file at a time.
+    let (file_tx, mut file_rx) = mpsc::channel::<(String, u64, mpsc::Receiver<Vec<u8>>)>(1);
+    let output = args.output.clone();
+    let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let file = std::fs::File::create(&output)
+            .with_context(|| format!("creating {}", output.display()))?;
+        let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+        while let Some((path, size, chunks)) = file_rx.blocking_recv() {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(size);
+            header.set_mode(0o644);
+            header.set_mtime(0);
+            header.set_entry_type(tar::EntryType::Regular);
+            let reader = ChunkReader {
+                chunks,
+                current: Vec::new(),
+                at: 0,
+            };
+            tar.append_data(&mut header, &path, reader)
+                .with_context(|| format!("writing {path}"))?;
+        }
+        let mut inner = tar.into_inner()?;
+        std::io::Write::flush(&mut inner)?;
+        inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(())
+    });
+    let send_bytes = |path: &str, bytes: Vec<u8>| {
+        let (tx, rx) = mpsc::channel(1);
+        let size = bytes.len() as u64;
+        let file_tx = file_tx.clone();
+        let path = path.to_owned();
+        async move {
+            file_tx.send((path, size, rx)).await.ok();
+            tx.send(bytes).await.ok();
+        }
+    };
+    send_bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()).await;
+    for blob in &blobs {
+        let (tx, rx) = mpsc::channel(4);
+        if file_tx
+            .send((blob_path(&blob.digest), blob.size as u64, rx))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        let mut stream = conn
+            .content()
+            .read(conn.request(ReadContentRequest {
+                digest: blob.digest.clone(),
+                offset: 0,
+                size: 0,
+            }))
+            .await
+            .with_context(|| format!("reading {}", blob.digest))?
+            .into_inner();
+        let mut sent = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let data = chunk?.data;
+            sent += data.len() as u64;
+            if tx.send(data).await.is_err() {
+                break;
+            }
+        }
+        if sent != blob.size as u64 {
+            drop(tx);
+            drop(file_tx);
+            let _ = writer.await;
+            bail!(
+                "blob {} is {sent} bytes, its descriptor says {}",
+                blob.digest,
+                blob.size
+            );
+        }
+    }
+    send_bytes("index.json", index).await;
+    send_bytes("manifest.json", docker).await;
+    drop(file_tx);
+    writer.await?
+}
