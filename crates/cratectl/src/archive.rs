@@ -75,8 +75,43 @@ fn entry_path(entry: &tar::Entry<'_, std::fs::File>) -> anyhow::Result<String> {
 struct Scanned {
     /// Every regular file: path → (digest, size, gzip-compressed).
     files: HashMap<String, (String, u64, bool)>,
-    /// The bytes of the small files, by path.
+    /// The bytes of the small files that may be JSON documents, by path.
     small: HashMap<String, Vec<u8>>,
+    /// Links (Docker saves a layer two images share once, linked from the other).
+    links: HashMap<String, String>,
+}
+
+impl Scanned {
+    /// `path` with the archive's links followed: the path of a regular file.
+    fn resolve(&self, path: &str) -> Option<String> {
+        let mut path = path.trim_start_matches("./").to_owned();
+        for _ in 0..16 {
+            if self.files.contains_key(&path) {
+                return Some(path);
+            }
+            path = self.links.get(&path)?.clone();
+        }
+        None
+    }
+}
+
+/// A symlink's target as an archive path: relative to the link's directory, `..` resolved.
+fn link_target(link: &str, target: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    if !target.starts_with('/') {
+        parts.extend(link.split('/'));
+        parts.pop();
+    }
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
 }
 
 fn scan(archive: &Path) -> anyhow::Result<Scanned> {
@@ -86,7 +121,27 @@ fn scan(archive: &Path) -> anyhow::Result<Scanned> {
     let mut scanned = Scanned::default();
     for entry in tar.entries().context("reading the archive")? {
         let mut entry = entry.context("reading the archive")?;
-        if !entry.header().entry_type().is_file() {
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let path = entry_path(&entry)?;
+            let target = entry
+                .link_name()
+                .ok()
+                .flatten()
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            // A hard link's name is from the archive's root, a symlink's from its directory.
+            let target = if kind.is_hard_link() {
+                Some(target.trim_start_matches("./").to_owned())
+            } else {
+                link_target(&path, &target)
+            };
+            if let Some(target) = target {
+                scanned.links.insert(path, target);
+            }
+            continue;
+        }
+        if !kind.is_file() {
             continue;
         }
         let path = entry_path(&entry)?;
@@ -118,7 +173,8 @@ fn scan(archive: &Path) -> anyhow::Result<Scanned> {
         scanned
             .files
             .insert(path.clone(), (digest, size, head == [0x1f, 0x8b]));
-        if size <= SMALL {
+        // Only what may be a JSON document is kept (layers are not).
+        if size <= SMALL && matches!(kept.first(), Some(b'{' | b'[')) {
             scanned.small.insert(path, kept);
         }
     }
@@ -237,20 +293,20 @@ fn plan_docker(scanned: &Scanned, manifest: &[u8]) -> anyhow::Result<Plan> {
         serde_json::from_slice(manifest).context("manifest.json is not a JSON list")?;
     let mut found = Vec::new();
     let mut blobs = Vec::new();
+    // (resolved path, (digest, size, gzip)) of a file manifest.json names.
     let file = |path: &str| {
         scanned
-            .files
-            .get(path.trim_start_matches("./"))
-            .cloned()
+            .resolve(path)
+            .and_then(|p| scanned.files.get(&p).cloned().map(|f| (p, f)))
             .with_context(|| format!("manifest.json names {path}, which the archive lacks"))
     };
     for entry in entries {
         let config_path = entry["Config"]
             .as_str()
             .context("an entry without Config")?;
-        let (config_digest, config_size, _) = file(config_path)?;
+        let (config_path, (config_digest, config_size, _)) = file(config_path)?;
         blobs.push((
-            config_path.to_owned(),
+            config_path,
             Blob {
                 digest: config_digest.clone(),
                 size: config_size,
@@ -261,14 +317,14 @@ fn plan_docker(scanned: &Scanned, manifest: &[u8]) -> anyhow::Result<Plan> {
         let mut layers = Vec::new();
         for layer in entry["Layers"].as_array().into_iter().flatten() {
             let path = layer.as_str().context("a layer that is not a path")?;
-            let (digest, size, gzip) = file(path)?;
+            let (path, (digest, size, gzip)) = file(path)?;
             layers.push(serde_json::json!({
                 "mediaType": if gzip { DOCKER_LAYER_GZIP } else { DOCKER_LAYER },
                 "size": size,
                 "digest": digest,
             }));
             blobs.push((
-                path.to_owned(),
+                path,
                 Blob {
                     digest,
                     size,
@@ -672,7 +728,10 @@ async fn collect(
         for entry in list {
             if all || is_host(entry) {
                 let found = Box::pin(collect(conn, descriptor(entry), all, out)).await?;
-                chosen = chosen.or(found);
+                // The Docker manifest.json names this host's manifest.
+                if chosen.is_none() && is_host(entry) {
+                    chosen = found;
+                }
             }
         }
         return Ok(chosen);
@@ -767,7 +826,10 @@ pub async fn export(conn: &Connection, args: ExportArgs) -> anyhow::Result<()> {
 
     // The tar is written by a blocking thread; blobs reach it as chunks, one file at a time.
     let (file_tx, mut file_rx) = mpsc::channel::<(String, u64, mpsc::Receiver<Vec<u8>>)>(1);
-    let output = args.output.clone();
+    // Written beside the output and renamed into place once whole: a failed export leaves
+    // no archive that looks complete.
+    let partial = PathBuf::from(format!("{}.partial", args.output.display()));
+    let output = partial.clone();
     let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let file = std::fs::File::create(&output)
             .with_context(|| format!("creating {}", output.display()))?;
@@ -801,16 +863,40 @@ pub async fn export(conn: &Connection, args: ExportArgs) -> anyhow::Result<()> {
             tx.send(bytes).await.ok();
         }
     };
-    send_bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()).await;
-    for blob in &blobs {
+    let sent = async {
+        send_bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()).await;
+        send_blobs(conn, &blobs, &file_tx).await?;
+        send_bytes("index.json", index).await;
+        send_bytes("manifest.json", docker).await;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    drop(file_tx);
+    let written = writer.await.map_err(anyhow::Error::from).and_then(|r| r);
+    match sent.and(written) {
+        Ok(()) => std::fs::rename(&partial, &args.output)
+            .with_context(|| format!("renaming into {}", args.output.display())),
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+type FileSender = mpsc::Sender<(String, u64, mpsc::Receiver<Vec<u8>>)>;
+
+/// Each blob's bytes from the content store, to the tar writer as one file each.
+async fn send_blobs(
+    conn: &Connection,
+    blobs: &[Descriptor],
+    file_tx: &FileSender,
+) -> anyhow::Result<()> {
+    for blob in blobs {
         let (tx, rx) = mpsc::channel(4);
-        if file_tx
+        file_tx
             .send((blob_path(&blob.digest), blob.size as u64, rx))
             .await
-            .is_err()
-        {
-            break;
-        }
+            .map_err(|_| anyhow::anyhow!("the archive writer stopped"))?;
         let mut stream = conn
             .content()
             .read(conn.request(ReadContentRequest {
@@ -826,13 +912,10 @@ pub async fn export(conn: &Connection, args: ExportArgs) -> anyhow::Result<()> {
             let data = chunk?.data;
             sent += data.len() as u64;
             if tx.send(data).await.is_err() {
-                break;
+                bail!("the archive writer stopped");
             }
         }
         if sent != blob.size as u64 {
-            drop(tx);
-            drop(file_tx);
-            let _ = writer.await;
             bail!(
                 "blob {} is {sent} bytes, its descriptor says {}",
                 blob.digest,
@@ -840,8 +923,34 @@ pub async fn export(conn: &Connection, args: ExportArgs) -> anyhow::Result<()> {
             );
         }
     }
-    send_bytes("index.json", index).await;
-    send_bytes("manifest.json", docker).await;
-    drop(file_tx);
-    writer.await?
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_in_a_docker_archive_lead_to_the_shared_layer() {
+        assert_eq!(
+            link_target("def/layer.tar", "../abc/layer.tar").as_deref(),
+            Some("abc/layer.tar")
+        );
+        assert_eq!(link_target("a/b", "/x/y").as_deref(), Some("x/y"));
+        assert_eq!(link_target("a", "../../x"), None);
+        let mut scanned = Scanned::default();
+        scanned
+            .files
+            .insert("abc/layer.tar".into(), ("sha256:1".into(), 3, false));
+        scanned
+            .links
+            .insert("def/layer.tar".into(), "abc/layer.tar".into());
+        scanned.links.insert("loop".into(), "loop".into());
+        assert_eq!(
+            scanned.resolve("./def/layer.tar").as_deref(),
+            Some("abc/layer.tar")
+        );
+        assert_eq!(scanned.resolve("loop"), None);
+        assert_eq!(scanned.resolve("missing"), None);
+    }
 }

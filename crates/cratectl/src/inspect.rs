@@ -98,7 +98,7 @@ pub async fn check(
         let (blobs, diff_ids) = tree(conn, &target).await;
         let (mut present, mut have, mut total) = (0, 0i64, 0i64);
         for (digest, size) in &blobs {
-            total += size;
+            total = total.saturating_add(*size);
             let info = conn
                 .content()
                 .info(conn.request(InfoRequest {
@@ -107,7 +107,7 @@ pub async fn check(
                 .await;
             if info.is_ok() {
                 present += 1;
-                have += size;
+                have = have.saturating_add(*size);
             }
         }
         // Complete: every blob of the tree, down to the layers, is there.
@@ -151,7 +151,7 @@ pub async fn usage(conn: &Connection, snapshotter: &str, reference: &str) -> any
     let (_, diff_ids) = tree(conn, &image.target.unwrap_or_default()).await;
     let mut w = TabWriter::new(std::io::stdout()).padding(1);
     writeln!(w, "LAYER\tSNAPSHOT\tSIZE\tINODES")?;
-    let (mut size, mut inodes) = (0, 0);
+    let (mut size, mut inodes) = (0i64, 0i64);
     for (diff_id, chain) in diff_ids.iter().zip(crated_images::chain_ids(&diff_ids)) {
         let usage = conn
             .snapshots()
@@ -163,8 +163,8 @@ pub async fn usage(conn: &Connection, snapshotter: &str, reference: &str) -> any
         match usage {
             Ok(u) => {
                 let u = u.into_inner();
-                size += u.size;
-                inodes += u.inodes;
+                size = size.saturating_add(u.size);
+                inodes = inodes.saturating_add(u.inodes);
                 writeln!(w, "{diff_id}\t{chain}\t{}\t{}", human(u.size), u.inodes)?;
             }
             Err(_) => writeln!(w, "{diff_id}\t{chain}\tnot unpacked\t-")?,

@@ -78,15 +78,26 @@ impl Fifos {
         self.keep = true;
     }
 
-    /// The directory of a process's FIFOs, from its stdout path, if we made it (its name is
-    /// `<id>-<pid>`).
-    pub fn dir_of(id: &str, stdout: &str) -> Option<PathBuf> {
-        let dir = Path::new(stdout).parent()?;
-        let name = dir.file_name()?.to_str()?;
-        name.strip_prefix(&format!("{id}-"))?
-            .parse::<u32>()
-            .ok()
-            .map(|_| dir.to_path_buf())
+    /// Removes the FIFOs of process `id` that a detached start left, given its stdout path:
+    /// only if they are ours (in `<base>/<id>-<pid>/`), and only the FIFOs and that directory,
+    /// so a task logging to a file of its own loses nothing.
+    pub fn remove_left(base: &Path, id: &str, stdout: &str) {
+        let Some(dir) = Path::new(stdout).parent() else {
+            return;
+        };
+        let ours = dir.parent() == Some(base)
+            && dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(&format!("{id}-")))
+                .is_some_and(|pid| pid.parse::<u32>().is_ok());
+        if !ours {
+            return;
+        }
+        for name in ["stdin", "stdout", "stderr"] {
+            let _ = std::fs::remove_file(dir.join(format!("{id}-{name}")));
+        }
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

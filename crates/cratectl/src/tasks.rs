@@ -84,6 +84,9 @@ pub enum TasksCommand {
     Rm {
         #[arg(short, long)]
         force: bool,
+        /// Where a detached start made the task's FIFOs (removed with it).
+        #[arg(long, default_value = crate::run::DEFAULT_FIFO_DIR)]
+        fifo_dir: std::path::PathBuf,
         id: String,
     },
 }
@@ -143,6 +146,13 @@ pub async fn run(conn: &Connection, command: TasksCommand) -> anyhow::Result<i32
                 }))
                 .await;
             let Ok(existing) = existing else {
+                // A terminal if the container's spec asks for one, as ctr.
+                let container = crate::containers::get(conn, &id).await?;
+                let spec: serde_json::Value = container
+                    .spec
+                    .and_then(|s| serde_json::from_slice(&s.value).ok())
+                    .unwrap_or_default();
+                let tty = tty || spec["process"]["terminal"].as_bool().unwrap_or(false);
                 return crate::run::start_task(conn, &id, tty, detach, &fifo_dir, None).await;
             };
             let p = existing.into_inner().process.unwrap_or_default();
@@ -251,7 +261,11 @@ pub async fn run(conn: &Connection, command: TasksCommand) -> anyhow::Result<i32
                 data.value.len()
             );
         }
-        TasksCommand::Rm { force, id } => {
+        TasksCommand::Rm {
+            force,
+            fifo_dir,
+            id,
+        } => {
             if force {
                 let _ = tasks
                     .kill(conn.request(api::KillRequest {
@@ -285,9 +299,7 @@ pub async fn run(conn: &Connection, command: TasksCommand) -> anyhow::Result<i32
                 .await?
                 .into_inner();
             // The FIFOs a detached run or start left for attaching.
-            if let Some(dir) = Fifos::dir_of(&id, &stdout) {
-                let _ = std::fs::remove_dir_all(dir);
-            }
+            Fifos::remove_left(&fifo_dir, &id, &stdout);
             if r.exit_status != 0 {
                 println!(
                     "WARN: task {} exit with non-zero exit code {}",
@@ -356,13 +368,17 @@ async fn exec(
         fifos.keep();
         return Ok(0);
     }
-    let status = attach_and_wait(conn, &process, &paths, tty, held, true).await?;
-    conn.tasks()
+    let status = attach_and_wait(conn, &process, &paths, tty, held, true).await;
+    // The exec id is freed whatever happened to our side of it.
+    let deleted = conn
+        .tasks()
         .delete_process(conn.request(api::DeleteProcessRequest {
             container_id: id.to_owned(),
             exec_id: exec_id.to_owned(),
         }))
-        .await?;
+        .await;
+    let status = status?;
+    deleted?;
     Ok(status)
 }
 

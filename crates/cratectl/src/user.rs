@@ -29,9 +29,63 @@ fn entries(text: &str) -> Vec<Entry> {
         .collect()
 }
 
+/// The most of /etc/passwd or /etc/group read.
+const MAX_FILE: u64 = 1 << 20;
+
+/// `rel` under `root` with symbolic links followed inside `root` (an absolute target starts
+/// again at `root`, `..` stops there), as containerd's `fs.RootPath` scopes it: an image's
+/// links cannot lead to the host's files.
+fn in_root(root: &Path, rel: &str) -> Option<std::path::PathBuf> {
+    let mut pending: Vec<String> = rel.split('/').rev().map(str::to_owned).collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "" | "." => continue,
+            ".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let path = resolved
+            .iter()
+            .fold(root.to_path_buf(), |p, c| p.join(c))
+            .join(&part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                let target = std::fs::read_link(&path).ok()?;
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                pending.extend(target.split('/').rev().map(str::to_owned));
+            }
+            _ => resolved.push(part),
+        }
+    }
+    Some(resolved.iter().fold(root.to_path_buf(), |p, c| p.join(c)))
+}
+
+/// A regular file's text under `root` (empty when absent or not a regular file).
 fn read(root: Option<&Path>, file: &str) -> String {
-    root.and_then(|r| std::fs::read_to_string(r.join(file)).ok())
-        .unwrap_or_default()
+    use std::io::Read;
+    let Some(path) = root.and_then(|r| in_root(r, file)) else {
+        return String::new();
+    };
+    let Ok(f) = std::fs::File::open(&path) else {
+        return String::new();
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = f.take(MAX_FILE).read_to_string(&mut text);
+    text
 }
 
 /// Resolves `user` against the files under `root` (None: an empty tree).
@@ -109,5 +163,32 @@ mod tests {
         assert!(err.contains("\"wheel\" is not in /etc/group"), "{err}");
         assert!(!needs_files("7:8"));
         assert!(needs_files("7") && needs_files("www") && needs_files("7:staff"));
+    }
+
+    #[test]
+    fn links_in_the_image_stay_inside_it() {
+        let dir = root();
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("passwd"), "evil:x:99:99::/:/bin/sh\n").unwrap();
+        let image = tempfile::tempdir().unwrap();
+        std::fs::create_dir(image.path().join("etc")).unwrap();
+        // An absolute link names a path inside the image, not the host's.
+        let inside = dir.path().join("etc/passwd");
+        std::os::unix::fs::symlink(&inside, image.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../dev/zero", image.path().join("etc/group"))
+            .unwrap();
+        let err = resolve("www", Some(image.path())).unwrap_err().to_string();
+        assert!(err.contains("not in /etc/passwd"), "{err}");
+        // A relative link climbing out stops at the root: /dev/zero inside, absent.
+        assert!(resolve("0:staff", Some(image.path())).is_err());
+        // Links inside the image are followed.
+        std::fs::rename(
+            dir.path().join("etc/passwd"),
+            image.path().join("etc/passwd.real"),
+        )
+        .unwrap();
+        std::fs::remove_file(image.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd.real", image.path().join("etc/passwd")).unwrap();
+        assert_eq!(resolve("www", Some(image.path())).unwrap(), (33, 44));
     }
 }

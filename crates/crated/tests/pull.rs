@@ -80,7 +80,7 @@ fn pull_mount_remove(snapshotter: &str) {
     assert!(ls.contains(&reference) && ls.contains("linux/"), "{ls}");
     // Debian's ctr finds everything the pull wrote.
     let check = ok(s.ctr(&["images", "check"]));
-    assert!(check.contains("complete"), "{check}");
+    assert!(check.contains(" complete ("), "{check}");
     let info = ok(s.ctr(&["snapshots", "--snapshotter", snapshotter, "info", &layer]));
     assert!(info.contains("Committed"), "{info}");
     let blobs = ok(s.ctr(&["content", "ls"]));
@@ -169,7 +169,7 @@ fn gated_pull(auth: Auth) {
         "the download resumed with a range"
     );
     let check = ok(s.ctr(&["images", "check"]));
-    assert!(check.contains("complete"), "{check}");
+    assert!(check.contains(" complete ("), "{check}");
     let info = ok(s.ctr(&["snapshots", "--snapshotter", "native", "info", &layer]));
     assert!(info.contains("Committed"), "{info}");
 }
@@ -211,7 +211,7 @@ fn two_pulls_of_one_image_at_once_both_succeed() {
         .count();
     assert_eq!(committed, 5, "one snapshot per layer: {snapshots}");
     let check = ok(s.ctr(&["images", "check"]));
-    assert!(check.contains("complete"), "{check}");
+    assert!(check.contains(" complete ("), "{check}");
 }
 
 /// The five-layer image (every kind of change, with layers of several MiB, so later layers

@@ -101,7 +101,11 @@ pub fn should_restart(
     match policy {
         Policy::Always => true,
         Policy::No => false,
-        Policy::UnlessStopped => label(EXPLICITLY_STOPPED_LABEL) != "true",
+        // Go's strconv.ParseBool spellings of true.
+        Policy::UnlessStopped => !matches!(
+            label(EXPLICITLY_STOPPED_LABEL),
+            "1" | "t" | "T" | "true" | "TRUE" | "True"
+        ),
         Policy::OnFailure(max) => {
             let count = match label(COUNT_LABEL) {
                 "" => 0,
@@ -250,7 +254,7 @@ impl RestartMonitor {
                         .unwrap_or(0);
                     changes.push(Change::Start {
                         container,
-                        count: count + 1,
+                        count: count.saturating_add(1),
                     });
                 }
                 "stopped" => changes.push(Change::Stop { container }),

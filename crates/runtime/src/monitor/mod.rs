@@ -44,6 +44,13 @@ const V2_TYPE: &str = "io.containerd.cgroups.v2.Metrics";
 impl CgroupsMonitor {
     pub fn new(tasks: Arc<TaskManager>, exchange: &Exchange, prometheus: bool) -> Self {
         let ooms: Arc<Mutex<HashMap<(String, String), u64>>> = Arc::default();
+        if !prometheus {
+            return CgroupsMonitor {
+                tasks,
+                ooms,
+                prometheus,
+            };
+        }
         let mut events = exchange.subscribe(crated_filters::Filter::always());
         let counts = ooms.clone();
         tokio::spawn(async move {
