@@ -25,6 +25,7 @@ use tokio_stream::StreamExt;
 
 use crate::client::Connection;
 use crate::content::write_blob;
+use crate::images::{host_manifest, is_host, read_json};
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -148,26 +149,20 @@ fn scan(archive: &Path) -> anyhow::Result<Scanned> {
         let size = entry.size();
         let mut hasher = sha2::Sha256::new();
         let mut kept = Vec::new();
-        let mut head = [0u8; 2];
+        // The first two bytes: gzip's magic number tells a compressed layer.
+        let mut head = Vec::with_capacity(2);
         let mut buf = vec![0u8; CHUNK];
-        let mut read = 0u64;
         loop {
             let n = entry.read(&mut buf).context("reading the archive")?;
             if n == 0 {
                 break;
             }
-            if read < 2 {
-                for (i, b) in buf[..n.min(2)].iter().enumerate() {
-                    if (read as usize + i) < 2 {
-                        head[read as usize + i] = *b;
-                    }
-                }
-            }
+            let missing = 2 - head.len();
+            head.extend_from_slice(&buf[..n.min(missing)]);
             hasher.update(&buf[..n]);
             if size <= SMALL {
                 kept.extend_from_slice(&buf[..n]);
             }
-            read += n as u64;
         }
         let digest = format!("sha256:{:x}", hasher.finalize());
         scanned
@@ -368,13 +363,7 @@ fn plan_docker(scanned: &Scanned, manifest: &[u8]) -> anyhow::Result<Plan> {
 }
 
 async fn create_lease(conn: &Connection) -> anyhow::Result<String> {
-    let id = format!(
-        "import-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-    );
+    let id = format!("import-{}", crate::leases::now_nanos());
     let labels = crate::gc::expire_label("24h")?;
     conn.leases()
         .create(conn.request(leases::CreateRequest {
@@ -522,11 +511,6 @@ async fn import_under(conn: &Connection, args: &ImportArgs, plan: Plan) -> anyho
     Ok(())
 }
 
-async fn read_json(conn: &Connection, digest: &str) -> anyhow::Result<serde_json::Value> {
-    let raw = crate::images::read_blob(conn, digest).await?;
-    serde_json::from_slice(&raw).with_context(|| format!("{digest} is not JSON"))
-}
-
 fn descriptor(v: &serde_json::Value) -> Descriptor {
     Descriptor {
         media_type: v["mediaType"].as_str().unwrap_or_default().to_owned(),
@@ -536,39 +520,11 @@ fn descriptor(v: &serde_json::Value) -> Descriptor {
     }
 }
 
-/// Whether an index entry is for this host (one without a platform is for any).
-pub(crate) fn is_host(entry: &serde_json::Value) -> bool {
-    let host = crated_images::Platform::host();
-    let p = &entry["platform"];
-    let os = p["os"].as_str().unwrap_or_default();
-    let arch = p["architecture"].as_str().unwrap_or_default();
-    os.is_empty() || (os == host.os && arch == host.architecture)
-}
-
-/// The manifest of `target` for this host (the target itself when it is a manifest).
-async fn host_manifest(
-    conn: &Connection,
-    target: &Descriptor,
-) -> anyhow::Result<serde_json::Value> {
-    let mut doc = read_json(conn, &target.digest).await?;
-    // Indexes may nest; the first entry for this host is followed down.
-    for _ in 0..8 {
-        let Some(list) = doc["manifests"].as_array() else {
-            return Ok(doc);
-        };
-        let entry = list.iter().find(|e| is_host(e)).with_context(|| {
-            format!("no manifest for this host's platform in {}", target.digest)
-        })?;
-        let digest = entry["digest"].as_str().unwrap_or_default().to_owned();
-        doc = read_json(conn, &digest).await?;
-    }
-    bail!("indexes nested too deep in {}", target.digest)
-}
-
 /// Unpacks the host's manifest of `target` into `snapshotter`, layer by layer, each snapshot
 /// named by its chain ID (those already there are kept), as ctr's unpacker does.
 async fn unpack(conn: &Connection, target: &Descriptor, snapshotter: &str) -> anyhow::Result<()> {
-    let manifest = host_manifest(conn, target).await?;
+    let (_, manifest) = host_manifest(conn, target).await;
+    let manifest = manifest?;
     let config_digest = manifest["config"]["digest"]
         .as_str()
         .context("a manifest without config")?
@@ -638,13 +594,7 @@ async fn apply_layer(
     parent: &str,
     chain: &str,
 ) -> anyhow::Result<()> {
-    let key = format!(
-        "extract-{}-{chain}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-    );
+    let key = format!("extract-{}-{chain}", crate::leases::now_nanos());
     let mounts = conn
         .snapshots()
         .prepare(conn.request(snapshots::PrepareSnapshotRequest {
@@ -777,14 +727,7 @@ pub async fn export(conn: &Connection, args: ExportArgs) -> anyhow::Result<()> {
     let mut docker = Vec::new();
     let mut blobs: Vec<Descriptor> = Vec::new();
     for name in &args.images {
-        let image = conn
-            .images()
-            .get(conn.request(images::GetImageRequest { name: name.clone() }))
-            .await
-            .with_context(|| format!("image {name:?}"))?
-            .into_inner()
-            .image
-            .context("the daemon answered no image")?;
+        let image = crate::images::get(conn, name).await?;
         let target = image.target.unwrap_or_default();
         let manifest = collect(conn, target.clone(), args.all_platforms, &mut blobs).await?;
         let tag = name

@@ -17,9 +17,7 @@ pub async fn run(conn: &Connection, show: Show) -> anyhow::Result<()> {
     let id = format!(
         "cratectl-gc-{}-{}",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
+        crate::leases::now_nanos()
     );
     leases
         .create(conn.request(CreateRequest {

@@ -179,12 +179,7 @@ pub async fn run(conn: &Connection, command: ImagesCommand) -> anyhow::Result<()
             targets,
         } => {
             let mut client = conn.images();
-            let image = client
-                .get(conn.request(images::GetImageRequest { name: source }))
-                .await?
-                .into_inner()
-                .image
-                .context("the daemon answered no image")?;
+            let image = get(conn, &source).await?;
             for target in targets {
                 let new = images::Image {
                     name: target.clone(),
@@ -428,6 +423,19 @@ impl Display {
     }
 }
 
+/// The image record `name`.
+pub(crate) async fn get(conn: &Connection, name: &str) -> anyhow::Result<images::Image> {
+    conn.images()
+        .get(conn.request(images::GetImageRequest {
+            name: name.to_owned(),
+        }))
+        .await
+        .with_context(|| format!("image {name:?}"))?
+        .into_inner()
+        .image
+        .context("the daemon answered no image")
+}
+
 pub(crate) async fn read_blob(conn: &Connection, digest: &str) -> anyhow::Result<Vec<u8>> {
     let mut stream = conn
         .content()
@@ -443,6 +451,52 @@ pub(crate) async fn read_blob(conn: &Connection, digest: &str) -> anyhow::Result
         data.extend_from_slice(&chunk?.data);
     }
     Ok(data)
+}
+
+/// A blob parsed as JSON.
+pub(crate) async fn read_json(
+    conn: &Connection,
+    digest: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let raw = read_blob(conn, digest).await?;
+    serde_json::from_slice(&raw).with_context(|| format!("{digest} is not JSON"))
+}
+
+/// Whether an index entry is for this host (one without a platform is for any).
+pub(crate) fn is_host(entry: &serde_json::Value) -> bool {
+    let host = crated_images::Platform::host();
+    let p = &entry["platform"];
+    let os = p["os"].as_str().unwrap_or_default();
+    let arch = p["architecture"].as_str().unwrap_or_default();
+    os.is_empty() || (os == host.os && arch == host.architecture)
+}
+
+/// The documents from `target` down to this host's manifest, as (digest, size) in order
+/// (indexes may nest: the first entry for this host is followed), and that manifest, or why
+/// it could not be reached.
+pub(crate) async fn host_manifest(
+    conn: &Connection,
+    target: &crated_api::containerd::types::Descriptor,
+) -> (Vec<(String, i64)>, anyhow::Result<serde_json::Value>) {
+    let mut path = vec![(target.digest.clone(), target.size)];
+    let mut digest = target.digest.clone();
+    for _ in 0..8 {
+        let doc = match read_json(conn, &digest).await {
+            Ok(doc) => doc,
+            Err(e) => return (path, Err(e)),
+        };
+        let Some(list) = doc["manifests"].as_array() else {
+            return (path, Ok(doc));
+        };
+        let Some(entry) = list.iter().find(|e| is_host(e)) else {
+            let e = anyhow::anyhow!("no manifest for this host's platform in {}", target.digest);
+            return (path, Err(e));
+        };
+        digest = entry["digest"].as_str().unwrap_or_default().to_owned();
+        path.push((digest.clone(), entry["size"].as_i64().unwrap_or_default()));
+    }
+    let e = anyhow::anyhow!("indexes nested too deep in {}", target.digest);
+    (path, Err(e))
 }
 
 /// What `ls` and `mount` need of an image: its total size, platforms, and the layers' diff IDs
@@ -463,7 +517,6 @@ pub(crate) async fn contents(
     let doc: serde_json::Value = serde_json::from_slice(&raw).context("malformed manifest")?;
     let mut size = target.size;
     let mut platforms = Vec::new();
-    let host = host_platform();
     let manifest = if let Some(list) = doc.get("manifests").and_then(|m| m.as_array()) {
         let mut chosen = None;
         for entry in list {
@@ -475,7 +528,7 @@ pub(crate) async fn contents(
                 platforms.push(format!("{os}/{arch}"));
             }
             let digest = entry["digest"].as_str().unwrap_or_default();
-            if chosen.is_none() && (os.is_empty() || (os == host.os && arch == host.architecture)) {
+            if chosen.is_none() && is_host(entry) {
                 if let Ok(raw) = read_blob(conn, digest).await {
                     size += entry["size"].as_i64().unwrap_or_default();
                     chosen = serde_json::from_slice::<serde_json::Value>(&raw).ok();
@@ -571,15 +624,7 @@ async fn mount(
     target: &str,
     reference: &str,
 ) -> anyhow::Result<()> {
-    let image = conn
-        .images()
-        .get(conn.request(images::GetImageRequest {
-            name: reference.to_owned(),
-        }))
-        .await?
-        .into_inner()
-        .image
-        .context("the daemon answered no image")?;
+    let image = get(conn, reference).await?;
     let contents = contents(conn, &image.target.unwrap_or_default()).await?;
     let chain = crated_images::chain_ids(&contents.diff_ids)
         .pop()

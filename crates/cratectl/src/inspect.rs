@@ -13,54 +13,38 @@ use tabwriter::TabWriter;
 use crate::client::Connection;
 use crate::snapshots::human;
 
-/// The descriptors (digest, size) of the image's tree for this host, as far as the documents
-/// present allow; and the diff IDs of its config when reached.
+/// The descriptors (digest, size) of the image's tree for this host (index, manifest,
+/// config, layers), as far as the documents present allow; and the diff IDs of its config
+/// when reached.
 async fn tree(
     conn: &Connection,
     target: &crated_api::containerd::types::Descriptor,
 ) -> (Vec<(String, i64)>, Vec<String>) {
-    let mut blobs = vec![(target.digest.clone(), target.size)];
-    let mut digest = target.digest.clone();
-    let mut diff_ids = Vec::new();
-    // Indexes may nest: the entry for this host is followed down.
-    for _ in 0..8 {
-        let Ok(raw) = crate::images::read_blob(conn, &digest).await else {
-            break;
-        };
-        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&raw) else {
-            break;
-        };
-        if let Some(list) = doc["manifests"].as_array() {
-            let Some(entry) = list.iter().find(|e| crate::archive::is_host(e)) else {
-                break;
-            };
-            digest = entry["digest"].as_str().unwrap_or_default().to_owned();
-            blobs.push((digest.clone(), entry["size"].as_i64().unwrap_or_default()));
-            continue;
-        }
-        let config = doc["config"]["digest"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        blobs.push((
-            config.clone(),
-            doc["config"]["size"].as_i64().unwrap_or_default(),
-        ));
-        for l in doc["layers"].as_array().into_iter().flatten() {
-            let d = l["digest"].as_str().unwrap_or_default().to_owned();
-            blobs.push((d, l["size"].as_i64().unwrap_or_default()));
-        }
-        if let Ok(raw) = crate::images::read_blob(conn, &config).await {
-            let c: serde_json::Value = serde_json::from_slice(&raw).unwrap_or_default();
-            diff_ids = c["rootfs"]["diff_ids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|d| d.as_str().map(str::to_owned))
-                .collect();
-        }
-        break;
+    let (mut blobs, manifest) = crate::images::host_manifest(conn, target).await;
+    let Ok(doc) = manifest else {
+        return (blobs, Vec::new());
+    };
+    let config = doc["config"]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    blobs.push((
+        config.clone(),
+        doc["config"]["size"].as_i64().unwrap_or_default(),
+    ));
+    for l in doc["layers"].as_array().into_iter().flatten() {
+        let d = l["digest"].as_str().unwrap_or_default().to_owned();
+        blobs.push((d, l["size"].as_i64().unwrap_or_default()));
     }
+    let diff_ids = match crate::images::read_json(conn, &config).await {
+        Ok(c) => c["rootfs"]["diff_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str().map(str::to_owned))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     (blobs, diff_ids)
 }
 
@@ -139,15 +123,7 @@ pub async fn check(
 }
 
 pub async fn usage(conn: &Connection, snapshotter: &str, reference: &str) -> anyhow::Result<()> {
-    let image = conn
-        .images()
-        .get(conn.request(images::GetImageRequest {
-            name: reference.to_owned(),
-        }))
-        .await?
-        .into_inner()
-        .image
-        .unwrap_or_default();
+    let image = crate::images::get(conn, reference).await?;
     let (_, diff_ids) = tree(conn, &image.target.unwrap_or_default()).await;
     let mut w = TabWriter::new(std::io::stdout()).padding(1);
     writeln!(w, "LAYER\tSNAPSHOT\tSIZE\tINODES")?;

@@ -45,9 +45,8 @@ pub async fn run(conn: &Connection, command: LeasesCommand) -> anyhow::Result<()
             expires,
             labels,
         } => {
-            let id = id.unwrap_or_else(|| {
-                format!("cratectl-{}-{}", std::process::id(), crated_time_suffix())
-            });
+            let id =
+                id.unwrap_or_else(|| format!("cratectl-{}-{}", std::process::id(), now_nanos()));
             let mut labels: HashMap<String, String> = labels
                 .iter()
                 .map(|l| {
@@ -100,7 +99,8 @@ pub async fn run(conn: &Connection, command: LeasesCommand) -> anyhow::Result<()
     Ok(())
 }
 
-fn crated_time_suffix() -> u128 {
+/// Nanoseconds since the epoch: what makes the names cratectl gives leases and keys unique.
+pub(crate) fn now_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use crated_api::containerd::services::containers::v1 as containers;
-use crated_api::containerd::services::images::v1 as images;
 use crated_api::containerd::services::snapshots::v1 as snapshots;
 use crated_api::containerd::services::tasks::v1 as tasks;
 
@@ -194,16 +193,7 @@ pub async fn create_container(
     conn: &Connection,
     args: &ContainerArgs,
 ) -> anyhow::Result<Vec<crated_api::containerd::types::Mount>> {
-    let image = conn
-        .images()
-        .get(conn.request(images::GetImageRequest {
-            name: args.image.clone(),
-        }))
-        .await
-        .with_context(|| format!("image {:?}", args.image))?
-        .into_inner()
-        .image
-        .context("the daemon answered no image")?;
+    let image = crate::images::get(conn, &args.image).await?;
     let contents = crate::images::contents(conn, &image.target.unwrap_or_default()).await?;
     let chain = crated_images::chain_ids(&contents.diff_ids)
         .pop()
@@ -356,12 +346,7 @@ pub async fn start_task(
         exec_id: String::new(),
     };
     if detach {
-        conn.tasks()
-            .start(conn.request(tasks::StartRequest {
-                container_id: id.to_owned(),
-                exec_id: String::new(),
-            }))
-            .await?;
+        process.start(conn).await?;
         fifos.keep();
         return Ok(0);
     }

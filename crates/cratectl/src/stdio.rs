@@ -17,6 +17,19 @@ pub struct Process {
     pub exec_id: String,
 }
 
+impl Process {
+    /// Starts the process (created by Create or Exec).
+    pub async fn start(&self, conn: &Connection) -> anyhow::Result<()> {
+        conn.tasks()
+            .start(conn.request(tasks::StartRequest {
+                container_id: self.id.clone(),
+                exec_id: self.exec_id.clone(),
+            }))
+            .await?;
+        Ok(())
+    }
+}
+
 /// The FIFOs of one process, opened so the shim never blocks on them and we never read a
 /// spurious end before it has opened them.
 pub struct Fifos {
@@ -223,12 +236,7 @@ pub async fn attach_and_wait(
     });
     let wait = tokio::spawn(async move { waiter.wait(wait_req).await });
     if start {
-        conn.tasks()
-            .start(conn.request(tasks::StartRequest {
-                container_id: process.id.clone(),
-                exec_id: process.exec_id.clone(),
-            }))
-            .await?;
+        process.start(conn).await?;
     }
     // The shim has its ends once started (an exec's are opened at start, not before).
     drop(held);

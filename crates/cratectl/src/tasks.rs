@@ -161,12 +161,7 @@ pub async fn run(conn: &Connection, command: TasksCommand) -> anyhow::Result<i32
                 exec_id: String::new(),
             };
             if detach {
-                tasks
-                    .start(conn.request(api::StartRequest {
-                        container_id: process.id,
-                        exec_id: String::new(),
-                    }))
-                    .await?;
+                process.start(conn).await?;
                 return Ok(0);
             }
             let paths = [p.stdin, p.stdout, p.stderr];
@@ -359,12 +354,7 @@ async fn exec(
         exec_id: exec_id.to_owned(),
     };
     if detach {
-        conn.tasks()
-            .start(conn.request(api::StartRequest {
-                container_id: process.id,
-                exec_id: process.exec_id,
-            }))
-            .await?;
+        process.start(conn).await?;
         fifos.keep();
         return Ok(0);
     }

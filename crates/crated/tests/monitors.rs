@@ -123,11 +123,7 @@ fn label(daemon: &Daemon, bin: &Path, id: &str, key: &str) -> Option<String> {
 }
 
 fn task_pid(daemon: &Daemon, bin: &Path, id: &str) -> Option<String> {
-    let ls = ok(ctr(daemon, bin, &["tasks", "ls"]));
-    ls.lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .map(str::to_owned)
+    task_column(daemon, bin, id, 1)
 }
 
 #[test]

@@ -430,20 +430,22 @@ fn cratectl_create_start_exec_attach_and_named_image_users() {
     ok(ctr(&daemon, &ours, &["containers", "rm", "cc1"]));
 
     // The image's User by name, looked up in the image's own /etc/passwd and /etc/group.
-    let image = crated_testsupport::oci::busybox_as_user("docker.io/library/users:1", "www:staff");
     let archive = work.path().join("users.tar");
-    image.write_archive(&archive);
-    ok(ctr(
-        &daemon,
-        &bin,
-        &[
-            "images",
-            "import",
-            "--snapshotter",
-            "overlayfs",
-            archive.to_str().unwrap(),
-        ],
-    ));
+    let import_as = |name: &str, user: &str| {
+        crated_testsupport::oci::busybox_as_user(name, user).write_archive(&archive);
+        ok(ctr(
+            &daemon,
+            &bin,
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                "overlayfs",
+                archive.to_str().unwrap(),
+            ],
+        ));
+    };
+    import_as("docker.io/library/users:1", "www:staff");
     let out = ok(ctr(
         &daemon,
         &ours,
@@ -458,19 +460,7 @@ fn cratectl_create_start_exec_attach_and_named_image_users() {
         ],
     ));
     assert_eq!(out, "33\n50\n");
-    let image = crated_testsupport::oci::busybox_as_user("docker.io/library/users:2", "nobody");
-    image.write_archive(&archive);
-    ok(ctr(
-        &daemon,
-        &bin,
-        &[
-            "images",
-            "import",
-            "--snapshotter",
-            "overlayfs",
-            archive.to_str().unwrap(),
-        ],
-    ));
+    import_as("docker.io/library/users:2", "nobody");
     let out = ctr(
         &daemon,
         &ours,

@@ -7,7 +7,7 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::content::apply_label_paths;
-use crate::db::{insert_new, table, MetadataStore, Mutation};
+use crate::db::{insert_new, key, table, MetadataStore, Mutation};
 use crate::{validate, MetadataError};
 
 /// A protobuf `Any` kept as it came: the spec, runtime options and extensions are opaque here.
@@ -145,7 +145,7 @@ impl MetadataStore {
         let tx = self.db.begin_write()?;
         let updated = {
             let mut t = tx.open_table(table("containers"))?;
-            let k = format!("{ns}/{}", given.id);
+            let k = key(ns, &given.id);
             let mut current: ContainerRecord = match t.get(k.as_str())? {
                 Some(v) => serde_json::from_slice(v.value())?,
                 None => return Err(not_found(&given.id)),
@@ -210,7 +210,7 @@ impl MetadataStore {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(table("containers"))?;
-            if t.remove(format!("{ns}/{id}").as_str())?.is_none() {
+            if t.remove(key(ns, id).as_str())?.is_none() {
                 return Err(MetadataError::NotFound(format!(
                     "container {id:?} in namespace {ns:?}"
                 )));

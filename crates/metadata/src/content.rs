@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{insert_new, table, MetadataStore, Mutation};
+use crate::db::{insert_new, key, table, MetadataStore, Mutation};
 use crate::ingests::remove_ingest_in;
 use crate::leases::add_resource_in;
 use crate::{validate, MetadataError};
@@ -19,10 +19,6 @@ pub struct ContentRecord {
     pub created_at: u64,
     pub updated_at: u64,
     pub labels: BTreeMap<String, String>,
-}
-
-fn key(ns: &str, digest: &str) -> String {
-    format!("{ns}/{digest}")
 }
 
 fn not_found(digest: &str) -> MetadataError {

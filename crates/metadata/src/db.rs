@@ -28,6 +28,11 @@ pub(crate) const RESOURCE_TABLES: &[(&str, TableDefinition<&str, &[u8]>)] = &[
 pub(crate) const LEASE_RESOURCES: TableDefinition<&str, &[u8]> =
     TableDefinition::new("lease_resources");
 
+/// The key of a namespaced record: `<ns>/<id>`.
+pub(crate) fn key(ns: &str, id: &str) -> String {
+    format!("{ns}/{id}")
+}
+
 pub(crate) fn table(name: &str) -> TableDefinition<'static, &'static str, &'static [u8]> {
     RESOURCE_TABLES
         .iter()
@@ -57,11 +62,11 @@ pub(crate) fn insert_new<T: serde::Serialize>(
 ) -> Result<(), MetadataError> {
     ensure_namespace(tx, ns)?;
     let mut t = tx.open_table(table(table_name))?;
-    let key = format!("{ns}/{id}");
-    if t.get(key.as_str())?.is_some() {
+    let k = key(ns, id);
+    if t.get(k.as_str())?.is_some() {
         return Err(MetadataError::AlreadyExists(what()));
     }
-    t.insert(key.as_str(), serde_json::to_vec(value)?.as_slice())?;
+    t.insert(k.as_str(), serde_json::to_vec(value)?.as_slice())?;
     Ok(())
 }
 
@@ -231,7 +236,7 @@ impl MetadataStore {
     ) -> Result<T, MetadataError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(table(table_name))?;
-        let v = t.get(format!("{ns}/{id}").as_str())?.ok_or_else(missing)?;
+        let v = t.get(key(ns, id).as_str())?.ok_or_else(missing)?;
         Ok(serde_json::from_slice(v.value())?)
     }
 

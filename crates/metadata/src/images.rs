@@ -7,7 +7,7 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::content::apply_label_paths;
-use crate::db::{insert_new, table, MetadataStore, Mutation};
+use crate::db::{insert_new, key, table, MetadataStore, Mutation};
 use crate::{validate, MetadataError};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,10 +27,6 @@ pub struct ImageRecord {
     pub target: Descriptor,
     pub created_at: u64,
     pub updated_at: u64,
-}
-
-fn key(ns: &str, name: &str) -> String {
-    format!("{ns}/{name}")
 }
 
 fn not_found(name: &str) -> MetadataError {

@@ -5,7 +5,7 @@
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{ensure_namespace, table, MetadataStore, Mutation, LEASE_RESOURCES};
+use crate::db::{ensure_namespace, key, table, MetadataStore, Mutation, LEASE_RESOURCES};
 use crate::leases::{add_resource_in, resource_key};
 use crate::MetadataError;
 
@@ -23,10 +23,6 @@ pub struct IngestRecord {
     pub lease: Option<String>,
     /// Nanoseconds since the epoch; none while a lease holds it.
     pub expires_at: Option<u64>,
-}
-
-fn key(ns: &str, reference: &str) -> String {
-    format!("{ns}/{reference}")
 }
 
 /// Ends the ingest's record (its data was committed or aborted) and its lease entry.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{insert_new, table, MetadataStore, Mutation, LEASE_RESOURCES};
+use crate::db::{insert_new, key, table, MetadataStore, Mutation, LEASE_RESOURCES};
 use crate::{validate, MetadataError};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,10 +19,6 @@ pub struct Lease {
 pub struct LeaseResource {
     pub resource_type: String,
     pub id: String,
-}
-
-fn key(ns: &str, id: &str) -> String {
-    format!("{ns}/{id}")
 }
 
 fn not_found(id: &str) -> MetadataError {

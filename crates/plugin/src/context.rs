@@ -64,12 +64,12 @@ impl InitContext {
     /// The plugin's own `<root>/<type>.<id>`, created on first use (as containerd's plugins
     /// create theirs), so plugins without files leave no empty directories.
     pub fn root(&self) -> Result<PathBuf, PluginError> {
-        make_dir(&self.root)
+        make_dir(&self.root, 0o700)
     }
 
     /// The plugin's own `<state>/<type>.<id>`, created on first use.
     pub fn state(&self) -> Result<PathBuf, PluginError> {
-        make_dir(&self.state)
+        make_dir(&self.state, 0o700)
     }
 
     /// Where [`InitContext::root`] is, without creating it (for exports and messages).
@@ -159,11 +159,12 @@ impl InitContext {
     }
 }
 
-fn make_dir(path: &std::path::Path) -> Result<PathBuf, PluginError> {
+/// Creates a directory a plugin owns (and its parents) with `mode` when missing.
+pub fn make_dir(path: &std::path::Path, mode: u32) -> Result<PathBuf, PluginError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(mode)
         .create(path)
         .map_err(|e| PluginError::failed(format!("creating {}: {e}", path.display())))?;
     Ok(path.to_path_buf())

@@ -9,7 +9,7 @@ mod graph;
 mod registration;
 mod set;
 
-pub use context::{InitContext, LookupError, Meta};
+pub use context::{make_dir, InitContext, LookupError, Meta};
 pub use graph::{graph, GraphError};
 pub use registration::{Instance, PluginError, Registration};
 pub use set::{init_all, Environment, InitError, PluginRecord, PluginSet, Status};

@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crated_plugin::{types, Instance, PluginError, Registration};
+use crated_plugin::{types, Instance, Registration};
 use serde::{Deserialize, Serialize};
 
 /// `[plugins."io.containerd.internal.v1.opt"]`, containerd's key.
@@ -52,15 +52,6 @@ impl OptDirs {
     }
 }
 
-fn make_dir(path: &Path) -> Result<(), PluginError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o711)
-        .create(path)
-        .map_err(|e| PluginError::failed(format!("creating {}: {e}", path.display())))
-}
-
 /// Registered before the runtime, which reads it: the plugin graph starts plugins with no
 /// requirement between them in registration order.
 pub fn registration() -> Registration {
@@ -74,8 +65,9 @@ pub fn registration() -> Registration {
             bin: root.join("bin"),
             lib: root.join("lib"),
         };
-        make_dir(&dirs.bin)?;
-        make_dir(&dirs.lib)?;
+        // containerd's mode for them.
+        crated_plugin::make_dir(&dirs.bin, 0o711)?;
+        crated_plugin::make_dir(&dirs.lib, 0o711)?;
         Ok(Instance::new(Arc::new(dirs)))
     })
     .with_config::<OptConfig>()

@@ -125,13 +125,17 @@ impl Drop for Events {
     }
 }
 
-pub fn task_status(daemon: &Daemon, bin: &Path, id: &str) -> String {
+/// Column `column` (0 TASK, 1 PID, 2 STATUS) of task `id` in `ctr tasks ls`.
+pub fn task_column(daemon: &Daemon, bin: &Path, id: &str, column: usize) -> Option<String> {
     let ls = ok(ctr(daemon, bin, &["tasks", "ls"]));
     ls.lines()
         .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("none")
-        .to_owned()
+        .and_then(|l| l.split_whitespace().nth(column))
+        .map(str::to_owned)
+}
+
+pub fn task_status(daemon: &Daemon, bin: &Path, id: &str) -> String {
+    task_column(daemon, bin, id, 2).unwrap_or_else(|| "none".into())
 }
 
 /// Removes what an earlier, failed run of a test left in runc's state for these ids (runc keeps

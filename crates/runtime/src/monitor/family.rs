@@ -25,6 +25,13 @@ impl Sample {
     pub fn new(value: f64, labels: Vec<String>) -> Sample {
         Sample { value, labels }
     }
+
+    /// The one unlabelled sample of a counter the stats may lack.
+    pub fn one(value: Option<u64>) -> Vec<Sample> {
+        value
+            .map(|v| vec![Sample::new(v as f64, vec![])])
+            .unwrap_or_default()
+    }
 }
 
 impl<M> Family<M> {

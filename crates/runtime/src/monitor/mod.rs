@@ -81,8 +81,14 @@ impl CgroupsMonitor {
         if !self.prometheus {
             return Vec::new();
         }
+        let tasks = self.tasks.list_all();
+        // Counts of tasks that are gone are dropped.
+        self.ooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(ns, id), _| tasks.iter().any(|t| &t.namespace == ns && &t.id == id));
         let mut stats = tokio::task::JoinSet::new();
-        for task in self.tasks.list_all() {
+        for task in tasks {
             stats.spawn(async move {
                 let req = api::StatsRequest {
                     id: task.id.clone(),
@@ -142,17 +148,6 @@ impl CgroupsMonitor {
                 other => tracing::debug!(%id, "stats of an unknown type {other:?}"),
             }
         }
-        // Counts of tasks that are gone are dropped.
-        let live: Vec<(String, String)> = self
-            .tasks
-            .list_all()
-            .iter()
-            .map(|t| (t.namespace.clone(), t.id.clone()))
-            .collect();
-        self.ooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| live.contains(k));
         scrape.finish()
     }
 }

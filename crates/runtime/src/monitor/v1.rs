@@ -5,11 +5,6 @@ use containerd_shim_protos::cgroups::metrics::{BlkIOEntry, Metrics};
 
 use super::family::{Family, Sample};
 
-fn one(v: Option<u64>) -> Vec<Sample> {
-    v.map(|v| vec![Sample::new(v as f64, vec![])])
-        .unwrap_or_default()
-}
-
 macro_rules! scalar {
     ($name:literal, $unit:literal, $help:literal, |$m:ident| $get:expr) => {
         Family {
@@ -17,7 +12,7 @@ macro_rules! scalar {
             unit: $unit,
             help: $help,
             labels: &[],
-            samples: |$m: &Metrics| one($get),
+            samples: |$m: &Metrics| Sample::one($get),
         }
     };
 }
