@@ -4,7 +4,7 @@
 # Rust itself comes from rustup (https://rustup.rs); Debian 12's rustc is too old.
 set -euo pipefail
 
-packages=(build-essential pkg-config git containerd runc btrfs-progs busybox-static docker-registry skopeo umoci)
+packages=(build-essential pkg-config git containerd runc btrfs-progs busybox-static docker-registry skopeo umoci openssl)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -133,20 +133,15 @@ impl Writer {
         Ok(())
     }
 
-    /// Appends `data`: the file write and the hashing run side by side.
+    /// Appends `data`: hashed, then staged; the sink's direct writes of earlier data run on
+    /// their own thread meanwhile. (Hashing on a thread of its own per write cost more in
+    /// thread starts than it saved.)
     pub fn write(&mut self, data: &[u8]) -> Result<(), ContentError> {
         if data.is_empty() {
             return Ok(());
         }
-        let hasher = &mut self.hasher;
-        let sink = &mut self.data;
-        let written = std::thread::scope(|s| {
-            let hashing = s.spawn(|| hasher.update(data));
-            let written = sink.append(data);
-            let _ = hashing.join();
-            written
-        });
-        written.map_err(ContentError::io(format!(
+        self.hasher.update(data);
+        self.data.append(data).map_err(ContentError::io(format!(
             "writing ingest {}",
             self.reference
         )))?;

@@ -34,6 +34,10 @@ pub enum ImagesCommand {
         /// Talk http, not https, to the registry.
         #[arg(long)]
         plain_http: bool,
+        /// containerd's registry hosts directory (`<dir>/<host:port>/hosts.toml`: server, ca,
+        /// skip_verify, mirrors), read by the daemon.
+        #[arg(long)]
+        hosts_dir: Option<std::path::PathBuf>,
         /// The platform(s) to pull (os/arch[/variant]); the host's by default.
         #[arg(long = "platform")]
         platforms: Vec<String>,
@@ -123,6 +127,7 @@ pub async fn run(conn: &Connection, command: ImagesCommand) -> anyhow::Result<()
         ImagesCommand::Export(args) => crate::archive::export(conn, args).await,
         ImagesCommand::Pull {
             plain_http,
+            hosts_dir,
             platforms,
             all_platforms,
             snapshotter,
@@ -148,7 +153,20 @@ pub async fn run(conn: &Connection, command: ImagesCommand) -> anyhow::Result<()
                     snapshotter,
                 }]
             };
-            pull(conn, &reference, plain_http, platforms, unpacks, user).await
+            // The daemon reads the directory: it gets an absolute path.
+            let hosts_dir = match hosts_dir {
+                Some(d) => Some(
+                    std::fs::canonicalize(&d)
+                        .with_context(|| format!("hosts directory {}", d.display()))?
+                        .display()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            pull(
+                conn, &reference, plain_http, hosts_dir, platforms, unpacks, user,
+            )
+            .await
         }
         ImagesCommand::Ls { quiet, filters } => list(conn, quiet, filters).await,
         ImagesCommand::Rm { sync, names } => {
@@ -290,6 +308,7 @@ async fn pull(
     conn: &Connection,
     reference: &str,
     plain_http: bool,
+    hosts_dir: Option<String>,
     platforms: Vec<Platform>,
     unpacks: Vec<transfer::UnpackConfiguration>,
     user: Option<String>,
@@ -333,6 +352,7 @@ async fn pull(
             } else {
                 String::new()
             },
+            host_dir: hosts_dir.unwrap_or_default(),
             ..Default::default()
         }),
     };

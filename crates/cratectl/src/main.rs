@@ -148,6 +148,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Output piped into `head` ends us quietly when the reader goes, as it does ctr (Rust
+    // ignores SIGPIPE, and a print to the closed pipe would panic).
+    // SAFETY: set before any thread starts; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -86,6 +86,12 @@ fn check_client(client: &Path, daemon: &Daemon, is_ctr: bool) {
         "filter leaked other plugins: {detail}"
     );
 
+    // overlayfs can stack a layer unpacked on its own (crated's pull does), but must not
+    // advertise containerd 2's `rebase`: the Commit it serves has no `parent` to carry it.
+    let overlay = ok(run(&["plugins", "ls", "-d", "id==overlayfs"]));
+    assert!(overlay.contains("overlayfs"), "{overlay}");
+    assert!(!overlay.contains("rebase"), "{overlay}");
+
     let grpc = ok(run(&["plugins", "ls", "type==io.containerd.grpc.v1"]));
     let rows: Vec<&str> = grpc.lines().skip(1).collect();
     assert!(rows.len() >= 4, "{grpc}");
@@ -166,6 +172,31 @@ fn debian_ctr_drives_crated() {
 fn cratectl_drives_crated() {
     let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
     check_client(&workspace_bin("cratectl"), &daemon, false);
+}
+
+/// `cratectl plugins ls | head -1`: a reader that went away ends cratectl by SIGPIPE, as it
+/// does ctr, not by a panic about a broken pipe.
+#[test]
+fn cratectl_ends_quietly_when_its_reader_is_gone() {
+    use std::os::unix::process::ExitStatusExt;
+    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(workspace_bin("cratectl"))
+        .arg("--address")
+        .arg(&daemon.socket)
+        .args(["plugins", "ls"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

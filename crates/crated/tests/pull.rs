@@ -3,7 +3,7 @@
 //! `ctr` (images check, snapshots), mounted, removed with its blobs and snapshots; behind a gate
 //! asking for basic or bearer-token credentials and cutting each blob's first download, which
 //! the pull resumes; two pulls of one image at once; a five-layer image equal to umoci's
-//! unpack.
+//! unpack; a registry over https trusted through a hosts directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -244,4 +244,71 @@ fn cratectl_pull_of_a_layered_image_equals_umoci_with_overlayfs() {
 #[test]
 fn cratectl_pull_of_a_layered_image_equals_umoci_with_native() {
     layered_matches_umoci("native");
+}
+
+/// A registry served over https with a certificate from a private authority, reached through
+/// a hosts directory as containerd's: without the authority the pull fails on the certificate;
+/// with `ca`, or with `skip_verify`, in `hosts.toml` it succeeds.
+#[test]
+fn pull_over_https_trusts_what_the_hosts_directory_says() {
+    let Some(ctr) = tool("ctr", "containerd") else {
+        return;
+    };
+    let Some(registry) = Registry::start_tls() else {
+        return;
+    };
+    let daemon = Daemon::crated(Path::new(env!("CARGO_BIN_EXE_crated")), None, &[]).unwrap();
+    let cratectl = workspace_bin("cratectl");
+    let (image, _) = crated_testsupport::oci::busybox("busybox");
+    registry.push(&image, "busybox:latest");
+    let reference = format!("{}/busybox:latest", registry.addr);
+    let ca = registry
+        .ca
+        .clone()
+        .expect("a TLS registry has an authority");
+    let hosts = tempfile::tempdir().unwrap();
+    let host_dir = hosts.path().join(&registry.addr);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let write_hosts = |extra: &str| {
+        std::fs::write(
+            host_dir.join("hosts.toml"),
+            format!("server = \"https://{}\"\n{extra}", registry.addr),
+        )
+        .unwrap()
+    };
+    let pull = || {
+        daemon.client(
+            &cratectl,
+            &[
+                "images",
+                "pull",
+                "--skip-unpack",
+                "--hosts-dir",
+                hosts.path().to_str().unwrap(),
+                &reference,
+            ],
+        )
+    };
+    let pulled = || {
+        let listed = ok(daemon.client(&ctr, &["images", "ls", "-q"]));
+        listed.lines().any(|l| l == reference)
+    };
+
+    // https, but the authority is not trusted.
+    write_hosts("");
+    let refused = fails(pull());
+    assert!(refused.to_lowercase().contains("certificate"), "{refused}");
+    assert!(!pulled());
+
+    write_hosts(&format!("ca = \"{}\"\n", ca.display()));
+    ok(pull());
+    assert!(pulled());
+    ok(daemon.client(&ctr, &["images", "rm", "--sync", &reference]));
+    assert!(!pulled());
+
+    write_hosts("skip_verify = true\n");
+    ok(pull());
+    assert!(pulled());
+    let check = ok(daemon.client(&ctr, &["images", "check"]));
+    assert!(check.contains("complete"), "{check}");
 }

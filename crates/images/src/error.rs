@@ -15,18 +15,34 @@ pub enum ImageError {
     Unauthorized(String),
     #[error("{0}: unavailable")]
     Unavailable(String),
-    #[error("{context}: {source}")]
+    /// The text carries the whole chain of causes (a refused certificate is two levels
+    /// below reqwest's "error sending request"), as containerd's wrapped errors do.
+    #[error("{context}: {}", causes(cause))]
     Http {
         context: String,
-        #[source]
-        source: reqwest::Error,
+        cause: reqwest::Error,
     },
+}
+
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let line = cause.to_string();
+        // Layers often repeat the message below them.
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 impl ImageError {
     pub(crate) fn http(context: impl Into<String>) -> impl FnOnce(reqwest::Error) -> ImageError {
         let context = context.into();
-        move |source| ImageError::Http { context, source }
+        move |cause| ImageError::Http { context, cause }
     }
 }
 

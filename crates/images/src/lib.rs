@@ -6,6 +6,7 @@
 //! service's.
 
 pub mod error;
+pub mod hosts;
 pub mod manifest;
 pub mod platform;
 pub mod reference;

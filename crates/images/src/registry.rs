@@ -49,6 +49,8 @@ pub struct RegistryOptions {
     /// Sent with every request.
     pub headers: Vec<(String, String)>,
     pub credentials: Option<CredentialSource>,
+    /// containerd's hosts directory, read for the reference's host ([`crate::hosts`]).
+    pub host_dir: Option<std::path::PathBuf>,
 }
 
 /// How requests are authorised once a challenge was answered.
@@ -102,29 +104,50 @@ impl Registry {
         } else {
             &reference.host
         };
+        let hosts = match &options.host_dir {
+            Some(dir) => crate::hosts::load(dir, &reference.host)?.unwrap_or_default(),
+            None => Default::default(),
+        };
         // Loopback registries are plain http, as containerd's default hosts treat localhost.
         let scheme = if options.plain_http || is_loopback(host) {
             "http"
         } else {
             "https"
         };
+        let (scheme, authority, api) = match &hosts.endpoint {
+            Some(e) => (e.scheme.as_str(), e.authority.as_str(), e.path.as_str()),
+            None => (scheme, host, "/v2"),
+        };
         let mut headers = HeaderMap::new();
-        for (k, v) in &options.headers {
+        for (k, v) in options.headers.iter().chain(&hosts.headers) {
             let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| ImageError::InvalidArgument(format!("header name {k:?}")))?;
             let value = HeaderValue::from_str(v)
                 .map_err(|_| ImageError::InvalidArgument(format!("header value of {k}")))?;
             headers.insert(name, value);
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("crated/", env!("CARGO_PKG_VERSION")))
+            .danger_accept_invalid_certs(hosts.skip_verify);
+        for ca in &hosts.ca {
+            let pem = std::fs::read(ca).map_err(|e| {
+                ImageError::InvalidArgument(format!("reading CA file {}: {e}", ca.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                ImageError::InvalidArgument(format!("CA file {}: {e}", ca.display()))
+            })?;
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http
             .build()
             .map_err(ImageError::http("building the http client"))?;
         Ok(Registry {
             http,
-            base: format!("{scheme}://{host}/v2/{}", reference.repository),
+            base: format!("{scheme}://{authority}{api}/{}", reference.repository),
             reference: reference.clone(),
             headers,
             credentials: options.credentials,

@@ -167,8 +167,9 @@ impl MetadataStore {
     }
 
     /// Replaces the record of the active `k` by the committed `name`, whose backend key and
-    /// labels `committed` gives (its parent and times are set here), moving it in its
-    /// parent's children and in the call's lease.
+    /// labels `committed` gives (its times are set here, and its parent: the active one's, or
+    /// `committed.parent` for one prepared without a parent and rebased on commit), moving it
+    /// in its parent's children and in the call's lease.
     pub fn snapshot_commit(
         &self,
         ns: &str,
@@ -187,24 +188,34 @@ impl MetadataStore {
             }
             let full = key(ns, snapshotter, k);
             let active = get(&t, &full)?.ok_or_else(|| not_found(k))?;
+            let parent = if active.parent.is_empty() {
+                committed.parent.clone()
+            } else if committed.parent.is_empty() || committed.parent == active.parent {
+                active.parent.clone()
+            } else {
+                return Err(MetadataError::InvalidArgument(format!(
+                    "cannot change parent of active snapshot {k} on commit"
+                )));
+            };
             let now = crate::now_nanos();
             let record = SnapshotRecord {
-                parent: active.parent.clone(),
+                parent: parent.clone(),
                 created: now,
                 updated: now,
                 children: Vec::new(),
                 ..committed
             };
+            if !parent.is_empty() {
+                let pk = key(ns, snapshotter, &parent);
+                let mut p = get(&t, &pk)?.ok_or_else(|| {
+                    MetadataError::NotFound(format!("parent snapshot {parent} does not exist"))
+                })?;
+                p.children.retain(|c| c != k);
+                p.children.push(name.to_owned());
+                put(&mut t, &pk, &p)?;
+            }
             t.remove(full.as_str())?;
             put(&mut t, &full_name, &record)?;
-            if !active.parent.is_empty() {
-                let pk = key(ns, snapshotter, &active.parent);
-                if let Some(mut parent) = get(&t, &pk)? {
-                    parent.children.retain(|c| c != k);
-                    parent.children.push(name.to_owned());
-                    put(&mut t, &pk, &parent)?;
-                }
-            }
             record
         };
         if let Some(lease) = lease {

@@ -103,6 +103,22 @@ pub trait Snapshotter: Send + Sync + 'static {
         key: &str,
         labels: HashMap<String, String>,
     ) -> Result<(), SnapshotError>;
+    /// Whether [`Snapshotter::commit_onto`] works: containerd's `rebase` capability.
+    fn can_rebase(&self) -> bool {
+        false
+    }
+    /// Commits the active `key`, prepared without a parent, as `name` on top of the committed
+    /// `parent` (containerd's Commit with `WithParent`): layers of an image can then be
+    /// unpacked side by side and stacked when committed.
+    async fn commit_onto(
+        &self,
+        _name: &str,
+        key: &str,
+        parent: &str,
+        _labels: HashMap<String, String>,
+    ) -> Result<(), SnapshotError> {
+        Err(local::rebase_unsupported(key, parent))
+    }
     async fn remove(&self, key: &str) -> Result<(), SnapshotError>;
     /// Every snapshot matching any of the filters (containerd's syntax; none: all).
     async fn walk(&self, filters: &[String]) -> Result<Vec<Info>, SnapshotError>;

@@ -72,3 +72,26 @@ impl Driver for Native {
         self.snapshots.remove_orphans(live)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Snapshotter;
+
+    #[tokio::test]
+    async fn native_cannot_rebase() {
+        let d = tempfile::tempdir().unwrap();
+        let driver = crate::native::Native::new(d.path()).unwrap();
+        let sn = crate::LocalSnapshotter::open(d.path(), driver).unwrap();
+        assert!(!sn.can_rebase());
+        sn.prepare("a", "", Default::default()).await.unwrap();
+        sn.commit("base", "a", Default::default()).await.unwrap();
+        sn.prepare("b", "", Default::default()).await.unwrap();
+        let refused = sn.commit_onto("top", "b", "base", Default::default()).await;
+        assert!(
+            matches!(refused, Err(crate::SnapshotError::NotImplemented(_))),
+            "{refused:?}"
+        );
+        // Nothing changed: the active snapshot is still there to be committed plainly.
+        sn.commit("top", "b", Default::default()).await.unwrap();
+    }
+}

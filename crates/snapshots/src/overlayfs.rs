@@ -36,6 +36,9 @@ pub struct Overlay {
     /// Options every overlay mount carries: the configured ones, and `index=off` where the
     /// kernel has the index feature and the config does not choose.
     options: Vec<String>,
+    /// Whether whiteouts (`c 0 0` devices) can be made here, which a layer unpacked without
+    /// its parents needs: not so in a user namespace.
+    rebase: bool,
 }
 
 impl Overlay {
@@ -48,11 +51,13 @@ impl Overlay {
             // Layers are shared between overlays: an index would tie each to one of them.
             options.push("index=off".into());
         }
+        let rebase = can_make_whiteouts(root);
         Ok(Overlay {
             snapshots,
             upperdir_label: config.upperdir_label,
             sync_remove: config.sync_remove,
             options,
+            rebase,
         })
     }
 
@@ -65,7 +70,22 @@ impl Overlay {
     }
 }
 
+/// Tries to make (and removes) an overlay whiteout under `root`.
+fn can_make_whiteouts(root: &Path) -> bool {
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    let probe = root.join(format!(".whiteout-probe-{}", std::process::id()));
+    let made = mknod(&probe, SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), 0).is_ok();
+    if made {
+        let _ = std::fs::remove_file(&probe);
+    }
+    made
+}
+
 impl Driver for Overlay {
+    fn can_rebase(&self) -> bool {
+        self.rebase
+    }
+
     fn create(&self, s: &Snapshot) -> io::Result<()> {
         self.snapshots.build(&s.id, 0o700, |staging| {
             let fs = staging.join("fs");
@@ -193,6 +213,60 @@ mod tests {
         sn.cleanup().await.unwrap();
         assert!(!root.join("snapshots/3").exists());
         assert!(root.join("snapshots/1").exists());
+    }
+
+    #[tokio::test]
+    async fn a_layer_made_without_parents_is_committed_onto_one() {
+        if !crate::testsuite::can_mount("overlay rebase") {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let sn = open(root, OverlayConfig::default());
+        assert!(sn.can_rebase());
+        let base = sn
+            .prepare("base-key", "", Default::default())
+            .await
+            .unwrap();
+        std::fs::write(Path::new(&base[0].source).join("gone"), "lower").unwrap();
+        std::fs::write(Path::new(&base[0].source).join("kept"), "lower").unwrap();
+        sn.commit("base", "base-key", Default::default())
+            .await
+            .unwrap();
+        // The upper layer, unpacked on its own: its whiteout is an overlay one.
+        let top = sn.prepare("top-key", "", Default::default()).await.unwrap();
+        assert_eq!(top[0].r#type, "bind");
+        let upper = Path::new(&top[0].source);
+        std::fs::write(upper.join("new"), "upper").unwrap();
+        nix::sys::stat::mknod(
+            &upper.join("gone"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            0,
+        )
+        .unwrap();
+        let wrong = sn
+            .commit_onto("top", "top-key", "nope", Default::default())
+            .await;
+        assert!(
+            matches!(wrong, Err(crate::SnapshotError::NotFound(_))),
+            "{wrong:?}"
+        );
+        sn.commit_onto("top", "top-key", "base", Default::default())
+            .await
+            .unwrap();
+        assert_eq!(sn.stat("top").await.unwrap().parent, "base");
+        let view = sn.view("v", "top", Default::default()).await.unwrap();
+        let target = tempfile::tempdir().unwrap();
+        crate::mount::mount_all(&view, target.path()).unwrap();
+        let seen = |name: &str| std::fs::read_to_string(target.path().join(name)).ok();
+        let (gone, kept, new) = (seen("gone"), seen("kept"), seen("new"));
+        crate::mount::unmount(target.path()).unwrap();
+        assert_eq!(gone, None);
+        assert_eq!(kept.as_deref(), Some("lower"));
+        assert_eq!(new.as_deref(), Some("upper"));
+        let removal = sn.remove("base").await;
+        assert!(removal.is_err(), "a parent with a child was removed");
     }
 
     #[tokio::test]

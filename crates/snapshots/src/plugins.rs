@@ -105,6 +105,10 @@ fn btrfs_message(root: &Path, found: &str) -> String {
     )
 }
 
+/// Opens the snapshotter. Its `rebase` ability is not advertised as containerd 2's capability
+/// of that name: the API served here (containerd 1's, from the `containerd-client` package)
+/// has no `parent` on Commit, so a client unpacking side by side through it would have its
+/// stacking silently dropped. crated's own pull uses it through the trait.
 async fn open_kind(root: PathBuf, kind: SnapshotterKind) -> Result<Instance, PluginError> {
     let sn = tokio::task::spawn_blocking(move || open_snapshotter(&root, kind))
         .await

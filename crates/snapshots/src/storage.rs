@@ -286,11 +286,15 @@ impl WriteTxn {
         Ok(r.info(&info.name))
     }
 
-    /// Turns the active snapshot `key` into the committed `name`, keeping its id. Returns the id.
+    /// Turns the active snapshot `key` into the committed `name`, keeping its id. Returns the
+    /// id. A non-empty `onto` rebases a snapshot prepared without a parent onto that committed
+    /// one (containerd's Commit with `WithParent`); naming another parent than the one it has
+    /// is InvalidArgument.
     pub fn commit_active(
         &mut self,
         key: &str,
         name: &str,
+        onto: &str,
         usage: Usage,
         labels: HashMap<String, String>,
     ) -> Result<String, SnapshotError> {
@@ -298,11 +302,26 @@ impl WriteTxn {
         if get_record(&table, name)?.is_some() {
             return Err(SnapshotError::AlreadyExists(format!("snapshot {name}")));
         }
-        let r = require_record(&table, key)?;
+        let mut r = require_record(&table, key)?;
         if r.kind != Kind::Active {
             return Err(SnapshotError::FailedPrecondition(format!(
                 "snapshot {key} is not active"
             )));
+        }
+        if !onto.is_empty() && onto != r.parent {
+            if !r.parent.is_empty() {
+                return Err(SnapshotError::InvalidArgument(format!(
+                    "cannot change parent of active snapshot {key} on commit"
+                )));
+            }
+            let p = require_record(&table, onto)?;
+            if p.kind != Kind::Committed {
+                return Err(SnapshotError::FailedPrecondition(format!(
+                    "parent {onto} is not committed"
+                )));
+            }
+            // The parent's link to its new child is made below, as for any child.
+            r.parent = onto.to_owned();
         }
         let now = now_nanos();
         let committed = Record {
@@ -402,7 +421,7 @@ mod tests {
             K::InvalidArgument
         );
         let id = tx
-            .commit_active("a", "c", Usage::default(), HashMap::new())
+            .commit_active("a", "c", "", Usage::default(), HashMap::new())
             .unwrap();
         assert_eq!(id, "1");
         assert_eq!(kind_of(&tx.info("a").unwrap_err()), K::NotFound);
@@ -415,19 +434,19 @@ mod tests {
         let v = tx.create(Kind::View, "v", "c", HashMap::new()).unwrap();
         assert_eq!(
             kind_of(
-                &tx.commit_active("v", "x", Usage::default(), HashMap::new())
+                &tx.commit_active("v", "x", "", Usage::default(), HashMap::new())
                     .unwrap_err()
             ),
             K::FailedPrecondition
         );
         assert_eq!(
             kind_of(
-                &tx.commit_active("b", "c", Usage::default(), HashMap::new())
+                &tx.commit_active("b", "c", "", Usage::default(), HashMap::new())
                     .unwrap_err()
             ),
             K::AlreadyExists
         );
-        tx.commit_active("b", "d", Usage::default(), HashMap::new())
+        tx.commit_active("b", "d", "", Usage::default(), HashMap::new())
             .unwrap();
         let e = tx.create(Kind::Active, "e", "d", HashMap::new()).unwrap();
         assert_eq!(e.parent_ids, vec![b.id.clone(), "1".to_string()]);
@@ -445,6 +464,65 @@ mod tests {
             tx.create(Kind::Active, "a", "", HashMap::new()).unwrap().id,
             "5"
         );
+    }
+
+    #[test]
+    fn commit_rebases_a_parentless_snapshot() {
+        use crated_errdefs::Kind as K;
+        let (_d, s) = store();
+        let mut tx = s.write().unwrap();
+        let base = tx
+            .create(Kind::Active, "base-key", "", HashMap::new())
+            .unwrap();
+        tx.commit_active("base-key", "base", "", Usage::default(), HashMap::new())
+            .unwrap();
+        let top = tx
+            .create(Kind::Active, "top-key", "", HashMap::new())
+            .unwrap();
+        tx.create(Kind::Active, "open", "", HashMap::new()).unwrap();
+        assert_eq!(
+            kind_of(
+                &tx.commit_active("top-key", "top", "nope", Usage::default(), HashMap::new())
+                    .unwrap_err()
+            ),
+            K::NotFound
+        );
+        assert_eq!(
+            kind_of(
+                &tx.commit_active("top-key", "top", "open", Usage::default(), HashMap::new())
+                    .unwrap_err()
+            ),
+            K::FailedPrecondition
+        );
+        tx.commit_active("top-key", "top", "base", Usage::default(), HashMap::new())
+            .unwrap();
+        assert_eq!(tx.info("top").unwrap().1.parent, "base");
+        let child = tx.create(Kind::View, "v", "top", HashMap::new()).unwrap();
+        assert_eq!(child.parent_ids, vec![top.id.clone(), base.id.clone()]);
+        // The parent now has a child: it cannot go first.
+        assert_eq!(
+            kind_of(&tx.remove("base").unwrap_err()),
+            K::FailedPrecondition
+        );
+        // A snapshot that has a parent keeps it.
+        let other = tx
+            .create(Kind::Active, "other", "top", HashMap::new())
+            .unwrap();
+        assert_eq!(other.parent_ids.len(), 2);
+        assert_eq!(
+            kind_of(
+                &tx.commit_active("other", "o", "base", Usage::default(), HashMap::new())
+                    .unwrap_err()
+            ),
+            K::InvalidArgument
+        );
+        tx.commit_active("other", "o", "top", Usage::default(), HashMap::new())
+            .unwrap();
+        tx.remove("o").unwrap();
+        tx.remove("v").unwrap();
+        tx.remove("top").unwrap();
+        tx.remove("base").unwrap();
+        tx.commit().unwrap();
     }
 
     #[test]

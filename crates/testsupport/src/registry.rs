@@ -14,6 +14,9 @@ pub struct Registry {
     child: Child,
     /// `127.0.0.1:PORT`
     pub addr: String,
+    /// For a registry served over https: the PEM file of the authority that signed its
+    /// certificate (for 127.0.0.1).
+    pub ca: Option<std::path::PathBuf>,
     dir: tempfile::TempDir,
 }
 
@@ -36,14 +39,36 @@ impl Registry {
     /// Starts a registry; None (after saying why) when docker-registry is not installed and
     /// this is not CI.
     pub fn start() -> Option<Registry> {
+        Self::start_with(false)
+    }
+
+    /// Starts a registry serving https with a certificate for 127.0.0.1 signed by a fresh
+    /// authority (made with `openssl`), whose file is [`Registry::ca`].
+    pub fn start_tls() -> Option<Registry> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<Registry> {
         let bin = tool("docker-registry", "docker-registry")?;
         let dir = tempfile::tempdir().expect("temp dir");
         let addr = format!("127.0.0.1:{}", free_port());
+        let (ca, tls_config) = if tls {
+            let openssl = tool("openssl", "openssl")?;
+            let (ca, cert, key) = make_certificates(&openssl, dir.path());
+            let config = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+            (Some(ca), config)
+        } else {
+            (None, String::new())
+        };
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: true}}}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n  maintenance: {{uploadpurging: {{enabled: false}}}}\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: true}}}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n  maintenance: {{uploadpurging: {{enabled: false}}}}\nhttp:\n  addr: {addr}\n{tls_config}",
                 dir.path().join("storage").display()
             ),
         )
@@ -71,7 +96,12 @@ impl Registry {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(Registry { child, addr, dir })
+        Some(Registry {
+            child,
+            addr,
+            ca,
+            dir,
+        })
     }
 
     /// Pushes `image` as `repo:tag` with skopeo, keeping its digests.
@@ -112,6 +142,77 @@ impl Registry {
     pub fn storage(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// An authority and a certificate it signed for 127.0.0.1 (EC P-256, a day long) in `dir`:
+/// the authority's PEM, the certificate's and its key's.
+fn make_certificates(
+    openssl: &Path,
+    dir: &Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new(openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca_args = vec![
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=crated test authority",
+    ];
+    ca_args.extend(ec);
+    ca_args.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    ca_args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+    ca_args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+    run(&ca_args);
+    let mut csr_args = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr_args.extend(ec);
+    csr_args.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    run(&csr_args);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("writing the certificate's extensions");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 impl Drop for Registry {

@@ -38,14 +38,19 @@ pub trait Target: Send + Sync {
         view: bool,
     ) -> Result<Vec<Mount>, NamespacedError>;
     async fn mounts(&self, ns: &str, key: &str) -> Result<Vec<Mount>, NamespacedError>;
+    /// Commits `key` as `name`; a non-empty `onto` rebases a snapshot prepared without a
+    /// parent onto that committed one (only where [`Target::can_rebase`]).
     async fn commit(
         &self,
         ns: &str,
         name: &str,
         key: &str,
+        onto: &str,
         labels: HashMap<String, String>,
         lease: Option<String>,
     ) -> Result<(), NamespacedError>;
+    /// The snapshotter's `rebase` capability.
+    fn can_rebase(&self) -> bool;
     async fn remove(&self, ns: &str, key: &str) -> Result<(), NamespacedError>;
     async fn usage(&self, ns: &str, key: &str) -> Result<Usage, NamespacedError>;
     async fn update(&self, ns: &str, info: Info, paths: &[String])
@@ -85,10 +90,19 @@ impl Target for Bare {
         _: &str,
         name: &str,
         key: &str,
+        onto: &str,
         labels: HashMap<String, String>,
         _: Option<String>,
     ) -> Result<(), NamespacedError> {
-        Ok(self.0.commit(name, key, labels).await?)
+        if onto.is_empty() {
+            self.0.commit(name, key, labels).await?;
+        } else {
+            self.0.commit_onto(name, key, onto, labels).await?;
+        }
+        Ok(())
+    }
+    fn can_rebase(&self) -> bool {
+        self.0.can_rebase()
     }
     async fn remove(&self, _: &str, key: &str) -> Result<(), NamespacedError> {
         Ok(self.0.remove(key).await?)
@@ -293,7 +307,7 @@ impl Snapshots for SnapshotsService {
         let (ns, lease) = (self.namespace(&req)?, lease(&req));
         let r = req.into_inner();
         self.target(&r.snapshotter)?
-            .commit(&ns, &r.name, &r.key, r.labels, lease)
+            .commit(&ns, &r.name, &r.key, "", r.labels, lease)
             .await
             .map_err(edge)?;
         self.publish(

@@ -127,6 +127,8 @@ impl TransferService {
             plain_http: resolver.default_scheme == "http",
             headers: resolver.headers.into_iter().collect(),
             credentials,
+            // Read by the daemon, as containerd's transfer service reads it.
+            host_dir: (!resolver.host_dir.is_empty()).then(|| resolver.host_dir.into()),
         };
         let unpacks = store
             .unpacks

@@ -15,6 +15,7 @@ use crated_images::manifest::{self, Document, LABEL_DISTRIBUTION_SOURCE, LABEL_G
 use crated_images::{chain_ids, Descriptor, Platform, Reference, Registry, RegistryOptions};
 use crated_metadata::{ImageRecord, Lease, MetadataStore};
 use crated_snapshots::LABEL_SNAPSHOT_REF;
+use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tonic::Status;
 
@@ -24,6 +25,9 @@ use crate::content::ContentService;
 use crate::edge::{blocking, status};
 use crate::snapshots::SnapshotsService;
 
+/// containerd's labels on an extraction snapshot: the layer's diff ID and its parent's chain ID.
+const LABEL_DIFF_ID: &str = "containerd.io/snapshot/diff-id";
+const LABEL_PARENT_CHAIN_ID: &str = "containerd.io/snapshot/parent-chain-id";
 /// Layers downloading at once in one pull.
 const PARALLEL_DOWNLOADS: usize = 3;
 /// How long the lease of a pull holds what it fetched if the daemon dies mid-pull.
@@ -368,8 +372,11 @@ impl Puller {
         Arc::clone(busy.entry(key).or_default())
     }
 
-    /// Applies the layers in order, each onto a snapshot of the one before, committed under
-    /// its chain ID; a chain ID already there is skipped. The top chain ID.
+    /// Unpacks the layers into snapshots committed under their chain IDs; a chain ID already
+    /// there is skipped. Where the snapshotter can rebase, layers are applied side by side,
+    /// each into a snapshot without parent, and stacked in order as they are committed (as
+    /// containerd's parallel unpack); otherwise each is applied onto the one before. The top
+    /// chain ID.
     async fn unpack(
         &self,
         pull: &Pull,
@@ -379,100 +386,273 @@ impl Puller {
     ) -> Result<String, Status> {
         let target = self.snapshots.target_of(snapshotter)?;
         let chains = chain_ids(diff_ids);
+        let side_by_side = target.can_rebase();
+        let appliers = Arc::new(Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        ));
+        let mut extracting = futures::stream::FuturesOrdered::new();
+        let mut failed = None;
         let mut parent = String::new();
-        for (i, (layer, live, mut done)) in sources.into_iter().enumerate() {
+        for (i, (layer, live, done)) in sources.into_iter().enumerate() {
             let chain = chains[i].clone();
-            let _once = self
-                .once(format!("{}/{snapshotter}/{chain}", pull.ns))
+            let stack = Stack {
+                target: &*target,
+                snapshotter,
+                side_by_side,
+                parent: &parent,
+            };
+            let prepared = self
+                .prepare_layer(pull, &stack, layer, &diff_ids[i], &chain, done.clone())
                 .await;
-            if target.stat(&pull.ns, &chain).await.is_ok() {
-                drop(live);
-                fetch::wait(&mut done).await?;
-                parent = chain;
-                continue;
-            }
-            let name = object_name("layer", &layer);
-            let key = format!(
-                "extract-{}-{} {chain}",
-                crated_metadata::now_nanos(),
-                &uuid::Uuid::new_v4().simple().to_string()[..6]
-            );
-            let mut labels = HashMap::from([(LABEL_SNAPSHOT_REF.to_owned(), chain.clone())]);
-            labels.insert("containerd.io/snapshot/diff-id".into(), diff_ids[i].clone());
-            if !parent.is_empty() {
-                labels.insert(
-                    "containerd.io/snapshot/parent-chain-id".into(),
-                    parent.clone(),
-                );
-            }
-            let mounts = target
-                .create(
-                    &pull.ns,
-                    &key,
-                    &parent,
-                    labels.clone(),
-                    Some(pull.lease.clone()),
-                    false,
-                )
-                .await
-                .map_err(|e| status(&e))?;
-            pull.progress
-                .object("extracting", &name, &[], 0, &layer)
-                .await;
-            let applied = self.apply(pull, &layer, mounts, live, done.clone()).await;
-            let downloaded = fetch::wait(&mut done).await;
-            let outcome = async {
-                let diff_id = applied?;
-                downloaded?;
-                if diff_id != diff_ids[i] {
-                    return Err(Status::failed_precondition(format!(
-                        "wrong diff id {diff_id} calculated on extraction of {}, expected {}",
-                        layer.digest, diff_ids[i]
-                    )));
+            let layer_commit = match prepared {
+                Ok(Some(prepared)) => prepared,
+                Ok(None) => {
+                    parent = chain;
+                    continue;
                 }
-                match target
-                    .commit(&pull.ns, &chain, &key, labels, Some(pull.lease.clone()))
-                    .await
-                {
-                    Ok(()) => Ok(()),
-                    Err(e) if status(&e).code() == tonic::Code::AlreadyExists => {
-                        let _ = target.remove(&pull.ns, &key).await;
-                        Ok(())
-                    }
-                    Err(e) => Err(status(&e)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
+            };
+            let mut mounts = layer_commit.mounts.clone();
+            if side_by_side && !parent.is_empty() {
+                // Whiteouts must be made for the overlay this layer will join.
+                mounts = upper_only(mounts);
             }
-            .await;
-            if let Err(e) = outcome {
-                let _ = target.remove(&pull.ns, &key).await;
-                return Err(e);
-            }
-            self.content
-                .add_labels(
-                    &pull.ns,
-                    &layer.digest,
-                    BTreeMap::from([(LABEL_UNCOMPRESSED.to_owned(), diff_ids[i].clone())]),
-                )
-                .await?;
             pull.progress
-                .object("extracted", &name, &[], layer.size, &layer)
+                .object(
+                    "extracting",
+                    &object_name("layer", &layer_commit.layer),
+                    &[],
+                    0,
+                    &layer_commit.layer,
+                )
                 .await;
+            let applied = self.extract(pull, &layer_commit.layer, &diff_ids[i], mounts, live, done);
+            if side_by_side {
+                let appliers = Arc::clone(&appliers);
+                extracting.push_back(async move {
+                    let _applier = appliers.acquire_owned().await;
+                    (layer_commit, applied.await)
+                });
+            } else {
+                let applied = applied.await;
+                self.finish(pull, &*target, layer_commit, applied).await?;
+            }
             parent = chain;
         }
-        Ok(parent)
+        // Side by side: committed in order as each is applied; after a failure the rest are
+        // waited for, then removed.
+        while let Some((layer_commit, applied)) = extracting.next().await {
+            let applied = match failed {
+                None => applied,
+                Some(_) => Err(Status::aborted("an earlier layer failed")),
+            };
+            if let Err(e) = self.finish(pull, &*target, layer_commit, applied).await {
+                failed.get_or_insert(e);
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(parent),
+        }
+    }
+
+    /// Makes the extraction snapshot of the layer whose chain ID is `chain`, on `parent` or
+    /// (side by side) on nothing, holding off a second pull of the same chain; `None` when the
+    /// chain is there already (its download is then waited for).
+    async fn prepare_layer(
+        &self,
+        pull: &Pull,
+        stack: &Stack<'_>,
+        layer: Descriptor,
+        diff_id: &str,
+        chain: &str,
+        mut done: fetch::Done,
+    ) -> Result<Option<LayerCommit>, Status> {
+        let Stack {
+            target,
+            snapshotter,
+            side_by_side,
+            parent,
+        } = *stack;
+        // Held until this layer is committed: a second pull of it waits here, then finds it.
+        let once = self
+            .once(format!("{}/{snapshotter}/{chain}", pull.ns))
+            .await;
+        if target.stat(&pull.ns, chain).await.is_ok() {
+            fetch::wait(&mut done).await?;
+            return Ok(None);
+        }
+        let key = format!(
+            "extract-{}-{} {chain}",
+            crated_metadata::now_nanos(),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        let mut labels = HashMap::from([(LABEL_SNAPSHOT_REF.to_owned(), chain.to_owned())]);
+        labels.insert(LABEL_DIFF_ID.into(), diff_id.to_owned());
+        if !parent.is_empty() {
+            labels.insert(LABEL_PARENT_CHAIN_ID.into(), parent.to_owned());
+        }
+        let below = if side_by_side { "" } else { parent };
+        let mounts = target
+            .create(
+                &pull.ns,
+                &key,
+                below,
+                labels.clone(),
+                Some(pull.lease.clone()),
+                false,
+            )
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Some(LayerCommit {
+            layer,
+            diff_id: diff_id.to_owned(),
+            chain: chain.to_owned(),
+            key,
+            onto: if side_by_side {
+                parent.to_owned()
+            } else {
+                String::new()
+            },
+            labels,
+            mounts,
+            _once: once,
+        }))
+    }
+
+    /// Applies one layer and checks its diff ID and download. The work starts when the future
+    /// is first polled.
+    fn extract(
+        &self,
+        pull: &Pull,
+        layer: &Descriptor,
+        diff_id: &str,
+        mounts: Vec<crated_snapshots::Mount>,
+        live: Option<fetch::Live>,
+        mut done: fetch::Done,
+    ) -> impl std::future::Future<Output = Result<(), Status>> + Send + 'static {
+        let application = self.application(pull, layer, mounts, live, done.clone());
+        let (diff_id, digest) = (diff_id.to_owned(), layer.digest.clone());
+        async move {
+            let applied = application.await;
+            let downloaded = fetch::wait(&mut done).await;
+            let found = applied?;
+            downloaded?;
+            if found != diff_id {
+                return Err(Status::failed_precondition(format!(
+                    "wrong diff id {found} calculated on extraction of {digest}, expected {diff_id}"
+                )));
+            }
+            Ok(())
+        }
+    }
+
+    /// Commits an applied layer (onto its parent when it was applied without), labels its
+    /// blob with its diff ID; a failed one's snapshot is removed.
+    async fn finish(
+        &self,
+        pull: &Pull,
+        target: &dyn crate::snapshots::Target,
+        c: LayerCommit,
+        applied: Result<(), Status>,
+    ) -> Result<(), Status> {
+        let committed = match applied {
+            Ok(()) => target
+                .commit(
+                    &pull.ns,
+                    &c.chain,
+                    &c.key,
+                    &c.onto,
+                    c.labels.clone(),
+                    Some(pull.lease.clone()),
+                )
+                .await
+                .map_err(|e| status(&e)),
+            Err(e) => Err(e),
+        };
+        match committed {
+            Ok(()) => {}
+            // Another client committed the same chain first.
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {
+                let _ = target.remove(&pull.ns, &c.key).await;
+            }
+            Err(e) => {
+                let _ = target.remove(&pull.ns, &c.key).await;
+                return Err(e);
+            }
+        }
+        self.content
+            .add_labels(
+                &pull.ns,
+                &c.layer.digest,
+                BTreeMap::from([(LABEL_UNCOMPRESSED.to_owned(), c.diff_id)]),
+            )
+            .await?;
+        pull.progress
+            .object(
+                "extracted",
+                &object_name("layer", &c.layer),
+                &[],
+                c.layer.size,
+                &c.layer,
+            )
+            .await;
+        Ok(())
+    }
+}
+
+/// Where a pull's layers are being stacked, and the top so far.
+#[derive(Clone, Copy)]
+struct Stack<'a> {
+    target: &'a dyn crate::snapshots::Target,
+    snapshotter: &'a str,
+    /// Layers are applied side by side and rebased on commit.
+    side_by_side: bool,
+    parent: &'a str,
+}
+
+/// A layer's extraction snapshot on its way to being committed under its chain ID.
+struct LayerCommit {
+    layer: Descriptor,
+    diff_id: String,
+    chain: String,
+    key: String,
+    /// The parent to commit onto; empty when the snapshot was prepared on it.
+    onto: String,
+    labels: HashMap<String, String>,
+    mounts: Vec<crated_snapshots::Mount>,
+    _once: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// The bind mount of a snapshot prepared without parent, as an overlay mount with only its
+/// upper directory: the differ then writes whiteouts as overlayfs's, for the overlay the
+/// layer joins once rebased (containerd's `bindToOverlay`). Other mounts are kept.
+fn upper_only(mounts: Vec<crated_snapshots::Mount>) -> Vec<crated_snapshots::Mount> {
+    match mounts.as_slice() {
+        [m] if m.r#type == "bind" => vec![crated_snapshots::Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec![format!("upperdir={}", m.source)],
+        }],
+        _ => mounts,
     }
 }
 
 impl Puller {
-    /// Applies one layer onto `mounts` from its source; the diff ID.
-    async fn apply(
+    /// Applies one layer onto `mounts` from its source; the diff ID. The work starts when the
+    /// future is first polled.
+    fn application(
         &self,
         pull: &Pull,
         layer: &Descriptor,
         mounts: Vec<crated_snapshots::Mount>,
         live: Option<fetch::Live>,
         done: fetch::Done,
-    ) -> Result<String, Status> {
+    ) -> impl std::future::Future<Output = Result<String, Status>> + Send + 'static {
         let failure = Arc::new(Mutex::new(None));
         let mut source = LayerSource {
             runtime: tokio::runtime::Handle::current(),
@@ -488,15 +668,17 @@ impl Puller {
         let reader = ChunkReader::new(move || source.next_chunk());
         let differ = Arc::clone(&self.differ);
         let media_type = layer.media_type.clone();
-        let applied =
-            tokio::task::spawn_blocking(move || differ.apply(&media_type, &mounts, reader))
-                .await
-                .map_err(|e| Status::internal(format!("unpack task failed: {e}")))?;
-        match applied {
-            Ok(a) => Ok(a.diff_id),
-            Err(e) => {
-                let cause = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
-                Err(cause.unwrap_or_else(|| status(&e)))
+        async move {
+            let applied =
+                tokio::task::spawn_blocking(move || differ.apply(&media_type, &mounts, reader))
+                    .await
+                    .map_err(|e| Status::internal(format!("unpack task failed: {e}")))?;
+            match applied {
+                Ok(a) => Ok(a.diff_id),
+                Err(e) => {
+                    let cause = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    Err(cause.unwrap_or_else(|| status(&e)))
+                }
             }
         }
     }
