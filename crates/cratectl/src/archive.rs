@@ -16,7 +16,6 @@ use clap::Args;
 use crated_api::containerd::services::content::v1::{self as content, ReadContentRequest};
 use crated_api::containerd::services::diff::v1::ApplyRequest;
 use crated_api::containerd::services::images::v1 as images;
-use crated_api::containerd::services::leases::v1 as leases;
 use crated_api::containerd::services::snapshots::v1 as snapshots;
 use crated_api::containerd::types::Descriptor;
 use sha2::Digest as _;
@@ -362,18 +361,6 @@ fn plan_docker(scanned: &Scanned, manifest: &[u8]) -> anyhow::Result<Plan> {
     })
 }
 
-async fn create_lease(conn: &Connection) -> anyhow::Result<String> {
-    let id = format!("import-{}", crate::leases::now_nanos());
-    let labels = crate::gc::expire_label("24h")?;
-    conn.leases()
-        .create(conn.request(leases::CreateRequest {
-            id: id.clone(),
-            labels: labels.into_iter().collect(),
-        }))
-        .await?;
-    Ok(id)
-}
-
 pub async fn import(conn: &Connection, args: ImportArgs) -> anyhow::Result<()> {
     let archive = args.archive.clone();
     let scanned = tokio::task::spawn_blocking(move || scan(&archive)).await??;
@@ -387,17 +374,11 @@ pub async fn import(conn: &Connection, args: ImportArgs) -> anyhow::Result<()> {
             args.archive.display()
         );
     };
-    let lease = create_lease(conn).await?;
+    let lease = crate::leases::temporary(conn, "import").await?;
     let leased = conn.with_lease(&lease)?;
     let result = import_under(&leased, &args, plan).await;
     // The image records hold what was imported now; the lease goes.
-    let _ = conn
-        .leases()
-        .delete(conn.request(leases::DeleteRequest {
-            id: lease,
-            sync: false,
-        }))
-        .await;
+    crate::leases::release(conn, lease).await;
     result
 }
 

@@ -100,6 +100,28 @@ pub async fn run(conn: &Connection, command: LeasesCommand) -> anyhow::Result<()
 }
 
 /// Nanoseconds since the epoch: what makes the names cratectl gives leases and keys unique.
+/// A lease for one piece of client work (an import, a container's creation), as containerd's
+/// client takes one: it keeps what the work makes from a collection until records hold it, and
+/// expires in a day should the client die before [`release`].
+pub(crate) async fn temporary(conn: &Connection, purpose: &str) -> anyhow::Result<String> {
+    let id = format!("{purpose}-{}", now_nanos());
+    conn.leases()
+        .create(conn.request(CreateRequest {
+            id: id.clone(),
+            labels: crate::gc::expire_label("24h")?.into_iter().collect(),
+        }))
+        .await?;
+    Ok(id)
+}
+
+/// Ends a [`temporary`] lease; a failure only leaves it to expire.
+pub(crate) async fn release(conn: &Connection, id: String) {
+    let _ = conn
+        .leases()
+        .delete(conn.request(DeleteRequest { id, sync: false }))
+        .await;
+}
+
 pub(crate) fn now_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -188,8 +188,20 @@ async fn resolve_user(
     .await?
 }
 
-/// Makes the container (its snapshot and record) and returns the rootfs mounts.
+/// Makes the container (its snapshot and record) and returns the rootfs mounts. The snapshot is
+/// made under a lease until the container record holds it, else a collection in between (one
+/// another client's lease release set off) would take it.
 pub async fn create_container(
+    conn: &Connection,
+    args: &ContainerArgs,
+) -> anyhow::Result<Vec<crated_api::containerd::types::Mount>> {
+    let lease = crate::leases::temporary(conn, "container").await?;
+    let result = create_container_under(&conn.with_lease(&lease)?, args).await;
+    crate::leases::release(conn, lease).await;
+    result
+}
+
+async fn create_container_under(
     conn: &Connection,
     args: &ContainerArgs,
 ) -> anyhow::Result<Vec<crated_api::containerd::types::Mount>> {

@@ -187,10 +187,19 @@ fn a_removed_blob_leaves_the_disk_at_the_next_collection() {
     let Some(ctr) = tool("ctr", "containerd") else {
         return;
     };
-    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    // No collection at start-up: one that came after the removal would take the file first.
+    let config = "version = 2\n\
+                  [plugins.\"io.containerd.gc.v1.scheduler\"]\n\
+                  startup_delay = \"1h\"\n";
+    let daemon = Daemon::crated(&crated(), Some(config), &[]).unwrap();
     ok(daemon.client(&ctr, &["leases", "create", "--id", "keep"]));
     let d = ingest(&daemon, Some("keep"), 1);
     ok(daemon.client(&ctr, &["content", "rm", &d]));
+    assert_eq!(
+        daemon.blob_files().len(),
+        1,
+        "the file goes only at a collection"
+    );
     let report = ok(daemon.client(&workspace_bin("cratectl"), &["gc"]));
     assert!(report.contains(&format!("removed blob {d}")), "{report}");
     assert!(daemon.blob_files().is_empty());

@@ -136,24 +136,30 @@ fn the_restart_monitor_keeps_labelled_containers_in_their_status() {
     clear_stale_runc_state(&["r1", "r2"]);
     let log = work.path().join("r1.log");
     let log_label = format!("containerd.io/restart.loguri=file://{}", log.display());
+    // The restart labels go on once `ctr run -d` has started the task: a monitor pass that
+    // sees a labelled container whose task is only created replaces that task (containerd's
+    // monitor does the same), racing ctr's own start.
+    let run_then_label = |id: &str, labels: &[&str], script: &str| {
+        ok(ctr(
+            &daemon,
+            &bin,
+            &["run", "-d", IMAGE, id, "/bin/sh", "-c", script],
+        ));
+        ok(ctr(
+            &daemon,
+            &bin,
+            &["containers", "label", id]
+                .into_iter()
+                .chain(labels.iter().copied())
+                .collect::<Vec<_>>(),
+        ));
+    };
     // Always restarted, its output in the log.
-    ok(ctr(
-        &daemon,
-        &bin,
-        &[
-            "run",
-            "-d",
-            "--label",
-            "containerd.io/restart.status=running",
-            "--label",
-            &log_label,
-            IMAGE,
-            "r1",
-            "/bin/sh",
-            "-c",
-            "echo started; sleep 1000",
-        ],
-    ));
+    run_then_label(
+        "r1",
+        &["containerd.io/restart.status=running", &log_label],
+        "echo started; sleep 1000",
+    );
     let first = task_pid(&daemon, &bin, "r1").unwrap();
     ok(ctr(
         &daemon,
@@ -179,23 +185,14 @@ fn the_restart_monitor_keeps_labelled_containers_in_their_status() {
     );
 
     // on-failure:1: one restart after a failure, then no more.
-    ok(ctr(
-        &daemon,
-        &bin,
+    run_then_label(
+        "r2",
         &[
-            "run",
-            "-d",
-            "--label",
             "containerd.io/restart.status=running",
-            "--label",
             "containerd.io/restart.policy=on-failure:1",
-            IMAGE,
-            "r2",
-            "/bin/sh",
-            "-c",
-            "sleep 1; exit 3",
         ],
-    ));
+        "sleep 2; exit 3",
+    );
     wait_until(
         Duration::from_secs(20),
         || label(&daemon, &bin, "r2", "containerd.io/restart.count").as_deref() == Some("1"),

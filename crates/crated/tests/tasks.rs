@@ -482,3 +482,81 @@ fn cratectl_create_start_exec_attach_and_named_image_users() {
     let snaps = ok(ctr(&daemon, &bin, &["snapshots", "ls"]));
     assert!(!snaps.contains("cu2"), "{snaps}");
 }
+
+/// A container's snapshot is made before its record; a collection in between (here one after
+/// every synchronous lease removal another client makes) must not take it, as containerd's
+/// client holds a lease over the two. The image names its user, so each creation mounts the rootfs to look it up
+/// and the gap between snapshot and record is wide.
+#[test]
+fn containers_made_while_collections_run_keep_their_snapshots() {
+    let Some((daemon, bin, work)) = setup("overlayfs") else {
+        return;
+    };
+    let archive = work.path().join("named-user.tar");
+    crated_testsupport::oci::busybox_as_user("docker.io/library/named-user:1", "www:staff")
+        .write_archive(&archive);
+    ok(ctr(
+        &daemon,
+        &bin,
+        &["images", "import", "--snapshotter", "overlayfs"]
+            .into_iter()
+            .chain([archive.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    ));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (stop, socket, bin) = (stop.clone(), daemon.socket.clone(), bin.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("churn-{n}");
+                for args in [
+                    &["leases", "create", "--id"][..],
+                    &["leases", "rm", "--sync"],
+                ] {
+                    let out = Command::new(&bin)
+                        .arg("--address")
+                        .arg(&socket)
+                        .args(args)
+                        .arg(&id)
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{out:?}");
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let ours = cratectl();
+    let ids: Vec<String> = (0..12).map(|i| format!("gc-race-{i}")).collect();
+    for id in &ids {
+        let made = ctr(
+            &daemon,
+            &ours,
+            &["containers", "create", "docker.io/library/named-user:1", id],
+        );
+        let info = ctr(
+            &daemon,
+            &bin,
+            &["snapshots", "--snapshotter", "overlayfs", "info", id],
+        );
+        if !made.status.success() || !info.status.success() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            panic!(
+                "{id}: create {:?} / snapshot info {:?}",
+                String::from_utf8_lossy(&made.stderr),
+                String::from_utf8_lossy(&info.stderr)
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let collections = churn.join().unwrap();
+    assert!(
+        collections > 0,
+        "no lease was removed while containers were made"
+    );
+    for id in &ids {
+        ok(ctr(&daemon, &ours, &["containers", "rm", id]));
+    }
+}
