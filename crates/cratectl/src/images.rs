@@ -34,8 +34,8 @@ pub enum ImagesCommand {
         /// Talk http, not https, to the registry.
         #[arg(long)]
         plain_http: bool,
-        /// containerd's registry hosts directory (`<dir>/<host:port>/hosts.toml`: server, ca,
-        /// skip_verify, mirrors), read by the daemon.
+        /// containerd's registry hosts directory (`<dir>/<host:port>/hosts.toml`: mirrors tried
+        /// in order, server, ca, client certificates, skip_verify), read by the daemon.
         #[arg(long)]
         hosts_dir: Option<std::path::PathBuf>,
         /// The platform(s) to pull (os/arch[/variant]); the host's by default.

@@ -3,7 +3,8 @@
 //! `ctr` (images check, snapshots), mounted, removed with its blobs and snapshots; behind a gate
 //! asking for basic or bearer-token credentials and cutting each blob's first download, which
 //! the pull resumes; two pulls of one image at once; a five-layer image equal to umoci's
-//! unpack; a registry over https trusted through a hosts directory.
+//! unpack; a registry over https trusted through a hosts directory, reached past a dead host
+//! with a client certificate; an index inside an index.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -307,6 +308,158 @@ fn pull_over_https_trusts_what_the_hosts_directory_says() {
     assert!(!pulled());
 
     write_hosts("skip_verify = true\n");
+    ok(pull());
+    assert!(pulled());
+    let check = ok(daemon.client(&ctr, &["images", "check"]));
+    assert!(check.contains("complete"), "{check}");
+}
+
+/// An index whose entry is another index (as some tools push multi-platform images): the pull
+/// walks into it, unpacks the host's manifest, and stores both indexes with the GC labels that
+/// keep the whole tree through a collection.
+#[test]
+fn pull_of_an_index_inside_an_index() {
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let Some(s) = setup() else { return };
+    let (image, layer) = crated_testsupport::oci::busybox("nested");
+    s.registry.push(&image, "nested:only-the-manifest");
+    let manifest_size = image
+        .blobs
+        .iter()
+        .find(|(d, _)| *d == image.manifest)
+        .map(|(_, b)| b.len())
+        .unwrap();
+    let inner = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{manifest_size},"platform":{{"architecture":"{}","os":"linux"}}}}]}}"#,
+        image.manifest,
+        crated_testsupport::oci::host_arch()
+    );
+    let inner_digest = s
+        .registry
+        .put_manifest("nested", "inner", INDEX, inner.as_bytes());
+    let outer = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[{{"mediaType":"{INDEX}","digest":"{inner_digest}","size":{}}}]}}"#,
+        inner.len()
+    );
+    let outer_digest = s
+        .registry
+        .put_manifest("nested", "1", INDEX, outer.as_bytes());
+    let reference = format!("{}/nested:1", s.registry.addr);
+    ok(s.cratectl(&["images", "pull", "--snapshotter", "native", &reference]));
+
+    let ls = ok(s.ctr(&["images", "ls"]));
+    assert!(ls.contains(&outer_digest), "{ls}");
+    let info = ok(s.ctr(&["snapshots", "--snapshotter", "native", "info", &layer]));
+    assert!(info.contains("Committed"), "{info}");
+    let blobs = ok(s.ctr(&["content", "ls"]));
+    let line = |digest: &str| {
+        blobs
+            .lines()
+            .find(|l| l.starts_with(digest))
+            .unwrap_or_else(|| panic!("{digest} not stored: {blobs}"))
+            .to_owned()
+    };
+    assert!(
+        line(&outer_digest).contains(&format!("containerd.io/gc.ref.content.m.0={inner_digest}")),
+        "{blobs}"
+    );
+    assert!(
+        line(&inner_digest).contains(&format!(
+            "containerd.io/gc.ref.content.m.0={}",
+            image.manifest
+        )),
+        "{blobs}"
+    );
+    // A collection keeps the whole tree: the image is still complete and runs from its snapshot.
+    ok(s.cratectl(&["gc"]));
+    let check = ok(s.ctr(&["images", "check"]));
+    assert!(check.contains(" complete ("), "{check}");
+    let info = ok(s.ctr(&["snapshots", "--snapshotter", "native", "info", &layer]));
+    assert!(info.contains("Committed"), "{info}");
+}
+
+/// A registry that asks for a client certificate, reached through a hosts directory whose first
+/// host answers nothing: the pull goes on to the next host, as containerd's resolver does, and
+/// presents the certificate `client` names. A certs.d directory (no `hosts.toml`) does the same
+/// with its `*.crt`, `*.cert` and `*.key` files.
+#[test]
+fn pull_goes_past_a_dead_host_and_presents_a_client_certificate() {
+    let Some(ctr) = tool("ctr", "containerd") else {
+        return;
+    };
+    let Some(registry) = Registry::start_mutual_tls() else {
+        return;
+    };
+    let daemon = Daemon::crated(Path::new(env!("CARGO_BIN_EXE_crated")), None, &[]).unwrap();
+    let cratectl = workspace_bin("cratectl");
+    let (image, _) = crated_testsupport::oci::busybox("busybox");
+    registry.push(&image, "busybox:latest");
+    let reference = format!("{}/busybox:latest", registry.addr);
+    let ca = registry.ca.clone().unwrap();
+    let certs = registry.client_certs.clone().unwrap();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let hosts = tempfile::tempdir().unwrap();
+    let host_dir = hosts.path().join(&registry.addr);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let write_hosts = |client: &str| {
+        std::fs::write(
+            host_dir.join("hosts.toml"),
+            format!(
+                "server = \"https://{}\"\nca = \"{}\"\n{client}\n\
+                 [host.\"http://{dead}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+                registry.addr,
+                ca.display()
+            ),
+        )
+        .unwrap()
+    };
+    let pull = || {
+        daemon.client(
+            &cratectl,
+            &[
+                "images",
+                "pull",
+                "--skip-unpack",
+                "--hosts-dir",
+                hosts.path().to_str().unwrap(),
+                &reference,
+            ],
+        )
+    };
+    let pulled = || {
+        let listed = ok(daemon.client(&ctr, &["images", "ls", "-q"]));
+        listed.lines().any(|l| l == reference)
+    };
+
+    // The registry refuses a client without a certificate.
+    write_hosts("");
+    fails(pull());
+    assert!(!pulled());
+
+    write_hosts(&format!(
+        "client = [[\"{}\", \"{}\"]]",
+        certs.join("client.cert").display(),
+        certs.join("client.key").display()
+    ));
+    ok(pull());
+    assert!(pulled());
+    let log = daemon.log();
+    assert!(
+        log.contains("trying next host") && log.contains(&dead),
+        "the dead host was not tried first: {log}"
+    );
+    ok(daemon.client(&ctr, &["images", "rm", "--sync", &reference]));
+    assert!(!pulled());
+
+    // Docker's certs.d layout: the loopback registry is then reached over https.
+    std::fs::remove_file(host_dir.join("hosts.toml")).unwrap();
+    std::fs::copy(&ca, host_dir.join("ca.crt")).unwrap();
+    for f in ["client.cert", "client.key"] {
+        std::fs::copy(certs.join(f), host_dir.join(f)).unwrap();
+    }
     ok(pull());
     assert!(pulled());
     let check = ok(daemon.client(&ctr, &["images", "check"]));

@@ -1,11 +1,11 @@
 //! containerd's registry hosts directory (`ctr --hosts-dir`, the transfer API's `host_dir`):
 //! `<dir>/<host[:port]>/hosts.toml` (or `<dir>/_default/hosts.toml`) says where a registry is
-//! reached and how its certificate is trusted. Read here: `server`, and `[host."URL"]` entries
-//! with `capabilities`, `ca` (a path or a list, relative to the host's directory),
-//! `skip_verify`, `override_path` and `header`; the first entry that can `resolve` is used,
-//! else `server`. A host directory without `hosts.toml` trusts the `*.crt` files in it, as
-//! Docker's `certs.d`. Client certificates and falling back from one host to the next are not
-//! read (a file naming them is refused rather than half obeyed).
+//! reached and how. Read as containerd reads it: the `[host."URL"]` entries in the file's
+//! order, then `server` (the registry's own address when not given) with the file's top-level
+//! keys; each with `capabilities`, `ca` (a path or a list, relative to the host's directory),
+//! `client` (a certificate and key in one file, or `[cert, key]` pairs), `skip_verify`,
+//! `override_path` and `header`. A host directory without `hosts.toml` is read as Docker's
+//! `certs.d`: `*.crt` authorities, `*.cert` client certificates with their `*.key`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,15 +14,37 @@ use serde::Deserialize;
 
 use crate::ImageError;
 
-/// Where and how to reach one registry host.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostConfig {
-    /// `scheme://host[:port]` and the API path (`/v2` unless overridden); None keeps the default.
+/// One host a registry is reached through, in the order hosts are tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// `scheme://host[:port]` and the API path (`/v2` unless overridden); None is the
+    /// registry's own address.
     pub endpoint: Option<Endpoint>,
+    /// May resolve a tag to a manifest.
+    pub resolve: bool,
+    /// May serve manifests and blobs by digest.
+    pub pull: bool,
     /// PEM files of the authorities trusted beside the built-in roots.
     pub ca: Vec<PathBuf>,
+    /// Client certificates: (certificate PEM, key PEM; None when the key is in the first file).
+    pub client: Vec<(PathBuf, Option<PathBuf>)>,
     pub skip_verify: bool,
     pub headers: Vec<(String, String)>,
+}
+
+impl Host {
+    /// The registry itself, with every capability and nothing else said of it.
+    pub fn registry() -> Host {
+        Host {
+            endpoint: None,
+            resolve: true,
+            pull: true,
+            ca: Vec::new(),
+            client: Vec::new(),
+            skip_verify: false,
+            headers: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,14 +64,23 @@ enum OneOrMany {
 }
 
 impl OneOrMany {
-    fn paths(&self, base: &Path) -> Vec<PathBuf> {
-        let list = match self {
+    fn strings(&self) -> Vec<String> {
+        match self {
             OneOrMany::None => Vec::new(),
             OneOrMany::One(p) => vec![p.clone()],
             OneOrMany::Many(v) => v.clone(),
-        };
-        list.into_iter().map(|p| base.join(p)).collect()
+        }
     }
+}
+
+/// `client`: a file holding certificate and key, or a list of such files and `[cert, key]` pairs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(untagged)]
+enum ClientCerts {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<OneOrMany>),
 }
 
 /// The keys a host entry (or the file's top level, for `server`) may carry.
@@ -59,6 +90,8 @@ struct HostEntry {
     capabilities: Option<Vec<String>>,
     #[serde(default)]
     ca: OneOrMany,
+    #[serde(default)]
+    client: ClientCerts,
     #[serde(default)]
     skip_verify: Option<bool>,
     #[serde(default)]
@@ -72,9 +105,8 @@ fn invalid(file: &Path, what: impl std::fmt::Display) -> ImageError {
 }
 
 fn endpoint(url: &str, override_path: bool, file: &Path) -> Result<Endpoint, ImageError> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| invalid(file, format!("host {url:?} has no scheme")))?;
+    // containerd: a server without scheme is https.
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
     if scheme != "http" && scheme != "https" {
         return Err(invalid(
             file,
@@ -89,7 +121,7 @@ fn endpoint(url: &str, override_path: bool, file: &Path) -> Result<Endpoint, Ima
         return Err(invalid(file, format!("host {url:?} has no host name")));
     }
     // containerd: the API path is /v2 below the given one unless told to use it as it is.
-    let path = if override_path {
+    let path = if override_path || path.ends_with("/v2") {
         path.to_owned()
     } else {
         format!("{path}/v2")
@@ -101,22 +133,60 @@ fn endpoint(url: &str, override_path: bool, file: &Path) -> Result<Endpoint, Ima
     })
 }
 
-fn headers(entry: &HostEntry) -> Vec<(String, String)> {
-    entry
+/// One host from its entry; `url` None is the registry's own address.
+fn host(url: Option<&str>, entry: HostEntry, dir: &Path, file: &Path) -> Result<Host, ImageError> {
+    let within = |p: &String| dir.join(p);
+    let (mut resolve, mut pull) = (true, true);
+    if let Some(capabilities) = &entry.capabilities {
+        (resolve, pull) = (false, false);
+        for c in capabilities {
+            match c.to_lowercase().as_str() {
+                "resolve" => resolve = true,
+                "pull" => pull = true,
+                "push" | "referrers" => {}
+                other => return Err(invalid(file, format!("unknown capability {other}"))),
+            }
+        }
+    }
+    let client = match &entry.client {
+        ClientCerts::None => Vec::new(),
+        ClientCerts::One(both) => vec![(within(both), None)],
+        ClientCerts::Many(list) => list
+            .iter()
+            .map(|c| match c {
+                OneOrMany::One(both) => Ok((within(both), None)),
+                OneOrMany::Many(pair) if pair.len() == 2 => {
+                    Ok((within(&pair[0]), Some(within(&pair[1]))))
+                }
+                _ => Err(invalid(
+                    file,
+                    "client: each entry is a file or a [certificate, key] pair",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let headers = entry
         .header
         .iter()
-        .flat_map(|(k, v)| match v {
-            OneOrMany::None => Vec::new(),
-            OneOrMany::One(s) => vec![(k.clone(), s.clone())],
-            OneOrMany::Many(l) => l.iter().map(|s| (k.clone(), s.clone())).collect(),
-        })
-        .collect()
+        .flat_map(|(k, v)| v.strings().into_iter().map(|v| (k.clone(), v)))
+        .collect();
+    Ok(Host {
+        endpoint: url
+            .map(|u| endpoint(u, entry.override_path, file))
+            .transpose()?,
+        resolve,
+        pull,
+        ca: entry.ca.strings().iter().map(within).collect(),
+        client,
+        skip_verify: entry.skip_verify.unwrap_or(false),
+        headers,
+    })
 }
 
-/// The configuration for `host` (as in a reference: `name[:port]`) under `dir`; None when the
-/// directory says nothing of it.
-pub fn load(dir: &Path, host: &str) -> Result<Option<HostConfig>, ImageError> {
-    let host_dir = [host, "_default"]
+/// The hosts to try for `host` (as in a reference: `name[:port]`) under `dir`, in order; None
+/// when the directory says nothing of it.
+pub fn load(dir: &Path, host_name: &str) -> Result<Option<Vec<Host>>, ImageError> {
+    let host_dir = [host_name, "_default"]
         .iter()
         .map(|h| dir.join(h))
         .find(|d| d.is_dir());
@@ -127,10 +197,7 @@ pub fn load(dir: &Path, host: &str) -> Result<Option<HostConfig>, ImageError> {
     let text = match std::fs::read_to_string(&file) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Some(HostConfig {
-                ca: certs_d(&host_dir)?,
-                ..Default::default()
-            }))
+            return Ok(Some(vec![certs_d(&host_dir)?]))
         }
         Err(e) => return Err(invalid(&file, e)),
     };
@@ -152,45 +219,35 @@ pub fn load(dir: &Path, host: &str) -> Result<Option<HostConfig>, ImageError> {
     // Entries are tried in the file's order (the table itself is sorted by name).
     let mut urls: Vec<(&String, &toml::Value)> = entries.iter().collect();
     urls.sort_by_key(|(url, _)| text.find(&format!("\"{url}\"")).unwrap_or(usize::MAX));
-    let mut chosen = None;
+    let mut hosts = Vec::new();
     for (url, value) in urls {
         let entry: HostEntry = value
             .clone()
             .try_into()
             .map_err(|e| invalid(&file, format!("[host.{url:?}]: {e}")))?;
-        let can_resolve = entry
-            .capabilities
-            .as_ref()
-            .is_none_or(|c| c.iter().any(|c| c == "resolve"));
-        if can_resolve {
-            chosen = Some((url.clone(), entry));
-            break;
-        }
+        hosts.push(host(Some(url), entry, &host_dir, &file)?);
     }
-    let (url, entry) = match chosen {
-        Some((url, entry)) => (Some(url), entry),
-        None => (server, server_entry),
-    };
-    Ok(Some(HostConfig {
-        endpoint: url
-            .map(|u| endpoint(&u, entry.override_path, &file))
-            .transpose()?,
-        ca: entry.ca.paths(&host_dir),
-        skip_verify: entry.skip_verify.unwrap_or(false),
-        headers: headers(&entry),
-    }))
+    hosts.push(host(server.as_deref(), server_entry, &host_dir, &file)?);
+    Ok(Some(hosts))
 }
 
-/// The `*.crt` files of a host directory without `hosts.toml`.
-fn certs_d(dir: &Path) -> Result<Vec<PathBuf>, ImageError> {
+/// The registry as a host directory without `hosts.toml` says: Docker's `certs.d` layout.
+fn certs_d(dir: &Path) -> Result<Host, ImageError> {
     let entries = std::fs::read_dir(dir).map_err(|e| invalid(dir, e))?;
-    let mut found: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    files.sort();
+    let named = |p: &PathBuf, ext: &str| p.extension().is_some_and(|x| x == ext);
+    let mut host = Host::registry();
+    host.ca = files.iter().filter(|p| named(p, "crt")).cloned().collect();
+    host.client = files
+        .iter()
+        .filter(|p| named(p, "cert"))
+        .map(|cert| {
+            let key = cert.with_extension("key");
+            (cert.clone(), key.is_file().then_some(key))
+        })
         .collect();
-    found.sort();
-    Ok(found)
+    Ok(host)
 }
 
 #[cfg(test)]
@@ -203,51 +260,84 @@ mod tests {
     }
 
     #[test]
-    fn server_ca_and_skip_verify_are_read() {
+    fn server_ca_client_and_skip_verify_are_read() {
         let d = tempfile::tempdir().unwrap();
         write(
             d.path(),
             "127.0.0.1:5000",
-            "server = \"https://127.0.0.1:5000\"\nca = \"ca.pem\"\nskip_verify = true\n[header]\nx-test = \"one\"\n",
+            "server = \"https://127.0.0.1:5000\"\nca = \"ca.pem\"\nclient = \"both.pem\"\n\
+             skip_verify = true\n[header]\nx-test = \"one\"\n",
         );
-        let c = load(d.path(), "127.0.0.1:5000").unwrap().unwrap();
+        let hosts = load(d.path(), "127.0.0.1:5000").unwrap().unwrap();
+        assert_eq!(hosts.len(), 1);
+        let h = &hosts[0];
         assert_eq!(
-            c.endpoint,
+            h.endpoint,
             Some(Endpoint {
                 scheme: "https".into(),
                 authority: "127.0.0.1:5000".into(),
                 path: "/v2".into()
             })
         );
-        assert_eq!(c.ca, vec![d.path().join("127.0.0.1:5000/ca.pem")]);
-        assert!(c.skip_verify);
-        assert_eq!(c.headers, vec![("x-test".to_owned(), "one".to_owned())]);
+        assert!(h.resolve && h.pull);
+        let dir = d.path().join("127.0.0.1:5000");
+        assert_eq!(h.ca, vec![dir.join("ca.pem")]);
+        assert_eq!(h.client, vec![(dir.join("both.pem"), None)]);
+        assert!(h.skip_verify);
+        assert_eq!(h.headers, vec![("x-test".to_owned(), "one".to_owned())]);
         assert_eq!(load(d.path(), "other:1").unwrap(), None);
     }
 
     #[test]
-    fn the_first_host_that_resolves_wins_and_default_applies_to_all() {
+    fn hosts_come_in_file_order_then_the_server_and_default_applies_to_all() {
         let d = tempfile::tempdir().unwrap();
         write(
             d.path(),
             "_default",
-            "server = \"https://fallback\"\n\
+            "server = \"fallback\"\n\
              [host.\"https://pull-only:1\"]\ncapabilities = [\"pull\"]\n\
-             [host.\"https://mirror:2/base\"]\ncapabilities = [\"pull\", \"resolve\"]\nca = [\"/abs/a.pem\", \"b.pem\"]\n\
-             [host.\"https://a-later-one:3\"]\n",
+             [host.\"https://mirror:2/base\"]\ncapabilities = [\"pull\", \"resolve\"]\n\
+             ca = [\"/abs/a.pem\", \"b.pem\"]\nclient = [[\"c.cert\", \"c.key\"], \"d.pem\"]\n\
+             [host.\"http://a-later-one:3/v2\"]\n",
         );
-        let c = load(d.path(), "any.example").unwrap().unwrap();
-        let e = c.endpoint.unwrap();
+        let hosts = load(d.path(), "any.example").unwrap().unwrap();
+        let at = |h: &Host| {
+            let e = h.endpoint.clone().unwrap();
+            format!("{}://{}{}", e.scheme, e.authority, e.path)
+        };
+        let listed: Vec<(String, bool, bool)> =
+            hosts.iter().map(|h| (at(h), h.resolve, h.pull)).collect();
         assert_eq!(
-            (e.scheme.as_str(), e.authority.as_str()),
-            ("https", "mirror:2")
+            listed,
+            vec![
+                ("https://pull-only:1/v2".to_owned(), false, true),
+                ("https://mirror:2/base/v2".to_owned(), true, true),
+                ("http://a-later-one:3/v2".to_owned(), true, true),
+                ("https://fallback/v2".to_owned(), true, true),
+            ]
         );
-        assert_eq!(e.path, "/base/v2");
+        let dir = d.path().join("_default");
         assert_eq!(
-            c.ca,
-            vec![PathBuf::from("/abs/a.pem"), d.path().join("_default/b.pem")]
+            hosts[1].ca,
+            vec![PathBuf::from("/abs/a.pem"), dir.join("b.pem")]
         );
-        assert!(!c.skip_verify);
+        assert_eq!(
+            hosts[1].client,
+            vec![
+                (dir.join("c.cert"), Some(dir.join("c.key"))),
+                (dir.join("d.pem"), None)
+            ]
+        );
+        assert!(!hosts[1].skip_verify);
+    }
+
+    #[test]
+    fn without_server_the_registry_itself_comes_last() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "reg", "[host.\"http://mirror\"]\n");
+        let hosts = load(d.path(), "reg").unwrap().unwrap();
+        assert_eq!(hosts.len(), 2);
+        assert_eq!(hosts[1], Host::registry());
     }
 
     #[test]
@@ -256,22 +346,41 @@ mod tests {
         write(d.path(), "a", "server = \"ftp://x\"\n");
         let e = load(d.path(), "a").unwrap_err().to_string();
         assert!(e.contains("hosts.toml") && e.contains("scheme"), "{e}");
-        write(d.path(), "b", "[host.\"https://m\"]\nclient = \"c.cert\"\n");
+        write(
+            d.path(),
+            "b",
+            "[host.\"https://m\"]\nclients = \"c.cert\"\n",
+        );
         let e = load(d.path(), "b").unwrap_err().to_string();
-        assert!(e.contains("client"), "{e}");
+        assert!(e.contains("clients"), "{e}");
         write(d.path(), "c", "server = ");
         assert!(load(d.path(), "c").is_err());
+        write(d.path(), "d", "capabilities = [\"fly\"]\n");
+        let e = load(d.path(), "d").unwrap_err().to_string();
+        assert!(e.contains("unknown capability fly"), "{e}");
+        write(d.path(), "e", "client = [[\"only-one\"]]\n");
+        let e = load(d.path(), "e").unwrap_err().to_string();
+        assert!(e.contains("client"), "{e}");
     }
 
     #[test]
-    fn a_certs_d_directory_trusts_its_crt_files() {
+    fn a_certs_d_directory_trusts_its_crt_files_and_presents_its_cert_files() {
         let d = tempfile::tempdir().unwrap();
         let host = d.path().join("reg:443");
         std::fs::create_dir_all(&host).unwrap();
-        std::fs::write(host.join("ca.crt"), "x").unwrap();
-        std::fs::write(host.join("client.cert"), "x").unwrap();
-        let c = load(d.path(), "reg:443").unwrap().unwrap();
-        assert_eq!(c.ca, vec![host.join("ca.crt")]);
-        assert_eq!(c.endpoint, None);
+        for f in ["ca.crt", "client.cert", "client.key", "other.cert"] {
+            std::fs::write(host.join(f), "x").unwrap();
+        }
+        let hosts = load(d.path(), "reg:443").unwrap().unwrap();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].ca, vec![host.join("ca.crt")]);
+        assert_eq!(
+            hosts[0].client,
+            vec![
+                (host.join("client.cert"), Some(host.join("client.key"))),
+                (host.join("other.cert"), None)
+            ]
+        );
+        assert_eq!(hosts[0].endpoint, None);
     }
 }

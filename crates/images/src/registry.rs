@@ -17,6 +17,7 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 
+use crate::hosts::Host;
 use crate::manifest::{digest_of, MANIFEST_TYPES};
 use crate::{Descriptor, ImageError, Reference};
 
@@ -60,15 +61,27 @@ enum Authorization {
     Header(HeaderValue),
 }
 
-pub struct Registry {
+/// One host the registry is reached through ([`crate::hosts`]), with its own TLS settings and
+/// the authorization its challenge was answered with.
+struct Remote {
     http: reqwest::Client,
+    /// `scheme://authority/v2/<repository>`
     base: String,
-    reference: Reference,
+    /// `?ns=<registry>` when this host is not the registry itself, as containerd asks mirrors.
+    query: String,
+    resolve: bool,
+    pull: bool,
     headers: HeaderMap,
-    credentials: Option<CredentialSource>,
     auth: Mutex<Authorization>,
     /// One challenge answered at a time, so concurrent requests do not all fetch tokens.
     challenge: tokio::sync::Mutex<()>,
+}
+
+pub struct Registry {
+    /// Tried in order: the first that answers serves the request.
+    remotes: Vec<Remote>,
+    reference: Reference,
+    credentials: Option<CredentialSource>,
 }
 
 /// A blob's body from `offset` on.
@@ -98,68 +111,51 @@ fn is_loopback(host: &str) -> bool {
 
 impl Registry {
     pub fn new(reference: &Reference, options: RegistryOptions) -> Result<Registry, ImageError> {
-        // Docker Hub's registry API is served by another host than its name.
-        let host = if reference.host == "docker.io" {
-            "registry-1.docker.io"
-        } else {
-            &reference.host
-        };
         let hosts = match &options.host_dir {
-            Some(dir) => crate::hosts::load(dir, &reference.host)?.unwrap_or_default(),
-            None => Default::default(),
+            Some(dir) => crate::hosts::load(dir, &reference.host)?,
+            None => None,
         };
-        // Loopback registries are plain http, as containerd's default hosts treat localhost.
-        let scheme = if options.plain_http || is_loopback(host) {
-            "http"
-        } else {
-            "https"
-        };
-        let (scheme, authority, api) = match &hosts.endpoint {
-            Some(e) => (e.scheme.as_str(), e.authority.as_str(), e.path.as_str()),
-            None => (scheme, host, "/v2"),
-        };
-        let mut headers = HeaderMap::new();
-        for (k, v) in options.headers.iter().chain(&hosts.headers) {
-            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| ImageError::InvalidArgument(format!("header name {k:?}")))?;
-            let value = HeaderValue::from_str(v)
-                .map_err(|_| ImageError::InvalidArgument(format!("header value of {k}")))?;
-            headers.insert(name, value);
-        }
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!("crated/", env!("CARGO_PKG_VERSION")))
-            .danger_accept_invalid_certs(hosts.skip_verify);
-        for ca in &hosts.ca {
-            let pem = std::fs::read(ca).map_err(|e| {
-                ImageError::InvalidArgument(format!("reading CA file {}: {e}", ca.display()))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                ImageError::InvalidArgument(format!("CA file {}: {e}", ca.display()))
-            })?;
-            for cert in certs {
-                http = http.add_root_certificate(cert);
-            }
-        }
-        let http = http
-            .build()
-            .map_err(ImageError::http("building the http client"))?;
+        let remotes = hosts
+            .unwrap_or_else(|| vec![Host::registry()])
+            .iter()
+            .map(|h| Remote::new(reference, &options, h))
+            .collect::<Result<_, _>>()?;
         Ok(Registry {
-            http,
-            base: format!("{scheme}://{authority}{api}/{}", reference.repository),
+            remotes,
             reference: reference.clone(),
-            headers,
             credentials: options.credentials,
-            auth: Mutex::new(Authorization::None),
-            challenge: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Resolves the reference to the descriptor of its manifest or index, with the document.
+    /// The hosts that may serve a request, in order, or why none may.
+    fn hosts(&self, can: fn(&Remote) -> bool, what: &str) -> Result<Vec<&Remote>, ImageError> {
+        let hosts: Vec<&Remote> = self.remotes.iter().filter(|r| can(r)).collect();
+        if hosts.is_empty() {
+            return Err(ImageError::NotFound(format!(
+                "no host of {} may {what}",
+                self.reference.host
+            )));
+        }
+        Ok(hosts)
+    }
+
+    /// Resolves the reference to the descriptor of its manifest or index, with the document:
+    /// the first host that can resolve and answers does, as containerd's resolver goes from one
+    /// host to the next; else the first host's error.
     pub async fn resolve(&self) -> Result<(Descriptor, Vec<u8>), ImageError> {
+        let mut first = None;
+        for remote in self.hosts(|r| r.resolve, "resolve")? {
+            match self.resolve_on(remote).await {
+                Ok(found) => return Ok(found),
+                Err(e) => next_host(&mut first, remote, e),
+            }
+        }
+        Err(first.expect("at least one host was tried"))
+    }
+
+    async fn resolve_on(&self, remote: &Remote) -> Result<(Descriptor, Vec<u8>), ImageError> {
         let object = self.reference.object().to_owned();
-        let response = self.manifest_request(&object).await?;
+        let response = self.manifest_request(remote, &object).await?;
         let media_type = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -191,12 +187,23 @@ impl Registry {
         Ok((desc, body))
     }
 
-    /// A manifest or index by its descriptor, checked against its digest and size.
+    /// A manifest or index by its descriptor, checked against its digest and size, from the
+    /// first host that can pull and serves it.
     pub async fn fetch_manifest(&self, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
-        let response = self.manifest_request(&desc.digest).await?;
-        let body = read_limited(response, MANIFEST_LIMIT, &desc.digest).await?;
-        check(desc, &body)?;
-        Ok(body)
+        let mut first = None;
+        for remote in self.hosts(|r| r.pull, "pull")? {
+            let fetched = async {
+                let response = self.manifest_request(remote, &desc.digest).await?;
+                let body = read_limited(response, MANIFEST_LIMIT, &desc.digest).await?;
+                check(desc, &body)?;
+                Ok(body)
+            };
+            match fetched.await {
+                Ok(body) => return Ok(body),
+                Err(e) => next_host(&mut first, remote, e),
+            }
+        }
+        Err(first.expect("at least one host was tried"))
     }
 
     /// A small blob (an image config) in memory, checked against its digest and size.
@@ -216,12 +223,28 @@ impl Registry {
         Ok(data)
     }
 
-    /// Opens blob `digest` from `offset` on. The registry may answer the whole blob instead:
-    /// the body says where it starts.
+    /// Opens blob `digest` from `offset` on, at the first host that can pull and serves it.
+    /// The registry may answer the whole blob instead: the body says where it starts.
     pub async fn open_blob(&self, digest: &str, offset: u64) -> Result<BlobBody, ImageError> {
-        let url = format!("{}/blobs/{digest}", self.base);
+        let mut first = None;
+        for remote in self.hosts(|r| r.pull, "pull")? {
+            match self.open_blob_on(remote, digest, offset).await {
+                Ok(body) => return Ok(body),
+                Err(e) => next_host(&mut first, remote, e),
+            }
+        }
+        Err(first.expect("at least one host was tried"))
+    }
+
+    async fn open_blob_on(
+        &self,
+        remote: &Remote,
+        digest: &str,
+        offset: u64,
+    ) -> Result<BlobBody, ImageError> {
+        let url = format!("{}/blobs/{digest}{}", remote.base, remote.query);
         let response = self
-            .send(Method::GET, &url, |mut h| {
+            .send(remote, Method::GET, &url, |mut h| {
                 if offset > 0 {
                     h.insert(
                         RANGE,
@@ -245,11 +268,15 @@ impl Registry {
         }
     }
 
-    async fn manifest_request(&self, object: &str) -> Result<reqwest::Response, ImageError> {
-        let url = format!("{}/manifests/{object}", self.base);
+    async fn manifest_request(
+        &self,
+        remote: &Remote,
+        object: &str,
+    ) -> Result<reqwest::Response, ImageError> {
+        let url = format!("{}/manifests/{object}{}", remote.base, remote.query);
         let accept = HeaderValue::from_str(&MANIFEST_TYPES.join(", ")).expect("ascii");
         let response = self
-            .send(Method::GET, &url, |mut h| {
+            .send(remote, Method::GET, &url, |mut h| {
                 h.entry(ACCEPT).or_insert(accept.clone());
                 h
             })
@@ -263,22 +290,27 @@ impl Registry {
         Ok(response)
     }
 
-    /// Sends a request; a 401 is answered once, following its challenge, and the request
-    /// sent again.
+    /// Sends a request to one host; a 401 is answered once, following its challenge, and the
+    /// request sent again.
     async fn send(
         &self,
+        remote: &Remote,
         method: Method,
         url: &str,
         headers: impl Fn(HeaderMap) -> HeaderMap,
     ) -> Result<reqwest::Response, ImageError> {
         let mut answered = false;
         loop {
-            let mut h = headers(self.headers.clone());
-            let used = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut h = headers(remote.headers.clone());
+            let used = remote
+                .auth
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             if let Authorization::Header(v) = &used {
                 h.insert(AUTHORIZATION, v.clone());
             }
-            let response = self
+            let response = remote
                 .http
                 .request(method.clone(), url)
                 .headers(h)
@@ -302,15 +334,24 @@ impl Registry {
                 .iter()
                 .filter_map(|v| v.to_str().ok().map(str::to_owned))
                 .collect();
-            self.answer(&challenges, &used).await?;
+            self.answer(remote, &challenges, &used).await?;
         }
     }
 
     /// Answers a challenge: sets the authorization later requests carry.
-    async fn answer(&self, challenges: &[String], used: &Authorization) -> Result<(), ImageError> {
-        let _one = self.challenge.lock().await;
+    async fn answer(
+        &self,
+        remote: &Remote,
+        challenges: &[String],
+        used: &Authorization,
+    ) -> Result<(), ImageError> {
+        let _one = remote.challenge.lock().await;
         // Another request answered it meanwhile.
-        let now = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = remote
+            .auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let (Authorization::Header(a), Authorization::Header(b)) = (&now, used) {
             if a != b {
                 return Ok(());
@@ -350,18 +391,19 @@ impl Registry {
             }
             _ => format!(
                 "Bearer {}",
-                self.token(&challenge, credentials.as_ref()).await?
+                self.token(remote, &challenge, credentials.as_ref()).await?
             ),
         };
         let value = HeaderValue::from_str(&header)
             .map_err(|_| ImageError::Unauthorized("the token is not a valid header".into()))?;
-        *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = Authorization::Header(value);
+        *remote.auth.lock().unwrap_or_else(|p| p.into_inner()) = Authorization::Header(value);
         Ok(())
     }
 
     /// A bearer token from the challenge's realm for pulling this repository.
     async fn token(
         &self,
+        remote: &Remote,
         challenge: &Challenge,
         credentials: Option<&Credentials>,
     ) -> Result<String, ImageError> {
@@ -385,17 +427,18 @@ impl Registry {
                     ("refresh_token", c.secret.as_str()),
                     ("client_id", "containerd-client"),
                 ]);
-                self.http.post(realm).form(&form).send().await
+                remote.http.post(realm).form(&form).send().await
             }
             Some(c) => {
-                self.http
+                remote
+                    .http
                     .get(realm)
                     .query(&query)
                     .basic_auth(&c.username, Some(&c.secret))
                     .send()
                     .await
             }
-            None => self.http.get(realm).query(&query).send().await,
+            None => remote.http.get(realm).query(&query).send().await,
         }
         .map_err(ImageError::http(format!("fetching a token from {realm}")))?;
         if !response.status().is_success() {
@@ -417,6 +460,101 @@ impl Registry {
             .filter(|t| !t.is_empty())
             .map(str::to_owned)
             .ok_or_else(|| ImageError::Unauthorized(format!("token server {realm} gave no token")))
+    }
+}
+
+/// Keeps the first host's error and says the next host is tried.
+fn next_host(first: &mut Option<ImageError>, remote: &Remote, error: ImageError) {
+    tracing::info!(host = %remote.base, %error, "trying next host");
+    first.get_or_insert(error);
+}
+
+impl Remote {
+    fn new(
+        reference: &Reference,
+        options: &RegistryOptions,
+        host: &Host,
+    ) -> Result<Remote, ImageError> {
+        // Docker Hub's registry API is served by another host than its name.
+        let registry = if reference.host == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            &reference.host
+        };
+        // Loopback registries are plain http, as containerd's default hosts treat localhost,
+        // unless the host is given TLS settings (containerd then tries https first).
+        let explicit_tls = !host.ca.is_empty() || !host.client.is_empty() || host.skip_verify;
+        let scheme = if options.plain_http || (is_loopback(registry) && !explicit_tls) {
+            "http"
+        } else {
+            "https"
+        };
+        let (scheme, authority, api) = match &host.endpoint {
+            Some(e) => (e.scheme.as_str(), e.authority.as_str(), e.path.as_str()),
+            None => (scheme, registry, "/v2"),
+        };
+        let mut headers = HeaderMap::new();
+        for (k, v) in options.headers.iter().chain(&host.headers) {
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| ImageError::InvalidArgument(format!("header name {k:?}")))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| ImageError::InvalidArgument(format!("header value of {k}")))?;
+            headers.insert(name, value);
+        }
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path).map_err(|e| {
+                ImageError::InvalidArgument(format!("reading {what} {}: {e}", path.display()))
+            })
+        };
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("crated/", env!("CARGO_PKG_VERSION")))
+            .danger_accept_invalid_certs(host.skip_verify);
+        for ca in &host.ca {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&read(ca, "CA file")?).map_err(|e| {
+                    ImageError::InvalidArgument(format!("CA file {}: {e}", ca.display()))
+                })?;
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        // rustls presents one client certificate: the first pair given (Go's TLS picks among
+        // several by the server's request, which is rare in a registry's hosts.toml).
+        if let Some((cert, key)) = host.client.first() {
+            let mut pem = read(cert, "client certificate")?;
+            if let Some(key) = key {
+                pem.push(b'\n');
+                pem.extend(read(key, "client key")?);
+            }
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                ImageError::InvalidArgument(format!(
+                    "client certificate {} and its key: {e}",
+                    cert.display()
+                ))
+            })?;
+            http = http.identity(identity);
+        }
+        let http = http
+            .build()
+            .map_err(ImageError::http("building the http client"))?;
+        // containerd names the registry to a host that is not it (a mirror).
+        let query = if authority == registry {
+            String::new()
+        } else {
+            format!("?ns={}", reference.host)
+        };
+        Ok(Remote {
+            http,
+            base: format!("{scheme}://{authority}{api}/{}", reference.repository),
+            query,
+            resolve: host.resolve,
+            pull: host.pull,
+            headers,
+            auth: Mutex::new(Authorization::None),
+            challenge: tokio::sync::Mutex::new(()),
+        })
     }
 }
 

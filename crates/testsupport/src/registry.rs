@@ -17,7 +17,19 @@ pub struct Registry {
     /// For a registry served over https: the PEM file of the authority that signed its
     /// certificate (for 127.0.0.1).
     pub ca: Option<std::path::PathBuf>,
+    /// For a registry that asks clients for a certificate: the directory holding one signed
+    /// by [`Registry::ca`], as Docker's certs.d names them (`client.cert`, `client.key`).
+    pub client_certs: Option<std::path::PathBuf>,
     dir: tempfile::TempDir,
+}
+
+/// How a test registry serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    None,
+    Server,
+    /// The server's certificate, and clients must present one signed by the same authority.
+    Mutual,
 }
 
 fn free_port() -> u16 {
@@ -39,30 +51,40 @@ impl Registry {
     /// Starts a registry; None (after saying why) when docker-registry is not installed and
     /// this is not CI.
     pub fn start() -> Option<Registry> {
-        Self::start_with(false)
+        Self::start_with(Tls::None)
     }
 
     /// Starts a registry serving https with a certificate for 127.0.0.1 signed by a fresh
     /// authority (made with `openssl`), whose file is [`Registry::ca`].
     pub fn start_tls() -> Option<Registry> {
-        Self::start_with(true)
+        Self::start_with(Tls::Server)
     }
 
-    fn start_with(tls: bool) -> Option<Registry> {
+    /// [`Registry::start_tls`], refusing clients without a certificate from its authority;
+    /// one is in [`Registry::client_certs`].
+    pub fn start_mutual_tls() -> Option<Registry> {
+        Self::start_with(Tls::Mutual)
+    }
+
+    fn start_with(tls: Tls) -> Option<Registry> {
         let bin = tool("docker-registry", "docker-registry")?;
         let dir = tempfile::tempdir().expect("temp dir");
         let addr = format!("127.0.0.1:{}", free_port());
-        let (ca, tls_config) = if tls {
+        let (ca, client_certs, tls_config) = if tls == Tls::None {
+            (None, None, String::new())
+        } else {
             let openssl = tool("openssl", "openssl")?;
             let (ca, cert, key) = make_certificates(&openssl, dir.path());
-            let config = format!(
+            let mut config = format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 cert.display(),
                 key.display()
             );
-            (Some(ca), config)
-        } else {
-            (None, String::new())
+            let client_certs = (tls == Tls::Mutual).then(|| {
+                config.push_str(&format!("    clientcas: [{}]\n", ca.display()));
+                make_client_certificate(&openssl, dir.path())
+            });
+            (Some(ca), client_certs, config)
         };
         let config = dir.path().join("config.yml");
         std::fs::write(
@@ -100,6 +122,7 @@ impl Registry {
             child,
             addr,
             ca,
+            client_certs,
             dir,
         })
     }
@@ -127,6 +150,11 @@ impl Registry {
                 "--dest-tls-verify=false",
                 "--preserve-digests",
             ])
+            .args(
+                self.client_certs
+                    .iter()
+                    .flat_map(|d| [std::ffi::OsString::from("--dest-cert-dir"), d.into()]),
+            )
             .arg(format!("oci:{}:latest", layout.display()))
             .arg(format!("docker://{}/{reference}", self.addr))
             .output()
@@ -139,6 +167,35 @@ impl Registry {
         let _ = std::fs::remove_dir_all(&layout);
     }
 
+    /// Puts a manifest or index document as `repo:reference` with one plain-http PUT (what
+    /// skopeo cannot push: an index inside an index) and returns its digest.
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        doc: &[u8],
+    ) -> String {
+        let mut s = TcpStream::connect(&self.addr).expect("connecting to the registry");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "PUT /v2/{repo}/manifests/{reference} HTTP/1.0\r\nHost: {}\r\n\
+             Content-Type: {media_type}\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            doc.len()
+        )
+        .unwrap();
+        s.write_all(doc).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.0 201") || answer.starts_with("HTTP/1.1 201"),
+            "{answer}"
+        );
+        crate::oci::sha256(doc)
+    }
+
     pub fn storage(&self) -> &Path {
         self.dir.path()
     }
@@ -146,29 +203,72 @@ impl Registry {
 
 /// An authority and a certificate it signed for 127.0.0.1 (EC P-256, a day long) in `dir`:
 /// the authority's PEM, the certificate's and its key's.
+fn openssl_in(openssl: &Path, dir: &Path, args: &[&str]) {
+    let out = Command::new(openssl)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A new P-256 key without passphrase, for `openssl req`.
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// A client certificate and key signed by the authority of [`make_certificates`], in
+/// `<dir>/client/` as `client.cert` and `client.key`.
+fn make_client_certificate(openssl: &Path, dir: &Path) -> std::path::PathBuf {
+    let run = |args: &[&str]| openssl_in(openssl, dir, args);
+    let mut csr_args = vec!["req", "-subj", "/CN=crated test client"];
+    csr_args.extend(EC_KEY);
+    csr_args.extend(["-keyout", "client.key", "-out", "client.csr"]);
+    run(&csr_args);
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("writing the client certificate's extensions");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "client.ext",
+        "-out",
+        "client.cert",
+    ]);
+    let certs = dir.join("client");
+    std::fs::create_dir_all(&certs).expect("client certificate directory");
+    for f in ["client.cert", "client.key"] {
+        std::fs::rename(dir.join(f), certs.join(f)).expect("moving the client certificate");
+    }
+    certs
+}
+
 fn make_certificates(
     openssl: &Path,
     dir: &Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new(openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("running openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    let run = |args: &[&str]| openssl_in(openssl, dir, args);
+    let ec = EC_KEY;
     let mut ca_args = vec![
         "req",
         "-x509",

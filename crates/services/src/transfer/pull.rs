@@ -30,6 +30,8 @@ const LABEL_DIFF_ID: &str = "containerd.io/snapshot/diff-id";
 const LABEL_PARENT_CHAIN_ID: &str = "containerd.io/snapshot/parent-chain-id";
 /// Layers downloading at once in one pull.
 const PARALLEL_DOWNLOADS: usize = 3;
+/// How deep indexes may nest in an image (an index whose entries are indexes...).
+const MAX_INDEX_DEPTH: usize = 4;
 /// How long the lease of a pull holds what it fetched if the daemon dies mid-pull.
 const LEASE_LIFETIME_NANOS: u64 = 24 * 3600 * 1_000_000_000;
 
@@ -52,6 +54,15 @@ pub struct Puller {
     pub db: Arc<MetadataStore>,
     /// Work in progress by key (a blob, a snapshot): the second comer waits for the first.
     busy: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A manifest or index fetched: its descriptor, bytes, parsed document, and the progress names
+/// of its parents.
+struct Fetched {
+    desc: Descriptor,
+    raw: Vec<u8>,
+    doc: Document,
+    parents: Vec<String>,
 }
 
 /// What one pull works in.
@@ -171,44 +182,31 @@ impl Puller {
             },
             ..root
         };
-        let root_name = object_name(
-            if manifest::is_index(&root.media_type) {
-                "index"
-            } else {
-                "manifest"
-            },
-            &root,
-        );
-        // The index's own labels, taken before its document is used up.
-        let index_labels = manifest::is_index(&root.media_type).then(|| children_labels(&document));
-        let mut manifests: Vec<(Descriptor, Vec<u8>, Document, Vec<String>)> = Vec::new();
-        match document {
-            Document::Index(index) => {
-                let picked = manifest::select(&index, &req.platforms);
-                if picked.is_empty() {
-                    let wanted: Vec<String> = req.platforms.iter().map(|p| p.to_string()).collect();
-                    return Err(Status::not_found(format!(
-                        "no match for platform in manifest: {}: not found",
-                        wanted.join(", ")
-                    )));
-                }
-                for desc in picked {
-                    if !manifest::is_manifest(&desc.media_type) {
-                        tracing::warn!(digest = desc.digest, "nested index skipped");
-                        continue;
-                    }
-                    let raw = pull
-                        .registry
-                        .fetch_manifest(desc)
-                        .await
-                        .map_err(|e| status(&e))?;
-                    let doc = Document::parse(&desc.media_type, &raw).map_err(|e| status(&e))?;
-                    manifests.push((desc.clone(), raw, doc, vec![root_name.clone()]));
-                }
-            }
-            manifest => manifests.push((root.clone(), body.clone(), manifest, Vec::new())),
+        let target = root.clone();
+        let mut manifests: Vec<Fetched> = Vec::new();
+        let mut indexes: Vec<Fetched> = Vec::new();
+        let root = Fetched {
+            desc: root,
+            raw: body,
+            doc: document,
+            parents: Vec::new(),
+        };
+        self.walk_indexes(pull, req, root, 0, &mut manifests, &mut indexes)
+            .await?;
+        if manifests.is_empty() {
+            let wanted: Vec<String> = req.platforms.iter().map(|p| p.to_string()).collect();
+            return Err(Status::not_found(format!(
+                "no match for platform in manifest: {}: not found",
+                wanted.join(", ")
+            )));
         }
-        for (desc, raw, doc, parents) in &manifests {
+        for Fetched {
+            desc,
+            raw,
+            doc,
+            parents,
+        } in &manifests
+        {
             let Document::Manifest(m) = doc else { continue };
             let name = object_name("manifest", desc);
             // A manifest is unpacked where an unpack entry's platform runs it (one without a
@@ -224,17 +222,21 @@ impl Puller {
             self.store_document(pull, desc, raw, labels, &name, parents)
                 .await?;
         }
-        if let Some(labels) = index_labels {
-            self.store_document(pull, &root, &body, labels, &root_name, &[])
+        // An index is stored once its children are, innermost first, so that the GC labels it
+        // carries name blobs that are there.
+        for index in indexes.iter().rev() {
+            let name = object_name("index", &index.desc);
+            let labels = children_labels(&index.doc);
+            self.store_document(pull, &index.desc, &index.raw, labels, &name, &index.parents)
                 .await?;
         }
         let image = ImageRecord {
             name: req.image_name.clone(),
             labels: req.labels.clone().into_iter().collect(),
             target: crated_metadata::Descriptor {
-                media_type: root.media_type.clone(),
-                digest: root.digest.clone(),
-                size: root.size,
+                media_type: target.media_type,
+                digest: target.digest,
+                size: target.size,
                 annotations: Default::default(),
             },
             created_at: 0,
@@ -248,6 +250,51 @@ impl Puller {
             other => other,
         })
         .await
+    }
+
+    /// Walks an index tree from `node`: the manifests the request's platforms want go into
+    /// `manifests`, the indexes on the way into `indexes` (outermost first). An index inside an
+    /// index is followed as containerd does, a few levels deep at most.
+    async fn walk_indexes(
+        &self,
+        pull: &Pull,
+        req: &PullRequest,
+        node: Fetched,
+        depth: usize,
+        manifests: &mut Vec<Fetched>,
+        indexes: &mut Vec<Fetched>,
+    ) -> Result<(), Status> {
+        let Document::Index(index) = &node.doc else {
+            manifests.push(node);
+            return Ok(());
+        };
+        if depth >= MAX_INDEX_DEPTH {
+            return Err(Status::invalid_argument(format!(
+                "index {} is nested more than {MAX_INDEX_DEPTH} deep",
+                node.desc.digest
+            )));
+        }
+        let parents = vec![object_name("index", &node.desc)];
+        let mut children = Vec::new();
+        for desc in manifest::select(index, &req.platforms) {
+            let raw = pull
+                .registry
+                .fetch_manifest(desc)
+                .await
+                .map_err(|e| status(&e))?;
+            let doc = Document::parse(&desc.media_type, &raw).map_err(|e| status(&e))?;
+            children.push(Fetched {
+                desc: desc.clone(),
+                raw,
+                doc,
+                parents: parents.clone(),
+            });
+        }
+        indexes.push(node);
+        for child in children {
+            Box::pin(self.walk_indexes(pull, req, child, depth + 1, manifests, indexes)).await?;
+        }
+        Ok(())
     }
 
     /// Stores a manifest or index document with its children's GC labels.
