@@ -5,6 +5,10 @@
 set -euo pipefail
 
 packages=(build-essential pkg-config git containerd runc btrfs-progs busybox-static docker-registry skopeo umoci openssl)
+# `--bench`: also what the benchmarks alone need (pigz: the unpack floor of the pull row).
+if [ "${1:-}" = "--bench" ]; then
+    packages+=(pigz)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
