@@ -247,71 +247,108 @@ fn cratectl_pull_of_a_layered_image_equals_umoci_with_native() {
     layered_matches_umoci("native");
 }
 
-/// A registry served over https with a certificate from a private authority, reached through
-/// a hosts directory as containerd's: without the authority the pull fails on the certificate;
-/// with `ca`, or with `skip_verify`, in `hosts.toml` it succeeds.
-#[test]
-fn pull_over_https_trusts_what_the_hosts_directory_says() {
-    let Some(ctr) = tool("ctr", "containerd") else {
-        return;
-    };
-    let Some(registry) = Registry::start_tls() else {
-        return;
-    };
-    let daemon = Daemon::crated(Path::new(env!("CARGO_BIN_EXE_crated")), None, &[]).unwrap();
-    let cratectl = workspace_bin("cratectl");
-    let (image, _) = crated_testsupport::oci::busybox("busybox");
-    registry.push(&image, "busybox:latest");
-    let reference = format!("{}/busybox:latest", registry.addr);
-    let ca = registry
-        .ca
-        .clone()
-        .expect("a TLS registry has an authority");
-    let hosts = tempfile::tempdir().unwrap();
-    let host_dir = hosts.path().join(&registry.addr);
-    std::fs::create_dir_all(&host_dir).unwrap();
-    let write_hosts = |extra: &str| {
-        std::fs::write(
-            host_dir.join("hosts.toml"),
-            format!("server = \"https://{}\"\n{extra}", registry.addr),
-        )
-        .unwrap()
-    };
-    let pull = || {
-        daemon.client(
-            &cratectl,
+/// A TLS registry with busybox pushed, a daemon, and a hosts directory for the registry:
+/// `cratectl images pull --skip-unpack --hosts-dir`, Debian's ctr to see what it got.
+struct HostsDirPull {
+    registry: Registry,
+    daemon: Daemon,
+    ctr: PathBuf,
+    cratectl: PathBuf,
+    hosts: tempfile::TempDir,
+    reference: String,
+}
+
+impl HostsDirPull {
+    /// None (after saying why) when a peer is missing outside CI.
+    fn start(registry: impl FnOnce() -> Option<Registry>) -> Option<HostsDirPull> {
+        let ctr = tool("ctr", "containerd")?;
+        let registry = registry()?;
+        let daemon = Daemon::crated(Path::new(env!("CARGO_BIN_EXE_crated")), None, &[]).unwrap();
+        let (image, _) = crated_testsupport::oci::busybox("busybox");
+        registry.push(&image, "busybox:latest");
+        let hosts = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(hosts.path().join(&registry.addr)).unwrap();
+        Some(HostsDirPull {
+            reference: format!("{}/busybox:latest", registry.addr),
+            registry,
+            daemon,
+            ctr,
+            cratectl: workspace_bin("cratectl"),
+            hosts,
+        })
+    }
+
+    /// The registry's directory in the hosts directory.
+    fn host_dir(&self) -> PathBuf {
+        self.hosts.path().join(&self.registry.addr)
+    }
+
+    fn write_hosts(&self, text: &str) {
+        std::fs::write(self.host_dir().join("hosts.toml"), text).unwrap()
+    }
+
+    fn pull(&self) -> std::process::Output {
+        self.daemon.client(
+            &self.cratectl,
             &[
                 "images",
                 "pull",
                 "--skip-unpack",
                 "--hosts-dir",
-                hosts.path().to_str().unwrap(),
-                &reference,
+                self.hosts.path().to_str().unwrap(),
+                &self.reference,
             ],
         )
+    }
+
+    fn pulled(&self) -> bool {
+        let listed = ok(self.daemon.client(&self.ctr, &["images", "ls", "-q"]));
+        listed.lines().any(|l| l == self.reference)
+    }
+
+    fn remove(&self) {
+        ok(self
+            .daemon
+            .client(&self.ctr, &["images", "rm", "--sync", &self.reference]));
+        assert!(!self.pulled());
+    }
+
+    fn check(&self) {
+        let check = ok(self.daemon.client(&self.ctr, &["images", "check"]));
+        assert!(check.contains("complete"), "{check}");
+    }
+}
+
+/// A registry served over https with a certificate from a private authority, reached through
+/// a hosts directory as containerd's: without the authority the pull fails on the certificate;
+/// with `ca`, or with `skip_verify`, in `hosts.toml` it succeeds.
+#[test]
+fn pull_over_https_trusts_what_the_hosts_directory_says() {
+    let Some(p) = HostsDirPull::start(Registry::start_tls) else {
+        return;
     };
-    let pulled = || {
-        let listed = ok(daemon.client(&ctr, &["images", "ls", "-q"]));
-        listed.lines().any(|l| l == reference)
-    };
+    let ca = p
+        .registry
+        .ca
+        .clone()
+        .expect("a TLS registry has an authority");
+    let server = format!("server = \"https://{}\"\n", p.registry.addr);
 
     // https, but the authority is not trusted.
-    write_hosts("");
-    let refused = fails(pull());
+    p.write_hosts(&server);
+    let refused = fails(p.pull());
     assert!(refused.to_lowercase().contains("certificate"), "{refused}");
-    assert!(!pulled());
+    assert!(!p.pulled());
 
-    write_hosts(&format!("ca = \"{}\"\n", ca.display()));
-    ok(pull());
-    assert!(pulled());
-    ok(daemon.client(&ctr, &["images", "rm", "--sync", &reference]));
-    assert!(!pulled());
+    p.write_hosts(&format!("{server}ca = \"{}\"\n", ca.display()));
+    ok(p.pull());
+    assert!(p.pulled());
+    p.remove();
 
-    write_hosts("skip_verify = true\n");
-    ok(pull());
-    assert!(pulled());
-    let check = ok(daemon.client(&ctr, &["images", "check"]));
-    assert!(check.contains("complete"), "{check}");
+    p.write_hosts(&format!("{server}skip_verify = true\n"));
+    ok(p.pull());
+    assert!(p.pulled());
+    p.check();
 }
 
 /// An index whose entry is another index (as some tools push multi-platform images): the pull
@@ -384,84 +421,51 @@ fn pull_of_an_index_inside_an_index() {
 /// with its `*.crt`, `*.cert` and `*.key` files.
 #[test]
 fn pull_goes_past_a_dead_host_and_presents_a_client_certificate() {
-    let Some(ctr) = tool("ctr", "containerd") else {
+    let Some(p) = HostsDirPull::start(Registry::start_mutual_tls) else {
         return;
     };
-    let Some(registry) = Registry::start_mutual_tls() else {
-        return;
-    };
-    let daemon = Daemon::crated(Path::new(env!("CARGO_BIN_EXE_crated")), None, &[]).unwrap();
-    let cratectl = workspace_bin("cratectl");
-    let (image, _) = crated_testsupport::oci::busybox("busybox");
-    registry.push(&image, "busybox:latest");
-    let reference = format!("{}/busybox:latest", registry.addr);
-    let ca = registry.ca.clone().unwrap();
-    let certs = registry.client_certs.clone().unwrap();
+    let ca = p.registry.ca.clone().unwrap();
+    let certs = p.registry.client_certs.clone().unwrap();
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
     };
-    let hosts = tempfile::tempdir().unwrap();
-    let host_dir = hosts.path().join(&registry.addr);
-    std::fs::create_dir_all(&host_dir).unwrap();
     let write_hosts = |client: &str| {
-        std::fs::write(
-            host_dir.join("hosts.toml"),
-            format!(
-                "server = \"https://{}\"\nca = \"{}\"\n{client}\n\
-                 [host.\"http://{dead}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
-                registry.addr,
-                ca.display()
-            ),
-        )
-        .unwrap()
-    };
-    let pull = || {
-        daemon.client(
-            &cratectl,
-            &[
-                "images",
-                "pull",
-                "--skip-unpack",
-                "--hosts-dir",
-                hosts.path().to_str().unwrap(),
-                &reference,
-            ],
-        )
-    };
-    let pulled = || {
-        let listed = ok(daemon.client(&ctr, &["images", "ls", "-q"]));
-        listed.lines().any(|l| l == reference)
+        p.write_hosts(&format!(
+            "server = \"https://{}\"\nca = \"{}\"\n{client}\n\
+             [host.\"http://{dead}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+            p.registry.addr,
+            ca.display()
+        ))
     };
 
     // The registry refuses a client without a certificate.
     write_hosts("");
-    fails(pull());
-    assert!(!pulled());
+    fails(p.pull());
+    assert!(!p.pulled());
 
     write_hosts(&format!(
         "client = [[\"{}\", \"{}\"]]",
         certs.join("client.cert").display(),
         certs.join("client.key").display()
     ));
-    ok(pull());
-    assert!(pulled());
-    let log = daemon.log();
+    ok(p.pull());
+    assert!(p.pulled());
+    let log = p.daemon.log();
     assert!(
         log.contains("trying next host") && log.contains(&dead),
         "the dead host was not tried first: {log}"
     );
-    ok(daemon.client(&ctr, &["images", "rm", "--sync", &reference]));
-    assert!(!pulled());
+    p.remove();
 
     // Docker's certs.d layout: the loopback registry is then reached over https.
+    let host_dir = p.host_dir();
     std::fs::remove_file(host_dir.join("hosts.toml")).unwrap();
     std::fs::copy(&ca, host_dir.join("ca.crt")).unwrap();
     for f in ["client.cert", "client.key"] {
         std::fs::copy(certs.join(f), host_dir.join(f)).unwrap();
     }
-    ok(pull());
-    assert!(pulled());
-    let check = ok(daemon.client(&ctr, &["images", "check"]));
-    assert!(check.contains("complete"), "{check}");
+    ok(p.pull());
+    assert!(p.pulled());
+    p.check();
 }

@@ -225,24 +225,25 @@ const EC_KEY: [&str; 5] = [
     "-nodes",
 ];
 
-/// A client certificate and key signed by the authority of [`make_certificates`], in
-/// `<dir>/client/` as `client.cert` and `client.key`.
-fn make_client_certificate(openssl: &Path, dir: &Path) -> std::path::PathBuf {
+/// A key `<name>.key` and a certificate `<cert>` for `subject` with `extensions`, signed by the
+/// authority of [`make_certificates`].
+fn issue(openssl: &Path, dir: &Path, name: &str, subject: &str, extensions: &str, cert: &str) {
     let run = |args: &[&str]| openssl_in(openssl, dir, args);
-    let mut csr_args = vec!["req", "-subj", "/CN=crated test client"];
+    let (key, csr, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.ext"),
+    );
+    let mut csr_args = vec!["req", "-subj", subject];
     csr_args.extend(EC_KEY);
-    csr_args.extend(["-keyout", "client.key", "-out", "client.csr"]);
+    csr_args.extend(["-keyout", &key, "-out", &csr]);
     run(&csr_args);
-    std::fs::write(
-        dir.join("client.ext"),
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
-    )
-    .expect("writing the client certificate's extensions");
+    std::fs::write(dir.join(&ext), extensions).expect("writing a certificate's extensions");
     run(&[
         "x509",
         "-req",
         "-in",
-        "client.csr",
+        &csr,
         "-CA",
         "ca.pem",
         "-CAkey",
@@ -251,10 +252,23 @@ fn make_client_certificate(openssl: &Path, dir: &Path) -> std::path::PathBuf {
         "-days",
         "1",
         "-extfile",
-        "client.ext",
+        &ext,
         "-out",
-        "client.cert",
+        cert,
     ]);
+}
+
+/// A client certificate and key signed by the authority of [`make_certificates`], in
+/// `<dir>/client/` as `client.cert` and `client.key`.
+fn make_client_certificate(openssl: &Path, dir: &Path) -> std::path::PathBuf {
+    issue(
+        openssl,
+        dir,
+        "client",
+        "/CN=crated test client",
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+        "client.cert",
+    );
     let certs = dir.join("client");
     std::fs::create_dir_all(&certs).expect("client certificate directory");
     for f in ["client.cert", "client.key"] {
@@ -263,12 +277,11 @@ fn make_client_certificate(openssl: &Path, dir: &Path) -> std::path::PathBuf {
     certs
 }
 
+/// A private authority (`ca.pem`) and a certificate for 127.0.0.1 it signed, with its key.
 fn make_certificates(
     openssl: &Path,
     dir: &Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let run = |args: &[&str]| openssl_in(openssl, dir, args);
-    let ec = EC_KEY;
     let mut ca_args = vec![
         "req",
         "-x509",
@@ -277,37 +290,19 @@ fn make_certificates(
         "-subj",
         "/CN=crated test authority",
     ];
-    ca_args.extend(ec);
+    ca_args.extend(EC_KEY);
     ca_args.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
     ca_args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
     ca_args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
-    run(&ca_args);
-    let mut csr_args = vec!["req", "-subj", "/CN=127.0.0.1"];
-    csr_args.extend(ec);
-    csr_args.extend(["-keyout", "server.key", "-out", "server.csr"]);
-    run(&csr_args);
-    std::fs::write(
-        dir.join("server.ext"),
+    openssl_in(openssl, dir, &ca_args);
+    issue(
+        openssl,
+        dir,
+        "server",
+        "/CN=127.0.0.1",
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("writing the certificate's extensions");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "server.ext",
-        "-out",
         "server.pem",
-    ]);
+    );
     (
         dir.join("ca.pem"),
         dir.join("server.pem"),
