@@ -198,6 +198,13 @@ fn the_restart_monitor_keeps_labelled_containers_in_their_status() {
         || label(&daemon, &bin, "r2", "containerd.io/restart.count").as_deref() == Some("1"),
         || ok(ctr(&daemon, &bin, &["containers", "info", "r2"])),
     );
+    // The count is written before the old task is replaced (as containerd's monitor does):
+    // the restarted one runs for two seconds, then stops for good.
+    wait_until(
+        Duration::from_secs(20),
+        || task_status(&daemon, &bin, "r2") == "RUNNING",
+        || ok(ctr(&daemon, &bin, &["tasks", "ls"])),
+    );
     wait_until(
         Duration::from_secs(20),
         || task_status(&daemon, &bin, "r2") == "STOPPED",
