@@ -127,30 +127,42 @@ impl Registry {
         })
     }
 
-    /// The hosts that may serve a request, in order, or why none may.
-    fn hosts(&self, can: fn(&Remote) -> bool, what: &str) -> Result<Vec<&Remote>, ImageError> {
-        let hosts: Vec<&Remote> = self.remotes.iter().filter(|r| can(r)).collect();
-        if hosts.is_empty() {
-            return Err(ImageError::NotFound(format!(
-                "no host of {} may {what}",
-                self.reference.host
-            )));
+    /// `attempt` at each host that `can`, in order: the first answer, else the first host's
+    /// error, as containerd's resolver and fetcher go from one host to the next.
+    async fn first_answer<'a, T, Attempt>(
+        &'a self,
+        can: fn(&Remote) -> bool,
+        what: &str,
+        attempt: impl Fn(&'a Remote) -> Attempt,
+    ) -> Result<T, ImageError>
+    where
+        Attempt: Future<Output = Result<T, ImageError>>,
+    {
+        let mut first = None;
+        for remote in self.remotes.iter().filter(|r| can(r)) {
+            match attempt(remote).await {
+                Ok(answer) => return Ok(answer),
+                Err(error) => {
+                    tracing::info!(host = %remote.base, %error, "trying next host");
+                    first.get_or_insert(error);
+                }
+            }
         }
-        Ok(hosts)
+        Err(first.unwrap_or_else(|| {
+            ImageError::NotFound(format!("no host of {} may {what}", self.reference.host))
+        }))
     }
 
     /// Resolves the reference to the descriptor of its manifest or index, with the document:
     /// the first host that can resolve and answers does, as containerd's resolver goes from one
     /// host to the next; else the first host's error.
     pub async fn resolve(&self) -> Result<(Descriptor, Vec<u8>), ImageError> {
-        let mut first = None;
-        for remote in self.hosts(|r| r.resolve, "resolve")? {
-            match self.resolve_on(remote).await {
-                Ok(found) => return Ok(found),
-                Err(e) => next_host(&mut first, remote, e),
-            }
-        }
-        Err(first.expect("at least one host was tried"))
+        self.first_answer(
+            |r| r.resolve,
+            "resolve",
+            async |remote| self.resolve_on(remote).await,
+        )
+        .await
     }
 
     async fn resolve_on(&self, remote: &Remote) -> Result<(Descriptor, Vec<u8>), ImageError> {
@@ -190,20 +202,17 @@ impl Registry {
     /// A manifest or index by its descriptor, checked against its digest and size, from the
     /// first host that can pull and serves it.
     pub async fn fetch_manifest(&self, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
-        let mut first = None;
-        for remote in self.hosts(|r| r.pull, "pull")? {
-            let fetched = async {
+        self.first_answer(
+            |r| r.pull,
+            "pull",
+            async |remote| {
                 let response = self.manifest_request(remote, &desc.digest).await?;
                 let body = read_limited(response, MANIFEST_LIMIT, &desc.digest).await?;
                 check(desc, &body)?;
                 Ok(body)
-            };
-            match fetched.await {
-                Ok(body) => return Ok(body),
-                Err(e) => next_host(&mut first, remote, e),
-            }
-        }
-        Err(first.expect("at least one host was tried"))
+            },
+        )
+        .await
     }
 
     /// A small blob (an image config) in memory, checked against its digest and size.
@@ -226,14 +235,12 @@ impl Registry {
     /// Opens blob `digest` from `offset` on, at the first host that can pull and serves it.
     /// The registry may answer the whole blob instead: the body says where it starts.
     pub async fn open_blob(&self, digest: &str, offset: u64) -> Result<BlobBody, ImageError> {
-        let mut first = None;
-        for remote in self.hosts(|r| r.pull, "pull")? {
-            match self.open_blob_on(remote, digest, offset).await {
-                Ok(body) => return Ok(body),
-                Err(e) => next_host(&mut first, remote, e),
-            }
-        }
-        Err(first.expect("at least one host was tried"))
+        self.first_answer(
+            |r| r.pull,
+            "pull",
+            async |remote| self.open_blob_on(remote, digest, offset).await,
+        )
+        .await
     }
 
     async fn open_blob_on(
@@ -461,12 +468,6 @@ impl Registry {
             .map(str::to_owned)
             .ok_or_else(|| ImageError::Unauthorized(format!("token server {realm} gave no token")))
     }
-}
-
-/// Keeps the first host's error and says the next host is tried.
-fn next_host(first: &mut Option<ImageError>, remote: &Remote, error: ImageError) {
-    tracing::info!(host = %remote.base, %error, "trying next host");
-    first.get_or_insert(error);
 }
 
 impl Remote {

@@ -140,7 +140,8 @@ impl Walk {
             let name = entry.file_name();
             let from = entry.path();
             let to = dst.join(&name);
-            let meta = fs::symlink_metadata(&from)?;
+            // Read relative to the directory, not following a symlink.
+            let meta = entry.metadata()?;
             let ft = meta.file_type();
             if ft.is_dir() {
                 nix::sys::stat::mkdirat(

@@ -88,21 +88,28 @@ impl<D: Driver> LocalSnapshotter<D> {
         F: FnOnce(&Inner<D>) -> Result<T, SnapshotError> + Send + 'static,
     {
         let inner = self.inner.clone();
-        // A short store transaction: on the daemon's multi-threaded runtime it runs in place
-        // (the worker's other tasks move on), sparing two thread hand-offs per call, which is
-        // most of a snapshot call's time; elsewhere on the blocking pool.
-        if tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            return tokio::task::block_in_place(move || f(&inner));
-        }
-        tokio::task::spawn_blocking(move || f(&inner))
+        run_transaction(move || f(&inner))
             .await
             .map_err(|e| SnapshotError::Io {
                 context: "snapshotter task".into(),
                 source: io::Error::other(e.to_string()),
             })?
     }
+}
+
+/// Runs a short store transaction: on the daemon's multi-threaded runtime in place (the
+/// worker's other tasks move on), sparing two thread hand-offs per call, which is most of a
+/// snapshot call's time; elsewhere on the blocking pool. Snapshot stores and the metadata
+/// store's snapshot records both run theirs here.
+pub async fn run_transaction<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        return Ok(tokio::task::block_in_place(f));
+    }
+    tokio::task::spawn_blocking(f).await
 }
 
 impl<D: Driver> Inner<D> {

@@ -37,13 +37,21 @@ fn free_port() -> u16 {
     l.local_addr().expect("local address").port()
 }
 
+/// Sends one HTTP/1.0 request (`head`, then `body`) and gives the whole answer.
+fn exchange(addr: &str, head: &str, body: &[u8], timeout: Duration) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
 /// Sends one HTTP/1.0 GET and gives the status line, or None when nothing answers.
 pub fn http_status(addr: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
+    let head = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let answer = exchange(addr, &head, &[], Duration::from_secs(5)).ok()?;
     answer.lines().next().map(str::to_owned)
 }
 
@@ -176,19 +184,14 @@ impl Registry {
         media_type: &str,
         doc: &[u8],
     ) -> String {
-        let mut s = TcpStream::connect(&self.addr).expect("connecting to the registry");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
+        let head = format!(
             "PUT /v2/{repo}/manifests/{reference} HTTP/1.0\r\nHost: {}\r\n\
              Content-Type: {media_type}\r\nContent-Length: {}\r\n\r\n",
             self.addr,
             doc.len()
-        )
-        .unwrap();
-        s.write_all(doc).unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
+        );
+        let answer = exchange(&self.addr, &head, doc, Duration::from_secs(10))
+            .expect("putting a manifest to the registry");
         assert!(
             answer.starts_with("HTTP/1.0 201") || answer.starts_with("HTTP/1.1 201"),
             "{answer}"

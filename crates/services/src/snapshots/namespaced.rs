@@ -76,7 +76,8 @@ impl NamespacedSnapshotter {
         format!("{ns}/{}/{key}", self.seq.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Runs record work for this snapshotter in namespace `ns` on a blocking thread.
+    /// Runs record work for this snapshotter in namespace `ns` as a short store transaction
+    /// ([`crated_snapshots::run_transaction`]).
     async fn records<T: Send + 'static>(
         &self,
         ns: &str,
@@ -85,15 +86,7 @@ impl NamespacedSnapshotter {
             + 'static,
     ) -> Result<T> {
         let (db, ns, sn) = (self.db.clone(), ns.to_owned(), self.name.clone());
-        // A short store transaction: on the daemon's multi-threaded runtime it runs in place
-        // (the worker's other tasks move on), sparing two thread hand-offs per call, which is
-        // most of a snapshot call's time; elsewhere on the blocking pool.
-        if tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            return tokio::task::block_in_place(move || f(&db, &ns, &sn)).map_err(Into::into);
-        }
-        tokio::task::spawn_blocking(move || f(&db, &ns, &sn))
+        crated_snapshots::run_transaction(move || f(&db, &ns, &sn))
             .await
             .map_err(|e| NamespacedError::Task(e.to_string()))?
             .map_err(Into::into)
