@@ -4,7 +4,8 @@
 # Rust itself comes from rustup (https://rustup.rs); Debian 12's rustc is too old.
 set -euo pipefail
 
-packages=(build-essential pkg-config git containerd runc btrfs-progs busybox-static docker-registry skopeo umoci openssl)
+packages=(build-essential pkg-config git containerd runc btrfs-progs busybox-static docker-registry skopeo umoci openssl
+    dmsetup e2fsprogs qemu-system-x86)
 # `--bench`: also what the benchmarks alone need (pigz: the unpack floor of the pull row).
 if [ "${1:-}" = "--bench" ]; then
     packages+=(pigz)
@@ -19,6 +20,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The devmapper tests boot Debian's kernel in qemu (this host's kernel has no device-mapper):
+# its package is unpacked, not installed.
+vm_dir="${CRATED_VM_DIR:-/var/cache/crated-test/vm}"
+if [ "$(dpkg --print-architecture)" = amd64 ] && ! compgen -G "$vm_dir/boot/vmlinuz-*" >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    image=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    download=$(mktemp -d)
+    chmod 755 "$download"
+    (cd "$download" && apt-get download -qq -o APT::Sandbox::User=root "$image")
+    $sudo mkdir -p "$vm_dir"
+    $sudo dpkg-deb -x "$download"/*.deb "$vm_dir"
+    rm -rf "$download"
 fi
 # Debian's containerd package starts a system containerd; the tests start their own daemons on
 # private roots and never use it.

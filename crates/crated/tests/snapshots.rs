@@ -320,3 +320,117 @@ fn ctr_drives_btrfs_on_a_loop_file() {
     );
     drop(daemon);
 }
+
+/// What the devmapper VM loads: loop devices, thin pools, ext4.
+const DEVMAPPER_MODULES: &[&str] = &["crc32c_generic", "loop", "dm-thin-pool", "ext4"];
+
+/// The devmapper snapshotter driven by Debian's ctr through crated, in a VM whose kernel has
+/// device-mapper (this host's has not): this test executable runs
+/// `devmapper_through_ctr_in_the_guest` there.
+#[test]
+fn devmapper_through_ctr_in_a_vm() {
+    let Some(vm) = crated_testsupport::vm::Vm::find() else {
+        return;
+    };
+    if tool("ctr", "containerd").is_none() {
+        return;
+    }
+    let share = tempfile::tempdir().unwrap();
+    let script = format!(
+        "export {}=1\nexec {} --exact devmapper_through_ctr_in_the_guest --test-threads 1\n",
+        crated_snapshots::testsuite::DEVMAPPER_GUEST_ENV,
+        std::env::current_exe().unwrap().display()
+    );
+    let run = vm.run(
+        DEVMAPPER_MODULES,
+        share.path(),
+        &script,
+        Duration::from_secs(600),
+    );
+    let tail: Vec<&str> = run.console.lines().rev().take(30).collect();
+    assert_eq!(
+        run.status,
+        Some(0),
+        "guest output:\n{}\nconsole (last lines, newest first):\n{}",
+        run.output,
+        tail.join("\n")
+    );
+    assert!(
+        run.output.contains("test result: ok. 1 passed; 0 failed"),
+        "{}",
+        run.output
+    );
+}
+
+/// Run by `devmapper_through_ctr_in_a_vm` inside its VM: a thin pool on loop files, crated
+/// configured with it, ctr's round trip, an image imported and unpacked into devmapper, and
+/// all of it still there after a `kill -9` of the daemon.
+#[test]
+fn devmapper_through_ctr_in_the_guest() {
+    if !crated_snapshots::testsuite::in_devmapper_guest() {
+        return;
+    }
+    let ctr = tool("ctr", "containerd").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    crated_snapshots::testsuite::make_thin_pool(&dir.path().join("pool"), "crated-pool");
+    let config = format!(
+        "{NO_GC}[plugins.\"io.containerd.snapshotter.v1.devmapper\"]\npool_name = \"crated-pool\"\nbase_image_size = \"64MB\"\n"
+    );
+    let mut daemon = Daemon::crated(&crated(), Some(&config), &[]).unwrap();
+    let table = ok(daemon.client(&ctr, &["plugins", "ls", "id==devmapper"]));
+    assert!(table.trim_end().ends_with("ok"), "{table}");
+
+    let work = dir.path().join("mnt");
+    ctr_round_trip(&ctr, &daemon, "devmapper", &work);
+    let run = |daemon: &Daemon, args: &[&str]| {
+        let mut all = vec!["snapshots", "--snapshotter", "devmapper"];
+        all.extend_from_slice(args);
+        daemon.client(&ctr, &all)
+    };
+    let mounts = ok(run(&daemon, &["prepare", "--mounts", "m", ""]));
+    assert!(
+        mounts.contains("\"ext4\"") && mounts.contains("/dev/mapper/crated-pool-snap-"),
+        "{mounts}"
+    );
+    let info = ok(run(&daemon, &["info", "m"]));
+    assert!(
+        info.contains("\"containerd.io/snapshot/devmapper/fstype\": \"ext4\""),
+        "{info}"
+    );
+
+    // An image unpacked into thin devices, its one layer's chain id being the layer digest.
+    let imported = crated_testsupport::oci::import_busybox(
+        &daemon,
+        &ctr,
+        "docker.io/library/busybox:devmapper",
+        "devmapper",
+        dir.path(),
+    )
+    .unwrap();
+    let check_image = |daemon: &Daemon, view: &str| {
+        let ls = ok(run(daemon, &["ls"]));
+        assert!(
+            ls.lines()
+                .any(|l| l.starts_with(&imported.layer) && l.trim_end().ends_with("Committed")),
+            "{ls}"
+        );
+        ok(run(daemon, &["view", view, &imported.layer]));
+        let at = work.join(view);
+        mount_snapshot(&ctr, daemon, "devmapper", view, &at);
+        let unpacked = std::fs::metadata(at.join("bin/busybox")).map(|m| m.len());
+        unmount(&at);
+        let expected = std::fs::metadata("/bin/busybox").unwrap().len();
+        assert_eq!(unpacked.ok(), Some(expected));
+    };
+    check_image(&daemon, "image-view");
+
+    // Killed and started again: records, thin devices and their data are all still there,
+    // and the active snapshot's device is loaded again.
+    daemon.restart_after_sigkill(&crated()).unwrap();
+    check_image(&daemon, "image-view-2");
+    let at = work.join("m-again");
+    mount_snapshot(&ctr, &daemon, "devmapper", "m", &at);
+    std::fs::write(at.join("still-writable"), b"yes").unwrap();
+    unmount(&at);
+    ok(run(&daemon, &["rm", "m", "image-view", "image-view-2"]));
+}

@@ -4,6 +4,7 @@
 //! backend's own: the metadata layer above namespaces them.
 
 pub mod btrfs;
+pub mod devmapper;
 mod error;
 mod fsutil;
 mod host;
@@ -14,6 +15,7 @@ pub mod overlayfs;
 mod plugins;
 pub mod storage;
 pub mod wire;
+pub mod zfs;
 
 use std::collections::HashMap;
 
@@ -178,6 +180,68 @@ mod suite_tests {
             Arc::new(crate::LocalSnapshotter::open(root, driver).unwrap())
         }
         crate::snapshotter_suite!(make);
+    }
+
+    mod devmapper {
+        use std::sync::Arc;
+
+        fn make(root: &std::path::Path) -> Arc<dyn crate::Snapshotter> {
+            // A pool of its own for each case: thin ids and device names start afresh.
+            let case = root.parent().unwrap();
+            let pool = format!("crated-{}", case.file_name().unwrap().to_string_lossy());
+            crate::testsuite::make_thin_pool(&case.join("pool"), &pool);
+            let settings =
+                crate::devmapper::DevmapperSettings::parse(&pool, "64M", false, false, "ext4", "")
+                    .unwrap();
+            crate::open_snapshotter(root, crate::SnapshotterKind::Devmapper(settings)).unwrap()
+        }
+        crate::snapshotter_suite!(make, if crate::testsuite::in_devmapper_guest);
+    }
+
+    /// Boots a VM whose kernel has device-mapper and runs the devmapper cases above in it,
+    /// from this very test executable. All but `deep_chain`: its 128 layers guard overlayfs's
+    /// mount option page (a devmapper mount is one device at any depth) and take four minutes
+    /// under emulation.
+    mod devmapper_vm {
+        use std::time::Duration;
+
+        #[test]
+        fn suite_passes_in_a_vm() {
+            let Some(vm) = crated_testsupport::vm::Vm::find() else {
+                return;
+            };
+            let share = tempfile::tempdir().unwrap();
+            let exe = std::env::current_exe().unwrap();
+            let script = format!(
+                "export {}=1\nexec {} --test-threads 1 suite_tests::devmapper:: --skip deep_chain\n",
+                crate::testsuite::DEVMAPPER_GUEST_ENV,
+                exe.display()
+            );
+            let run = vm.run(
+                &["crc32c_generic", "loop", "dm-thin-pool", "ext4"],
+                share.path(),
+                &script,
+                Duration::from_secs(900),
+            );
+            let tail: String = run
+                .console
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert_eq!(
+                run.status,
+                Some(0),
+                "guest output:\n{}\nconsole (last lines, reversed):\n{tail}",
+                run.output
+            );
+            assert!(
+                run.output.contains("test result: ok. 7 passed; 0 failed"),
+                "{}",
+                run.output
+            );
+        }
     }
 
     mod btrfs {

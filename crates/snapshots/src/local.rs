@@ -20,6 +20,13 @@ pub trait Driver: Send + Sync + 'static {
     /// Takes the filesystem of a snapshot being removed out of use. What it returns is
     /// deleted once the removal is durable.
     fn detach(&self, id: &str, kind: Kind, has_parent: bool) -> io::Result<Option<PathBuf>>;
+    /// Finishes the removal of `id` once it is durable, given what `detach` returned.
+    fn purge(&self, _id: &str, staged: Option<PathBuf>) -> io::Result<()> {
+        match staged {
+            Some(path) => remove_tree(&path),
+            None => Ok(()),
+        }
+    }
     /// What the active snapshot `id` uses now.
     fn usage(&self, id: &str) -> io::Result<Usage>;
     /// Deletes whatever belongs to no snapshot in `live` (ids and their kinds).
@@ -127,11 +134,11 @@ impl<D: Driver> Inner<D> {
             .map_err(SnapshotError::io(format!("creating snapshot {key}")))?;
         if let Err(e) = tx.commit() {
             // The record is not there: neither may its filesystem be.
-            if let Ok(Some(path)) =
+            if let Ok(staged) =
                 self.driver
                     .detach(&snapshot.id, kind, !snapshot.parent_ids.is_empty())
             {
-                let _ = remove_tree(&path);
+                let _ = self.driver.purge(&snapshot.id, staged);
             }
             return Err(e);
         }
@@ -265,11 +272,9 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
                 .detach(&id, removed.kind, !removed.parent.is_empty())
                 .map_err(SnapshotError::io(format!("removing {key}")))?;
             tx.commit()?;
-            if let Some(path) = staged {
-                if let Err(e) = remove_tree(&path) {
-                    // The record is gone; Cleanup deletes what is left.
-                    tracing::warn!("removing {}: {e}", path.display());
-                }
+            if let Err(e) = s.driver.purge(&id, staged) {
+                // The record is gone; Cleanup deletes what is left.
+                tracing::warn!("removing {key}: {e}");
             }
             Ok(())
         })

@@ -8,9 +8,11 @@ use crated_plugin::{types, InitContext, Instance, PluginError, Registration};
 use serde::{Deserialize, Serialize};
 
 use crate::btrfs::Btrfs;
+use crate::devmapper::{Devmapper, DevmapperSettings};
 use crate::host::{self, filesystem_type, platform};
 use crate::native::Native;
 use crate::overlayfs::{Overlay, OverlayConfig};
+use crate::zfs::Zfs;
 use crate::{LocalSnapshotter, Snapshotter};
 
 /// `[plugins."io.containerd.snapshotter.v1.native"]` (and btrfs): containerd's key.
@@ -68,6 +70,10 @@ pub enum SnapshotterKind {
     Overlayfs(OverlayConfig),
     /// `root` must be on a btrfs filesystem.
     Btrfs,
+    /// `root` must be a mounted zfs dataset.
+    Zfs,
+    /// Thin devices of an existing device-mapper thin pool.
+    Devmapper(DevmapperSettings),
 }
 
 /// Opens a local snapshotter on `root` (blocking): what a plugin's init and
@@ -95,12 +101,33 @@ pub fn open_snapshotter(
             }
             Arc::new(LocalSnapshotter::open(root, Btrfs::new(root).map_err(io)?)?)
         }
+        SnapshotterKind::Zfs => {
+            let found = filesystem_type(root).map_err(io)?;
+            if found != "zfs" {
+                return Err(crate::SnapshotError::FailedPrecondition(zfs_message(root)));
+            }
+            Arc::new(LocalSnapshotter::open(root, Zfs::new(root).map_err(io)?)?)
+        }
+        SnapshotterKind::Devmapper(settings) => {
+            std::fs::create_dir_all(root).map_err(io)?;
+            Arc::new(LocalSnapshotter::open(
+                root,
+                Devmapper::new(root, settings)?,
+            )?)
+        }
     })
 }
 
 fn btrfs_message(root: &Path, found: &str) -> String {
     format!(
         "path {} ({found}) must be a btrfs filesystem to be used with the btrfs snapshotter",
+        root.display()
+    )
+}
+
+fn zfs_message(root: &Path) -> String {
+    format!(
+        "path {} must be a zfs filesystem to be used with the zfs snapshotter",
         root.display()
     )
 }
@@ -121,21 +148,6 @@ fn not_implemented(id: &str) -> PluginError {
     PluginError::failed(format!(
         "the {id} snapshotter could run on this host but is not implemented in this version of crated"
     ))
-}
-
-fn fs_check(
-    ctx: &InitContext,
-    id: &str,
-    want: &str,
-    message: impl Fn(&str) -> String,
-) -> Result<Instance, PluginError> {
-    let root = ctx.root()?;
-    advertise(ctx, &root);
-    let found = filesystem_type(&root).map_err(|e| PluginError::failed(format!("{id}: {e}")))?;
-    if found != want {
-        return Err(PluginError::skip(message(&found)));
-    }
-    Err(not_implemented(id))
 }
 
 pub fn registrations() -> Vec<Registration> {
@@ -177,7 +189,16 @@ pub fn registrations() -> Vec<Registration> {
                     "device-mapper is not available on this host (/dev/mapper/control is missing)",
                 ));
             }
-            Err(not_implemented("devmapper"))
+            let settings = DevmapperSettings::parse(
+                &config.pool_name,
+                &config.base_image_size,
+                config.async_remove,
+                config.discard_blocks,
+                &config.fs_type,
+                &config.fs_options,
+            )
+            .map_err(PluginError::failed)?;
+            open_kind(root, SnapshotterKind::Devmapper(settings)).await
         })
         .with_config::<DevmapperConfig>(),
         Registration::new(types::SNAPSHOTTER, "native", |mut ctx| async move {
@@ -200,10 +221,14 @@ pub fn registrations() -> Vec<Registration> {
         })
         .with_config::<OverlayConfig>(),
         Registration::new(types::SNAPSHOTTER, "zfs", |ctx| async move {
-            let root = ctx.root_path().display().to_string();
-            fs_check(&ctx, "zfs", "zfs", |_| {
-                format!("path {root} must be a zfs filesystem to be used with the zfs snapshotter")
-            })
+            let root = ctx.root()?;
+            advertise(&ctx, &root);
+            let found =
+                filesystem_type(&root).map_err(|e| PluginError::failed(format!("zfs: {e}")))?;
+            if found != "zfs" {
+                return Err(PluginError::skip(zfs_message(&root)));
+            }
+            open_kind(root, SnapshotterKind::Zfs).await
         }),
     ]
 }

@@ -22,6 +22,16 @@ pub fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// The labels a caller set: without those a snapshotter computes itself
+/// (`containerd.io/snapshot/...`, such as devmapper's filesystem type).
+fn callers(labels: &HashMap<String, String>) -> HashMap<String, String> {
+    labels
+        .iter()
+        .filter(|(k, _)| !k.starts_with(crate::INHERITED_LABEL_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 fn rooted() -> HashMap<String, String> {
     labels(&[(ROOT_LABEL, "check")])
 }
@@ -169,7 +179,7 @@ pub async fn update_labels(sn: Arc<dyn Snapshotter>, _work: PathBuf) {
     info.parent = "doesnotexist".into();
     info.labels = labels(&[("l1", "v1"), ("l2", "v2"), ("l3", "v3"), (ROOT_LABEL, "x")]);
     let got = sn.update(info.clone(), &[]).await.unwrap();
-    assert_eq!(got.labels, info.labels);
+    assert_eq!(callers(&got.labels), info.labels);
     assert_eq!(got.parent, "", "the parent is not changed by Update");
     assert_eq!(got.created, before.created);
     assert!(got.updated > before.updated);
@@ -179,12 +189,12 @@ pub async fn update_labels(sn: Arc<dyn Snapshotter>, _work: PathBuf) {
         .await
         .unwrap();
     assert_eq!(
-        got.labels,
+        callers(&got.labels),
         labels(&[("l1", "updated"), ("l3", "v3"), (ROOT_LABEL, "x")])
     );
     info.labels = labels(&[("l4", "v4"), (ROOT_LABEL, "x")]);
     let got = sn.update(info.clone(), &["labels".into()]).await.unwrap();
-    assert_eq!(got.labels, info.labels);
+    assert_eq!(callers(&got.labels), info.labels);
     assert_eq!(sn.stat("a").await.unwrap(), got);
     assert_eq!(
         class(sn.update(info, &["parent".into()]).await),
@@ -319,7 +329,8 @@ pub async fn layers_through_mounts(sn: Arc<dyn Snapshotter>, work: PathBuf) {
         assert!(fs::write(m.0.join("new"), b"x").is_err());
     }
     let u = sn.usage("c1").await.unwrap();
-    assert!(u.inodes >= 5 && u.size > 0, "{u:?}");
+    // Snapshotters on block devices count bytes only, as containerd's devmapper does.
+    assert!(u.size > 0 && (u.inodes >= 5 || u.inodes == 0), "{u:?}");
     sn.remove("v").await.unwrap();
     sn.remove("v1").await.unwrap();
     assert_eq!(class(sn.remove("c1").await), ErrKind::FailedPrecondition);
@@ -404,6 +415,55 @@ pub fn btrfs_available() -> bool {
         eprintln!("skipping btrfs cases: mkfs.btrfs not found (Debian package btrfs-progs)");
     }
     found
+}
+
+/// Set in the guest of the devmapper VM test, which has device-mapper.
+pub const DEVMAPPER_GUEST_ENV: &str = "CRATED_TEST_DEVMAPPER_GUEST";
+
+/// Whether devmapper cases can run: only inside the VM that `devmapper_suite_in_a_vm` boots
+/// (this host has no device-mapper); says so elsewhere.
+pub fn in_devmapper_guest() -> bool {
+    if std::env::var_os(DEVMAPPER_GUEST_ENV).is_some() {
+        return true;
+    }
+    eprintln!(
+        "skipping devmapper case here: it runs inside the VM of suite_tests::devmapper_vm, which has device-mapper"
+    );
+    false
+}
+
+/// Makes a thin pool named `name` on two sparse loop files in `dir` (512 MiB of data, 32 MiB
+/// of metadata, 64 KiB blocks), as containerd's documentation sets one up for tests.
+pub fn make_thin_pool(dir: &Path, name: &str) {
+    fs::create_dir_all(dir).unwrap();
+    let run = |cmd: &str, args: &[&str]| -> String {
+        let out = std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let mut devices = Vec::new();
+    for (file, size) in [("meta", 32u64 << 20), ("data", 512 << 20)] {
+        let path = dir.join(file);
+        fs::File::create(&path).unwrap().set_len(size).unwrap();
+        devices.push(run(
+            "losetup",
+            &["--find", "--show", path.to_str().unwrap()],
+        ));
+    }
+    let table = format!(
+        "0 {} thin-pool {} {} 128 32768 1 skip_block_zeroing",
+        (512u64 << 20) / 512,
+        devices[0],
+        devices[1]
+    );
+    run("dmsetup", &["create", name, "--table", &table]);
 }
 
 /// The guard of cases that can run anywhere.

@@ -7,6 +7,7 @@ pub mod gate;
 pub mod layered;
 pub mod oci;
 pub mod registry;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -129,6 +130,8 @@ pub struct Daemon {
     pub stderr_path: PathBuf,
     /// From spawn until the health service answered SERVING.
     pub ready_after: Duration,
+    /// The arguments it was started with (config and extra ones included), for restarts.
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Daemon {
@@ -190,6 +193,7 @@ impl Daemon {
     ) -> Result<Daemon, String> {
         let stderr_path = dir.path().join("daemon.log");
         let log = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
+        let args = cmd.get_args().map(|a| a.to_os_string()).collect();
         let spawned = Instant::now();
         let child = cmd
             .stdin(Stdio::null())
@@ -205,6 +209,7 @@ impl Daemon {
             socket,
             stderr_path,
             ready_after: Duration::ZERO,
+            args,
         };
         match wait_healthy(&daemon.socket, &mut daemon.child, Duration::from_secs(30)) {
             Ok(_) => daemon.ready_after = spawned.elapsed(),
@@ -213,7 +218,8 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// SIGKILLs crated and starts `bin` again on the same root, state and socket (no config),
+    /// SIGKILLs crated and starts `bin` again with the arguments it had (root, state, socket,
+    /// config and extra ones),
     /// its log appended to the same file.
     pub fn restart_after_sigkill(&mut self, bin: &Path) -> Result<(), String> {
         let _ = self.child.kill();
@@ -222,7 +228,8 @@ impl Daemon {
             .append(true)
             .open(&self.stderr_path)
             .map_err(|e| e.to_string())?;
-        self.child = crated_command(bin, &self.root, &self.state, &self.socket)
+        self.child = Command::new(bin)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
