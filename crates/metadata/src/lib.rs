@@ -24,7 +24,7 @@ pub use images::{Descriptor, ImageRecord};
 pub use ingests::{IngestRecord, INGEST_RESOURCE, UNLEASED_INGEST_LIFETIME_NANOS};
 pub use leases::{Lease, LeaseResource};
 pub use namespaces::Namespace;
-pub use snapshots::{snapshot_resource, SnapshotRecord};
+pub use snapshots::{snapshot_resource, NewSnapshotCheck, SnapshotRecord};
 
 /// Nanoseconds since the epoch, the timestamps records keep.
 pub fn now_nanos() -> u64 {

@@ -28,6 +28,15 @@ pub struct SnapshotRecord {
     pub children: Vec<String>,
 }
 
+/// What [`MetadataStore::snapshot_check_new`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewSnapshotCheck {
+    /// The key is free and the parent exists: its backend key (empty for none).
+    Free(String),
+    /// The key exists already, or (`target`) the snapshot the caller means to make does.
+    Exists { key: String, target: bool },
+}
+
 /// The lease resource type of a snapshot of `snapshotter`.
 pub fn snapshot_resource(snapshotter: &str) -> String {
     format!("snapshots/{snapshotter}")
@@ -91,27 +100,41 @@ impl MetadataStore {
     }
 
     /// Checks that `k` is free and `parent` (if any) exists in `ns`; returns the parent's
-    /// backend key (empty for none). The caller then creates the backend snapshot.
+    /// backend key (empty for none). The caller then creates the backend snapshot. With a
+    /// `target` (the `containerd.io/snapshot.ref` label), that snapshot existing already is
+    /// reported first, as containerd does: the caller has nothing to unpack.
     pub fn snapshot_check_new(
         &self,
         ns: &str,
         snapshotter: &str,
         k: &str,
         parent: &str,
-    ) -> Result<String, MetadataError> {
+        target: &str,
+    ) -> Result<NewSnapshotCheck, MetadataError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(table("snapshots"))?;
+        if !target.is_empty() && get(&t, &key(ns, snapshotter, target))?.is_some() {
+            return Ok(NewSnapshotCheck::Exists {
+                key: target.to_owned(),
+                target: true,
+            });
+        }
         if get(&t, &key(ns, snapshotter, k))?.is_some() {
-            return Err(MetadataError::AlreadyExists(format!("snapshot {k}")));
+            return Ok(NewSnapshotCheck::Exists {
+                key: k.to_owned(),
+                target: false,
+            });
         }
         if parent.is_empty() {
-            return Ok(String::new());
+            return Ok(NewSnapshotCheck::Free(String::new()));
         }
-        Ok(get(&t, &key(ns, snapshotter, parent))?
-            .ok_or_else(|| {
-                MetadataError::NotFound(format!("parent snapshot {parent} does not exist"))
-            })?
-            .name)
+        Ok(NewSnapshotCheck::Free(
+            get(&t, &key(ns, snapshotter, parent))?
+                .ok_or_else(|| {
+                    MetadataError::NotFound(format!("parent snapshot {parent} does not exist"))
+                })?
+                .name,
+        ))
     }
 
     /// Records the snapshot `k` the backend has just created (under the call's lease, if any).

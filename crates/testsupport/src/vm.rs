@@ -2,8 +2,9 @@
 //! thin pools): Debian's kernel, which `scripts/setup.sh` unpacks, booted by qemu with an
 //! initramfs made here of busybox and the kernel modules asked for. The guest mounts this
 //! host's root read-only over 9p, chroots into it (so every binary and test executable of the
-//! host is there), and runs a script; a host directory shared writable at `/run/share` carries
-//! the script in and its output out. No udev runs in the guest: `DM_DISABLE_UDEV=1` has
+//! host is there, wherever the checkout is), and runs a script; a host directory shared
+//! writable at `/run/share` carries the script in and its output out. The guest's scratch
+//! space is a tmpfs at `/run/tmp` (its `TMPDIR`): the host's `/tmp` stays visible. No udev runs in the guest: `DM_DISABLE_UDEV=1` has
 //! dmsetup make the `/dev/mapper` nodes itself.
 
 use std::collections::{HashMap, HashSet};
@@ -230,12 +231,11 @@ mount -t devtmpfs dev /dev
 for m in {modules}; do insmod /lib/$m || echo "insmod $m failed"; done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host
 for d in proc sys dev; do mount --rbind /$d /host/$d; done
-mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
-mkdir -p /host/run/share
+mkdir -p /host/run/share /host/run/tmp
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 share /host/run/share
-chroot /host /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp DM_DISABLE_UDEV=1 \
-    /bin/bash -c 'cd /tmp; /bin/bash /run/share/script.sh > /run/share/output 2>&1; echo $? > /run/share/status; sync'
+chroot /host /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/run/tmp DM_DISABLE_UDEV=1 \
+    /bin/bash -c 'cd /run/tmp; /bin/bash /run/share/script.sh > /run/share/output 2>&1; echo $? > /run/share/status; sync'
 umount /host/run/share
 poweroff -f
 "#,

@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use super::Target;
 use crated_errdefs::{HasKind, Kind as ErrKind};
-use crated_metadata::{MetadataError, MetadataStore, SnapshotRecord};
+use crated_metadata::{
+    LeaseResource, MetadataError, MetadataStore, NewSnapshotCheck, SnapshotRecord,
+};
 use crated_snapshots::{
-    filter_infos, Info, Mount, SnapshotError, Snapshotter, Usage, INHERITED_LABEL_PREFIX,
+    filter_infos, Info, Kind, Mount, SnapshotError, Snapshotter, Usage, INHERITED_LABEL_PREFIX,
     LABEL_SNAPSHOT_REF,
 };
 
@@ -113,6 +115,65 @@ impl NamespacedSnapshotter {
     }
 }
 
+impl NamespacedSnapshotter {
+    /// Records as `target` the committed snapshot the backend says it made for it (labelled
+    /// `containerd.io/snapshot.ref` = `target`, on `backend_parent`), as containerd's metadata
+    /// snapshotter does for remote snapshotters; the caller is told it exists already.
+    async fn adopt(
+        &self,
+        ns: &str,
+        target: &str,
+        parent: &str,
+        backend_parent: &str,
+        labels: HashMap<String, String>,
+        lease: Option<String>,
+    ) -> Result<Vec<Mount>> {
+        let filter =
+            format!("labels.\"{LABEL_SNAPSHOT_REF}\"=={target},parent==\"{backend_parent}\"");
+        // Checked again here: a backend may not apply filters.
+        let found = self
+            .backend
+            .walk(&[filter])
+            .await?
+            .into_iter()
+            .find(|i| {
+                i.kind == Kind::Committed
+                    && i.parent == backend_parent
+                    && i.labels.get(LABEL_SNAPSHOT_REF).map(String::as_str) == Some(target)
+            })
+            .ok_or_else(|| {
+                SnapshotError::NotFound(format!("target snapshot \"{target}\" in backend"))
+            })?;
+        let mut kept_labels = kept(labels);
+        for (k, v) in found.labels {
+            kept_labels.entry(k).or_insert(v);
+        }
+        let record = SnapshotRecord {
+            name: found.name,
+            parent: parent.to_owned(),
+            labels: kept_labels,
+            created: found.created,
+            updated: found.updated,
+            children: Vec::new(),
+        };
+        let t = target.to_owned();
+        match self
+            .records(ns, move |db, ns, sn| {
+                db.snapshot_create(ns, sn, &t, &record, lease.as_deref())
+            })
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        Err(
+            SnapshotError::AlreadyExists(format!("target snapshot \"{target}\" from snapshotter"))
+                .into(),
+        )
+    }
+}
+
 /// Labels as records keep them: an empty value is no label.
 fn kept(labels: HashMap<String, String>) -> BTreeMap<String, String> {
     labels.into_iter().filter(|(_, v)| !v.is_empty()).collect()
@@ -144,23 +205,65 @@ impl Target for NamespacedSnapshotter {
         view: bool,
     ) -> Result<Vec<Mount>> {
         validate_labels(&labels)?;
-        let (k, p) = (key.to_owned(), parent.to_owned());
-        let backend_parent = self
-            .records(ns, move |db, ns, sn| db.snapshot_check_new(ns, sn, &k, &p))
+        let target = labels.get(LABEL_SNAPSHOT_REF).cloned().unwrap_or_default();
+        let (k, p, t) = (key.to_owned(), parent.to_owned(), target.clone());
+        let checked = self
+            .records(ns, move |db, ns, sn| {
+                db.snapshot_check_new(ns, sn, &k, &p, &t)
+            })
             .await?;
+        let backend_parent = match checked {
+            NewSnapshotCheck::Free(backend_parent) => backend_parent,
+            NewSnapshotCheck::Exists { key, target } => {
+                // The caller's lease keeps what it found, as it would what it made.
+                if let Some(lease) = lease {
+                    let resource = LeaseResource {
+                        resource_type: crated_metadata::snapshot_resource(&self.name),
+                        id: key.clone(),
+                    };
+                    self.records(ns, move |db, ns, _| {
+                        db.lease_add_resource(ns, &lease, &resource)
+                    })
+                    .await?;
+                }
+                let what = if target {
+                    format!("target snapshot \"{key}\"")
+                } else {
+                    format!("snapshot {key}")
+                };
+                return Err(SnapshotError::AlreadyExists(what).into());
+            }
+        };
         let backend_key = self.backend_key(ns, key);
         // Held from the backend's create until the record exists, so a collection in between
         // cannot take the new snapshot for garbage.
         let _writing = self.db.gc_lock().read().await;
         let backend_labels = inherited(&labels);
-        let mounts = if view {
+        let made = if view {
             self.backend
                 .view(&backend_key, &backend_parent, backend_labels)
-                .await?
+                .await
         } else {
             self.backend
                 .prepare(&backend_key, &backend_parent, backend_labels)
-                .await?
+                .await
+        };
+        let mounts = match made {
+            Ok(mounts) => mounts,
+            // A remote snapshotter (stargz) answers so when it made the target itself.
+            Err(e) if e.kind() == ErrKind::AlreadyExists => {
+                if target.is_empty() {
+                    return Err(SnapshotError::Other {
+                        kind: ErrKind::Unknown,
+                        message: format!("unexpected error from snapshotter: {e}"),
+                    }
+                    .into());
+                }
+                return self
+                    .adopt(ns, &target, parent, &backend_parent, labels, lease)
+                    .await;
+            }
+            Err(e) => return Err(e.into()),
         };
         let now = crated_metadata::now_nanos();
         let record = SnapshotRecord {
@@ -389,5 +492,233 @@ mod tests {
             .commit("ns", "child", "child-key", "base", no_labels(), None)
             .await;
         assert_eq!(moved.unwrap_err().kind(), ErrKind::InvalidArgument);
+    }
+
+    /// A backend acting as a remote snapshotter (stargz) does: asked to prepare with a
+    /// `containerd.io/snapshot.ref` target, it makes and commits the target itself (as
+    /// `remote/<target>`) and answers AlreadyExists. Everything else goes to a native store.
+    struct RemoteLike {
+        inner: Arc<dyn Snapshotter>,
+        prepares: AtomicU64,
+        /// Answer every prepare AlreadyExists without making anything (a misbehaving backend).
+        claim_only: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Snapshotter for RemoteLike {
+        async fn stat(&self, key: &str) -> std::result::Result<Info, SnapshotError> {
+            self.inner.stat(key).await
+        }
+        async fn update(
+            &self,
+            info: Info,
+            paths: &[String],
+        ) -> std::result::Result<Info, SnapshotError> {
+            self.inner.update(info, paths).await
+        }
+        async fn usage(&self, key: &str) -> std::result::Result<Usage, SnapshotError> {
+            self.inner.usage(key).await
+        }
+        async fn mounts(&self, key: &str) -> std::result::Result<Vec<Mount>, SnapshotError> {
+            self.inner.mounts(key).await
+        }
+        async fn prepare(
+            &self,
+            key: &str,
+            parent: &str,
+            labels: HashMap<String, String>,
+        ) -> std::result::Result<Vec<Mount>, SnapshotError> {
+            self.prepares.fetch_add(1, Ordering::SeqCst);
+            if self.claim_only {
+                return Err(SnapshotError::AlreadyExists(format!("snapshot {key}")));
+            }
+            let Some(target) = labels.get(LABEL_SNAPSHOT_REF).cloned() else {
+                return self.inner.prepare(key, parent, labels).await;
+            };
+            let name = format!("remote/{target}");
+            if self.inner.stat(&name).await.is_err() {
+                self.inner.prepare(key, parent, HashMap::new()).await?;
+                let mut committed = labels.clone();
+                committed.insert("remote-label".into(), "from-backend".into());
+                self.inner.commit(&name, key, committed).await?;
+            }
+            Err(SnapshotError::AlreadyExists(format!(
+                "target snapshot {target}"
+            )))
+        }
+        async fn view(
+            &self,
+            key: &str,
+            parent: &str,
+            labels: HashMap<String, String>,
+        ) -> std::result::Result<Vec<Mount>, SnapshotError> {
+            self.inner.view(key, parent, labels).await
+        }
+        async fn commit(
+            &self,
+            name: &str,
+            key: &str,
+            labels: HashMap<String, String>,
+        ) -> std::result::Result<(), SnapshotError> {
+            self.inner.commit(name, key, labels).await
+        }
+        async fn remove(&self, key: &str) -> std::result::Result<(), SnapshotError> {
+            self.inner.remove(key).await
+        }
+        async fn walk(&self, filters: &[String]) -> std::result::Result<Vec<Info>, SnapshotError> {
+            self.inner.walk(filters).await
+        }
+        async fn cleanup(&self) -> std::result::Result<(), SnapshotError> {
+            self.inner.cleanup().await
+        }
+        async fn close(&self) -> std::result::Result<(), SnapshotError> {
+            self.inner.close().await
+        }
+    }
+
+    fn remote_like(
+        dir: &std::path::Path,
+        claim_only: bool,
+    ) -> (Arc<MetadataStore>, NamespacedSnapshotter, Arc<RemoteLike>) {
+        let db = Arc::new(MetadataStore::open(&dir.join("meta.db")).unwrap());
+        let root = dir.join("native");
+        std::fs::create_dir_all(&root).unwrap();
+        let native = crated_snapshots::native::Native::new(&root).unwrap();
+        let backend = Arc::new(RemoteLike {
+            inner: Arc::new(LocalSnapshotter::open(&root, native).unwrap()),
+            prepares: AtomicU64::new(0),
+            claim_only,
+        });
+        let sn = NamespacedSnapshotter::new(db.clone(), "stargz", backend.clone());
+        (db, sn, backend)
+    }
+
+    fn target_labels(target: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_SNAPSHOT_REF.to_owned(), target.to_owned()),
+            ("from-client".to_owned(), "yes".to_owned()),
+        ])
+    }
+
+    #[tokio::test]
+    async fn a_target_the_backend_made_is_recorded_and_reported_as_existing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, sn, backend) = remote_like(dir.path(), false);
+        db.lease_create(
+            "a",
+            &crated_metadata::Lease {
+                id: "pull".into(),
+                created_at: 1,
+                labels: Default::default(),
+            },
+        )
+        .unwrap();
+
+        let err = sn
+            .create(
+                "a",
+                "extract-1",
+                "",
+                target_labels("layer-1"),
+                Some("pull".into()),
+                false,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrKind::AlreadyExists);
+        assert!(
+            err.to_string()
+                .contains("target snapshot \"layer-1\" from snapshotter"),
+            "{err}"
+        );
+        // Recorded under the target's name, committed, with the client's and the backend's
+        // labels, under the caller's lease; the key it asked for was never recorded.
+        let info = sn.stat("a", "layer-1").await.unwrap();
+        assert_eq!(info.kind, Kind::Committed);
+        assert_eq!(info.labels["from-client"], "yes");
+        assert_eq!(info.labels["remote-label"], "from-backend");
+        assert_eq!(
+            sn.record("a", "layer-1").await.unwrap().name,
+            "remote/layer-1"
+        );
+        assert_eq!(
+            sn.stat("a", "extract-1").await.unwrap_err().kind(),
+            ErrKind::NotFound
+        );
+        let leased = db.lease_resources("a", "pull").unwrap();
+        assert!(leased.iter().any(|r| r.id == "layer-1"), "{leased:?}");
+
+        // Asked again: the record answers, the backend is not asked.
+        let asked = backend.prepares.load(Ordering::SeqCst);
+        let err = sn
+            .create("a", "extract-2", "", target_labels("layer-1"), None, false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrKind::AlreadyExists);
+        assert!(
+            err.to_string().contains("target snapshot \"layer-1\""),
+            "{err}"
+        );
+        assert_eq!(backend.prepares.load(Ordering::SeqCst), asked);
+
+        // A layer on top, and the same target from another namespace: the backend's one
+        // snapshot is recorded in both.
+        let err = sn
+            .create(
+                "a",
+                "extract-3",
+                "layer-1",
+                target_labels("layer-2"),
+                None,
+                false,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrKind::AlreadyExists);
+        let top = sn.stat("a", "layer-2").await.unwrap();
+        assert_eq!(
+            (top.kind, top.parent.as_str()),
+            (Kind::Committed, "layer-1")
+        );
+        let err = sn
+            .create("b", "extract-1", "", target_labels("layer-1"), None, false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrKind::AlreadyExists);
+        assert_eq!(
+            sn.record("b", "layer-1").await.unwrap().name,
+            "remote/layer-1"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_backend_claiming_a_target_it_does_not_have_is_not_believed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, sn, _backend) = remote_like(dir.path(), true);
+        let err = sn
+            .create("a", "extract-1", "", target_labels("layer-1"), None, false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrKind::NotFound);
+        assert!(
+            err.to_string()
+                .contains("target snapshot \"layer-1\" in backend"),
+            "{err}"
+        );
+        assert_eq!(
+            sn.stat("a", "layer-1").await.unwrap_err().kind(),
+            ErrKind::NotFound
+        );
+        // Without a target, AlreadyExists for a key the store had free is no answer at all.
+        let err = sn
+            .create("a", "plain", "", HashMap::new(), None, false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrKind::Unknown);
+        assert!(
+            err.to_string()
+                .contains("unexpected error from snapshotter"),
+            "{err}"
+        );
     }
 }

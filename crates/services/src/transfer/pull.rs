@@ -543,7 +543,7 @@ impl Puller {
             labels.insert(LABEL_PARENT_CHAIN_ID.into(), parent.to_owned());
         }
         let below = if side_by_side { "" } else { parent };
-        let mounts = target
+        let created = target
             .create(
                 &pull.ns,
                 &key,
@@ -552,8 +552,17 @@ impl Puller {
                 Some(pull.lease.clone()),
                 false,
             )
-            .await
-            .map_err(|e| status(&e))?;
+            .await;
+        let mounts = match created {
+            Ok(mounts) => mounts,
+            // Made meanwhile by another client, or by a remote snapshotter from the target
+            // label: nothing to unpack.
+            Err(e) if crated_errdefs::HasKind::kind(&e) == crated_errdefs::Kind::AlreadyExists => {
+                fetch::wait(&mut done).await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(status(&e)),
+        };
         Ok(Some(LayerCommit {
             layer,
             diff_id: diff_id.to_owned(),
