@@ -62,6 +62,34 @@ fn unescape(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
+/// Runs a host tool (from the Debian package `package`): its standard output, or as the inner
+/// error what it printed on failure (its exit status when it printed nothing). Only failing to
+/// start it is the outer error.
+pub(crate) fn run_tool(
+    program: &str,
+    package: &str,
+    args: &[&str],
+) -> io::Result<Result<String, String>> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("running {program} (Debian package {package}): {e}"),
+            )
+        })?;
+    if out.status.success() {
+        return Ok(Ok(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    let printed = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    Ok(Err(if printed.is_empty() {
+        format!("exited with {}", out.status)
+    } else {
+        printed
+    }))
+}
+
 /// Whether the running kernel knows a filesystem type.
 pub fn kernel_has_filesystem(name: &str) -> bool {
     std::fs::read_to_string("/proc/filesystems")

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::local::Driver;
 use crate::storage::Snapshot;
@@ -16,20 +15,8 @@ use crate::{Kind, Mount, Usage};
 const SNAPSHOT_SUFFIX: &str = "snapshot";
 
 fn zfs(args: &[&str]) -> io::Result<String> {
-    let out = Command::new("zfs").args(args).output().map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("running zfs (Debian package zfsutils-linux): {e}"),
-        )
-    })?;
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    Err(io::Error::other(format!(
-        "zfs {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
+    crate::host::run_tool("zfs", "zfsutils-linux", args)?
+        .map_err(|e| io::Error::other(format!("zfs {}: {e}", args.join(" "))))
 }
 
 /// What `zfs get -Hp -o value used` prints: bytes.

@@ -2,7 +2,6 @@
 //! kernel's device-mapper for thin devices, snapshots of them, and their removal.
 
 use std::io;
-use std::process::Command;
 
 /// The unit of device-mapper tables and status.
 pub const SECTOR_SIZE: u64 = 512;
@@ -39,23 +38,12 @@ pub fn dmsetup_error(e: &io::Error) -> Option<&DmsetupError> {
 }
 
 fn dmsetup(args: &[&str]) -> io::Result<String> {
-    let out = Command::new("dmsetup").args(args).output().map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("running dmsetup (Debian package dmsetup): {e}"),
-        )
-    })?;
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    let mut output = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    if output.is_empty() {
-        output = format!("exited with {}", out.status);
-    }
-    Err(io::Error::other(DmsetupError {
-        args: args.join(" "),
-        output,
-    }))
+    crate::host::run_tool("dmsetup", "dmsetup", args)?.map_err(|output| {
+        io::Error::other(DmsetupError {
+            args: args.join(" "),
+            output,
+        })
+    })
 }
 
 /// `/dev/mapper/<name>`: where a device-mapper device appears.
@@ -154,18 +142,10 @@ pub fn parse_thin_status(line: &str) -> Option<u64> {
 
 /// Tells the device's blocks to the pool as unused (`blkdiscard`), so they return to it.
 pub fn discard(name: &str) -> io::Result<()> {
-    let out = Command::new("blkdiscard")
-        .arg(device_path(name))
-        .output()
-        .map_err(|e| io::Error::new(e.kind(), format!("running blkdiscard: {e}")))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(io::Error::other(format!(
-        "blkdiscard {}: {}",
-        device_path(name),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
+    let path = device_path(name);
+    crate::host::run_tool("blkdiscard", "util-linux", &[&path])?
+        .map(drop)
+        .map_err(|e| io::Error::other(format!("blkdiscard {path}: {e}")))
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ pub mod pool;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::local::Driver;
 use crate::storage::Snapshot;
@@ -212,35 +211,29 @@ impl Devmapper {
     /// A new filesystem on the device, without `lost+found` (a snapshot starts empty).
     fn make_filesystem(&self, name: &str, fs_type: &str) -> io::Result<()> {
         let path = dmsetup::device_path(name);
-        let mut mkfs = Command::new(format!("mkfs.{fs_type}"));
-        match fs_type {
-            "xfs" => {
-                if !self.settings.fs_options.is_empty() {
-                    mkfs.args(self.settings.fs_options.split_whitespace());
-                }
-            }
-            _ => {
-                let options = if self.settings.fs_options.is_empty() && fs_type == "ext4" {
-                    "nodiscard,lazy_itable_init=0,lazy_journal_init=0"
-                } else {
-                    &self.settings.fs_options
-                };
-                mkfs.arg("-q");
-                if !options.is_empty() {
-                    mkfs.args(["-E", options]);
-                }
+        let mut args: Vec<&str> = Vec::new();
+        if fs_type == "xfs" {
+            args.extend(self.settings.fs_options.split_whitespace());
+        } else {
+            let options = if self.settings.fs_options.is_empty() && fs_type == "ext4" {
+                "nodiscard,lazy_itable_init=0,lazy_journal_init=0"
+            } else {
+                &self.settings.fs_options
+            };
+            args.push("-q");
+            if !options.is_empty() {
+                args.extend(["-E", options]);
             }
         }
-        let out = mkfs
-            .arg(&path)
-            .output()
-            .map_err(|e| io::Error::new(e.kind(), format!("running mkfs.{fs_type}: {e}")))?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "mkfs.{fs_type} couldn't initialize {path:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
+        args.push(&path);
+        let mkfs = format!("mkfs.{fs_type}");
+        let package = if fs_type == "xfs" {
+            "xfsprogs"
+        } else {
+            "e2fsprogs"
+        };
+        crate::host::run_tool(&mkfs, package, &args)?
+            .map_err(|e| io::Error::other(format!("{mkfs} couldn't initialize {path:?}: {e}")))?;
         let at = self.root.join(format!("mkfs-{name}"));
         std::fs::create_dir_all(&at)?;
         let mount = Mount {
