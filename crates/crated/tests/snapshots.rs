@@ -424,9 +424,24 @@ fn devmapper_through_ctr_in_the_guest() {
     };
     check_image(&daemon, "image-view");
 
-    // Killed and started again: records, thin devices and their data are all still there,
-    // and the active snapshot's device is loaded again.
+    // Killed, and the active snapshot's device unloaded as a reboot would: started again,
+    // crated finds records, thin devices and data, and loads that device again.
+    let device = mounts
+        .split('"')
+        .find(|s| s.starts_with("/dev/mapper/crated-pool-snap-"))
+        .unwrap()
+        .trim_start_matches("/dev/mapper/")
+        .to_owned();
+    let _ = daemon.child.kill();
+    let _ = daemon.child.wait();
+    let unloaded = std::process::Command::new("dmsetup")
+        .args(["remove", &device])
+        .status()
+        .unwrap();
+    assert!(unloaded.success());
+    assert!(!std::path::Path::new("/dev/mapper").join(&device).exists());
     daemon.restart_after_sigkill(&crated()).unwrap();
+    assert!(std::path::Path::new("/dev/mapper").join(&device).exists());
     check_image(&daemon, "image-view-2");
     let at = work.join("m-again");
     mount_snapshot(&ctr, &daemon, "devmapper", "m", &at);

@@ -106,6 +106,8 @@ pub struct Devmapper {
     settings: DevmapperSettings,
     root: PathBuf,
     devices: PoolStore,
+    /// Set once the first cleanup (at open) has loaded the devices of live snapshots.
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl Devmapper {
@@ -132,6 +134,7 @@ impl Devmapper {
             settings,
             root: root.to_path_buf(),
             devices,
+            loaded: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -366,11 +369,13 @@ impl Driver for Devmapper {
 
     fn cleanup(&self, live: &HashMap<String, Kind>) -> io::Result<()> {
         let devices = self.devices.all().map_err(io::Error::other)?;
+        // The first cleanup runs at open: after a reboot (or a removal whose record stayed),
+        // the devices of active snapshots and views are loaded again.
+        let at_open = !self.loaded.swap(true, std::sync::atomic::Ordering::SeqCst);
         for (name, device) in devices {
             match live.get(&device.snapshot) {
                 None => self.remove_device(&name)?,
-                // After a reboot (or a removal whose record stayed): load what is used.
-                Some(Kind::Active | Kind::View) if !dmsetup::exists(&name)? => {
+                Some(Kind::Active | Kind::View) if at_open && !dmsetup::exists(&name)? => {
                     dmsetup::activate(self.pool(), &name, device.thin_id, device.size)?;
                     if device.state != State::Ready {
                         self.devices
