@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crated_content::{ContentError, ContentStore};
 use crated_errdefs::{HasKind, Kind};
 use crated_metadata::MetadataStore;
-use crated_snapshots::{SnapshotError, Snapshotter};
+use crated_snapshots::Snapshotter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
@@ -200,8 +200,10 @@ impl Collector {
                     break;
                 }
                 let mut progress = false;
-                for info in leaves {
-                    match snapshotter.remove(&info.name).await {
+                let names: Vec<String> = leaves.iter().map(|i| i.name.clone()).collect();
+                let results = snapshotter.remove_each(&names).await;
+                for (info, result) in leaves.into_iter().zip(results) {
+                    match result {
                         Ok(()) => {
                             removed_any = true;
                             progress = true;
@@ -215,9 +217,6 @@ impl Collector {
                             stats
                                 .failed
                                 .push(format!("snapshot {name}/{}: {e}", info.name));
-                            if snapshot_unreachable(&e) {
-                                break;
-                            }
                         }
                     }
                 }
@@ -237,10 +236,6 @@ impl Collector {
             }
         }
     }
-}
-
-fn snapshot_unreachable(e: &SnapshotError) -> bool {
-    matches!(e.kind(), Kind::Unavailable | Kind::DeadlineExceeded)
 }
 
 /// A store that does not answer: the rest of the sweep waits for the next collection rather

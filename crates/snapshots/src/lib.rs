@@ -122,6 +122,26 @@ pub trait Snapshotter: Send + Sync + 'static {
         Err(local::rebase_unsupported(key, parent))
     }
     async fn remove(&self, key: &str) -> Result<(), SnapshotError>;
+    /// Removes each of `keys` in turn (children before their parents), with a result for
+    /// each one tried; it stops after a snapshotter that cannot be reached. Local snapshotters
+    /// make all of it one durable commit, which is what the collector's sweeps use it for.
+    async fn remove_each(&self, keys: &[String]) -> Vec<Result<(), SnapshotError>> {
+        let mut results = Vec::with_capacity(keys.len());
+        for key in keys {
+            let result = self.remove(key).await;
+            let unreachable = result.as_ref().is_err_and(|e| {
+                matches!(
+                    crated_errdefs::HasKind::kind(e),
+                    crated_errdefs::Kind::Unavailable | crated_errdefs::Kind::DeadlineExceeded
+                )
+            });
+            results.push(result);
+            if unreachable {
+                break;
+            }
+        }
+        results
+    }
     /// Every snapshot matching any of the filters (containerd's syntax; none: all).
     async fn walk(&self, filters: &[String]) -> Result<Vec<Info>, SnapshotError>;
     /// Frees whatever removed snapshots left behind.

@@ -281,6 +281,60 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
         .await
     }
 
+    async fn remove_each(&self, keys: &[String]) -> Vec<Result<(), SnapshotError>> {
+        let keys = keys.to_vec();
+        let count = keys.len();
+        let batch = self
+            .run(move |s| {
+                let mut tx = s.store.write()?;
+                let mut results = Vec::with_capacity(keys.len());
+                let mut detached = Vec::new();
+                for key in &keys {
+                    // Checked and detached before the record goes: a snapshot whose
+                    // filesystem could not be detached keeps its record, the others go on.
+                    let taken = tx.removal(key).and_then(|(id, removed)| {
+                        let staged = s
+                            .driver
+                            .detach(&id, removed.kind, !removed.parent.is_empty())
+                            .map_err(SnapshotError::io(format!("removing {key}")))?;
+                        Ok((id, staged))
+                    });
+                    match taken {
+                        Ok((id, staged)) => {
+                            tx.remove(key)?;
+                            detached.push((id, key.clone(), staged));
+                            results.push(Ok(()));
+                        }
+                        Err(e) => results.push(Err(e)),
+                    }
+                }
+                tx.commit()?;
+                for (id, key, staged) in detached {
+                    if let Err(e) = s.driver.purge(&id, staged) {
+                        // The record is gone; Cleanup deletes what is left.
+                        tracing::warn!("removing {key}: {e}");
+                    }
+                }
+                Ok(results)
+            })
+            .await;
+        match batch {
+            Ok(results) => results,
+            // The store failed: none of the removals is recorded.
+            Err(e) => {
+                let message = e.to_string();
+                (0..count)
+                    .map(|_| {
+                        Err(SnapshotError::Other {
+                            kind: crated_errdefs::HasKind::kind(&e),
+                            message: message.clone(),
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
     async fn walk(&self, filters: &[String]) -> Result<Vec<Info>, SnapshotError> {
         let filters = filters.to_vec();
         self.run(move |s| {
@@ -388,4 +442,71 @@ pub fn rebase_unsupported(key: &str, parent: &str) -> SnapshotError {
     SnapshotError::NotImplemented(format!(
         "committing {key} onto {parent}: this snapshotter cannot rebase"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Kind, Snapshotter};
+    use crated_errdefs::{HasKind, Kind as ErrKind};
+
+    fn native(root: &std::path::Path) -> crate::LocalSnapshotter<crate::native::Native> {
+        let driver = crate::native::Native::new(root).unwrap();
+        crate::LocalSnapshotter::open(root, driver).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_removals_is_one_commit_with_a_result_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let sn = native(dir.path());
+        let none = std::collections::HashMap::new;
+        sn.prepare("a", "", none()).await.unwrap();
+        sn.commit("base", "a", none()).await.unwrap();
+        sn.prepare("b", "base", none()).await.unwrap();
+        sn.commit("middle", "b", none()).await.unwrap();
+        sn.prepare("top", "middle", none()).await.unwrap();
+        sn.prepare("lone", "", none()).await.unwrap();
+        let dirs_before = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .count();
+        assert_eq!(dirs_before, 4);
+
+        let keys: Vec<String> = ["top", "missing", "base", "middle", "lone"]
+            .map(String::from)
+            .into();
+        let results = sn.remove_each(&keys).await;
+        let kinds: Vec<Option<ErrKind>> = results
+            .iter()
+            .map(|r| r.as_ref().err().map(HasKind::kind))
+            .collect();
+        // "base" still has "middle" when its turn comes; "middle" goes once "top" has.
+        assert_eq!(
+            kinds,
+            [
+                None,
+                Some(ErrKind::NotFound),
+                Some(ErrKind::FailedPrecondition),
+                None,
+                None
+            ]
+        );
+        drop(sn);
+
+        // Reopened: what was removed is gone for good, files included; "base" is still there.
+        let sn = native(dir.path());
+        let left: Vec<(String, Kind)> = sn
+            .walk(&[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.name, i.kind))
+            .collect();
+        assert_eq!(left, [("base".to_string(), Kind::Committed)]);
+        let dirs: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(dirs.len(), 1, "{dirs:?}");
+        assert_eq!(sn.remove_each(&["base".into()]).await.len(), 1);
+        assert!(sn.walk(&[]).await.unwrap().is_empty());
+    }
 }

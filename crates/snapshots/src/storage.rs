@@ -346,9 +346,23 @@ impl WriteTxn {
 
     /// Forgets `key`, which must have no children. Returns its id and what it was.
     pub fn remove(&mut self, key: &str) -> Result<(String, Info), SnapshotError> {
+        let removed = self.removal(key)?;
         let mut table = self.tx.open_table(SNAPSHOTS)?;
-        let r = require_record(&table, key)?;
         let mut children = self.tx.open_table(CHILDREN)?;
+        if !removed.1.parent.is_empty() {
+            let p = require_record(&table, &removed.1.parent)?;
+            children.remove(format!("{}/{key}", p.id).as_str())?;
+        }
+        table.remove(key)?;
+        Ok(removed)
+    }
+
+    /// What [`WriteTxn::remove`] of `key` would take out (its id and info), with the same
+    /// checks (it exists, it has no children), changing nothing.
+    pub fn removal(&self, key: &str) -> Result<(String, Info), SnapshotError> {
+        let table = self.tx.open_table(SNAPSHOTS)?;
+        let r = require_record(&table, key)?;
+        let children = self.tx.open_table(CHILDREN)?;
         let prefix = format!("{}/", r.id);
         if let Some(entry) = children.range(prefix.as_str()..)?.next() {
             let (k, _) = entry?;
@@ -359,10 +373,8 @@ impl WriteTxn {
             }
         }
         if !r.parent.is_empty() {
-            let p = require_record(&table, &r.parent)?;
-            children.remove(format!("{}/{key}", p.id).as_str())?;
+            require_record(&table, &r.parent)?;
         }
-        table.remove(key)?;
         Ok((r.id.to_string(), r.info(key)))
     }
 
