@@ -321,9 +321,6 @@ fn ctr_drives_btrfs_on_a_loop_file() {
     drop(daemon);
 }
 
-/// What the devmapper VM loads: loop devices, thin pools, ext4.
-const DEVMAPPER_MODULES: &[&str] = &["crc32c_generic", "loop", "dm-thin-pool", "ext4"];
-
 /// The devmapper snapshotter driven by Debian's ctr through crated, in a VM whose kernel has
 /// device-mapper (this host's has not): this test executable runs
 /// `devmapper_through_ctr_in_the_guest` there.
@@ -335,30 +332,12 @@ fn devmapper_through_ctr_in_a_vm() {
     if tool("ctr", "containerd").is_none() {
         return;
     }
-    let share = tempfile::tempdir().unwrap();
-    let script = format!(
-        "export {}=1\nexec {} --exact devmapper_through_ctr_in_the_guest --test-threads 1\n",
+    vm.run_this_test_executable(
+        crated_testsupport::vm::DEVICE_MAPPER_MODULES,
         crated_snapshots::testsuite::DEVMAPPER_GUEST_ENV,
-        std::env::current_exe().unwrap().display()
-    );
-    let run = vm.run(
-        DEVMAPPER_MODULES,
-        share.path(),
-        &script,
+        "--exact devmapper_through_ctr_in_the_guest --test-threads 1",
+        "test result: ok. 1 passed; 0 failed",
         Duration::from_secs(600),
-    );
-    let tail: Vec<&str> = run.console.lines().rev().take(30).collect();
-    assert_eq!(
-        run.status,
-        Some(0),
-        "guest output:\n{}\nconsole (last lines, newest first):\n{}",
-        run.output,
-        tail.join("\n")
-    );
-    assert!(
-        run.output.contains("test result: ok. 1 passed; 0 failed"),
-        "{}",
-        run.output
     );
 }
 

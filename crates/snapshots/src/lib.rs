@@ -230,36 +230,12 @@ mod suite_tests {
             let Some(vm) = crated_testsupport::vm::Vm::find() else {
                 return;
             };
-            let share = tempfile::tempdir().unwrap();
-            let exe = std::env::current_exe().unwrap();
-            let script = format!(
-                "export {}=1\nexec {} --test-threads 1 suite_tests::devmapper:: --skip deep_chain\n",
+            vm.run_this_test_executable(
+                crated_testsupport::vm::DEVICE_MAPPER_MODULES,
                 crate::testsuite::DEVMAPPER_GUEST_ENV,
-                exe.display()
-            );
-            let run = vm.run(
-                &["crc32c_generic", "loop", "dm-thin-pool", "ext4"],
-                share.path(),
-                &script,
+                "--test-threads 1 suite_tests::devmapper:: --skip deep_chain",
+                "test result: ok. 7 passed; 0 failed",
                 Duration::from_secs(900),
-            );
-            let tail: String = run
-                .console
-                .lines()
-                .rev()
-                .take(30)
-                .collect::<Vec<_>>()
-                .join("\n");
-            assert_eq!(
-                run.status,
-                Some(0),
-                "guest output:\n{}\nconsole (last lines, reversed):\n{tail}",
-                run.output
-            );
-            assert!(
-                run.output.contains("test result: ok. 7 passed; 0 failed"),
-                "{}",
-                run.output
             );
         }
     }

@@ -145,6 +145,48 @@ impl<D: Driver> Inner<D> {
         Ok(self.driver.mounts(&snapshot))
     }
 
+    /// Removes `keys` in turn in one durable commit, with a result for each; the outer error
+    /// is the store's, and then nothing is removed. Each snapshot is checked and its
+    /// filesystem detached before its record goes: one that cannot be detached keeps its
+    /// record and the others go on. What was detached is purged once the commit is durable.
+    fn remove_keys(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Result<(), SnapshotError>>, SnapshotError> {
+        let mut tx = self.store.write()?;
+        let mut results = Vec::with_capacity(keys.len());
+        let mut detached = Vec::new();
+        for key in keys {
+            let taken = tx.removal(key).and_then(|(id, removed)| {
+                let staged = self
+                    .driver
+                    .detach(&id, removed.kind, !removed.parent.is_empty())
+                    .map_err(SnapshotError::io(format!("removing {key}")))?;
+                Ok((id, staged))
+            });
+            match taken {
+                Ok((id, staged)) => {
+                    tx.remove(key)?;
+                    detached.push((id, key, staged));
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if detached.is_empty() {
+            // Nothing changed: no commit to make durable.
+            return Ok(results);
+        }
+        tx.commit()?;
+        for (id, key, staged) in detached {
+            if let Err(e) = self.driver.purge(&id, staged) {
+                // The record is gone; Cleanup deletes what is left.
+                tracing::warn!("removing {key}: {e}");
+            }
+        }
+        Ok(results)
+    }
+
     fn info(&self, key: &str) -> Result<Info, SnapshotError> {
         let (id, mut info, _) = self.store.read()?.info(key)?;
         self.driver.computed_labels(&id, &mut info);
@@ -265,18 +307,8 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
     async fn remove(&self, key: &str) -> Result<(), SnapshotError> {
         let key = key.to_owned();
         self.run(move |s| {
-            let mut tx = s.store.write()?;
-            let (id, removed) = tx.remove(&key)?;
-            let staged = s
-                .driver
-                .detach(&id, removed.kind, !removed.parent.is_empty())
-                .map_err(SnapshotError::io(format!("removing {key}")))?;
-            tx.commit()?;
-            if let Err(e) = s.driver.purge(&id, staged) {
-                // The record is gone; Cleanup deletes what is left.
-                tracing::warn!("removing {key}: {e}");
-            }
-            Ok(())
+            let mut results = s.remove_keys(std::slice::from_ref(&key))?;
+            results.pop().expect("a result for each key")
         })
         .await
     }
@@ -284,41 +316,7 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
     async fn remove_each(&self, keys: &[String]) -> Vec<Result<(), SnapshotError>> {
         let keys = keys.to_vec();
         let count = keys.len();
-        let batch = self
-            .run(move |s| {
-                let mut tx = s.store.write()?;
-                let mut results = Vec::with_capacity(keys.len());
-                let mut detached = Vec::new();
-                for key in &keys {
-                    // Checked and detached before the record goes: a snapshot whose
-                    // filesystem could not be detached keeps its record, the others go on.
-                    let taken = tx.removal(key).and_then(|(id, removed)| {
-                        let staged = s
-                            .driver
-                            .detach(&id, removed.kind, !removed.parent.is_empty())
-                            .map_err(SnapshotError::io(format!("removing {key}")))?;
-                        Ok((id, staged))
-                    });
-                    match taken {
-                        Ok((id, staged)) => {
-                            tx.remove(key)?;
-                            detached.push((id, key.clone(), staged));
-                            results.push(Ok(()));
-                        }
-                        Err(e) => results.push(Err(e)),
-                    }
-                }
-                tx.commit()?;
-                for (id, key, staged) in detached {
-                    if let Err(e) = s.driver.purge(&id, staged) {
-                        // The record is gone; Cleanup deletes what is left.
-                        tracing::warn!("removing {key}: {e}");
-                    }
-                }
-                Ok(results)
-            })
-            .await;
-        match batch {
+        match self.run(move |s| s.remove_keys(&keys)).await {
             Ok(results) => results,
             // The store failed: none of the removals is recorded.
             Err(e) => {

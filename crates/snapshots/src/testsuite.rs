@@ -366,6 +366,21 @@ pub async fn deep_chain(sn: Arc<dyn Snapshotter>, work: PathBuf) {
     }
 }
 
+/// Runs a host tool a case needs; its trimmed output. Not starting or failing is a panic
+/// with what it printed.
+fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// Makes a btrfs filesystem in a sparse file next to `root` and mounts it on `root`; false
 /// (saying why) where that cannot be done: not root, or no `mkfs.btrfs` (Debian's btrfs-progs).
 pub fn mount_loop_btrfs(root: &Path) -> bool {
@@ -374,27 +389,16 @@ pub fn mount_loop_btrfs(root: &Path) -> bool {
     if let Err(e) = made {
         panic!("creating {}: {e}", image.display());
     }
-    let mkfs = std::process::Command::new("mkfs.btrfs")
-        .arg("-q")
-        .arg(&image)
-        .output()
-        .unwrap_or_else(|e| panic!("running mkfs.btrfs (Debian package btrfs-progs): {e}"));
-    assert!(
-        mkfs.status.success(),
-        "mkfs.btrfs: {}",
-        String::from_utf8_lossy(&mkfs.stderr)
-    );
-    let mounted = std::process::Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&image)
-        .arg(root)
-        .output()
-        .unwrap();
-    assert!(
-        mounted.status.success(),
-        "mounting {}: {}",
-        image.display(),
-        String::from_utf8_lossy(&mounted.stderr)
+    let image_path = image.to_str().expect("a UTF-8 image path");
+    run_ok("mkfs.btrfs", &["-q", image_path]);
+    run_ok(
+        "mount",
+        &[
+            "-o",
+            "loop",
+            image_path,
+            root.to_str().expect("a UTF-8 root"),
+        ],
     );
     true
 }
@@ -420,7 +424,7 @@ pub fn btrfs_available() -> bool {
 /// Set in the guest of the devmapper VM test, which has device-mapper.
 pub const DEVMAPPER_GUEST_ENV: &str = "CRATED_TEST_DEVMAPPER_GUEST";
 
-/// Whether devmapper cases can run: only inside the VM that `devmapper_suite_in_a_vm` boots
+/// Whether devmapper cases can run: only inside the VM that `suite_tests::devmapper_vm` boots
 /// (this host has no device-mapper); says so elsewhere.
 pub fn in_devmapper_guest() -> bool {
     if std::env::var_os(DEVMAPPER_GUEST_ENV).is_some() {
@@ -436,23 +440,11 @@ pub fn in_devmapper_guest() -> bool {
 /// of metadata, 64 KiB blocks), as containerd's documentation sets one up for tests.
 pub fn make_thin_pool(dir: &Path, name: &str) {
     fs::create_dir_all(dir).unwrap();
-    let run = |cmd: &str, args: &[&str]| -> String {
-        let out = std::process::Command::new(cmd)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
-        assert!(
-            out.status.success(),
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
     let mut devices = Vec::new();
     for (file, size) in [("meta", 32u64 << 20), ("data", 512 << 20)] {
         let path = dir.join(file);
         fs::File::create(&path).unwrap().set_len(size).unwrap();
-        devices.push(run(
+        devices.push(run_ok(
             "losetup",
             &["--find", "--show", path.to_str().unwrap()],
         ));
@@ -463,7 +455,7 @@ pub fn make_thin_pool(dir: &Path, name: &str) {
         devices[0],
         devices[1]
     );
-    run("dmsetup", &["create", name, "--table", &table]);
+    run_ok("dmsetup", &["create", name, "--table", &table]);
 }
 
 /// The guard of cases that can run anywhere.

@@ -19,6 +19,10 @@ pub const DEFAULT_VM_DIR: &str = "/var/cache/crated-test/vm";
 /// Modules every guest loads: virtio and 9p, to reach the host's files.
 const BASE_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 
+/// What a device-mapper guest loads: loop devices, thin pools and ext4, after the crc32c that
+/// ext4 and thin-pool metadata look up at run time (their modinfo does not name it).
+pub const DEVICE_MAPPER_MODULES: &[&str] = &["crc32c_generic", "loop", "dm-thin-pool", "ext4"];
+
 pub struct Vm {
     kernel: PathBuf,
     /// `lib/modules/<version>/kernel` of the unpacked package.
@@ -110,6 +114,33 @@ impl Vm {
             output: read("output"),
             console: read("console"),
         }
+    }
+
+    /// Runs this test executable again in the guest, with `guest_env=1` and libtest `args`
+    /// (a filter and options), and fails unless it ended well and printed `summary` (libtest's
+    /// line, such as `test result: ok. 7 passed; 0 failed`), showing the guest's output and the
+    /// end of its console.
+    pub fn run_this_test_executable(
+        &self,
+        modules: &[&str],
+        guest_env: &str,
+        args: &str,
+        summary: &str,
+        timeout: Duration,
+    ) {
+        let share = tempfile::tempdir().expect("a share directory");
+        let exe = std::env::current_exe().expect("the test executable");
+        let script = format!("export {guest_env}=1\nexec {} {args}\n", exe.display());
+        let run = self.run(modules, share.path(), &script, timeout);
+        let tail: Vec<&str> = run.console.lines().rev().take(30).collect();
+        assert_eq!(
+            run.status,
+            Some(0),
+            "guest output:\n{}\nconsole (last lines, newest first):\n{}",
+            run.output,
+            tail.join("\n")
+        );
+        assert!(run.output.contains(summary), "{}", run.output);
     }
 
     /// An uncompressed initramfs: busybox, the modules in load order, and an init that

@@ -113,9 +113,7 @@ impl NamespacedSnapshotter {
             updated: record.updated,
         }
     }
-}
 
-impl NamespacedSnapshotter {
     /// Records as `target` the committed snapshot the backend says it made for it (labelled
     /// `containerd.io/snapshot.ref` = `target`, on `backend_parent`), as containerd's metadata
     /// snapshotter does for remote snapshotters; the caller is told it exists already.

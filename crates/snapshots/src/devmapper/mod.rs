@@ -151,12 +151,9 @@ impl Devmapper {
     /// filesystem, or a snapshot of `origin`'s.
     fn make_device(&self, id: &str, origin: Option<&str>) -> io::Result<()> {
         let name = self.device_name(id);
+        let origin_name = origin.map(|o| self.device_name(o)).unwrap_or_default();
         let origin_device = origin
-            .map(|o| {
-                self.devices
-                    .get(&self.device_name(o))
-                    .map_err(io::Error::other)
-            })
+            .map(|_| self.devices.get(&origin_name).map_err(io::Error::other))
             .transpose()?;
         let record = Device {
             snapshot: id.to_owned(),
@@ -167,7 +164,7 @@ impl Devmapper {
             fs_type: origin_device
                 .as_ref()
                 .map_or(self.settings.fs_type.clone(), |o| o.fs_type.clone()),
-            origin: origin.map(|o| self.device_name(o)).unwrap_or_default(),
+            origin: origin_name,
             shared: 0,
             state: State::Creating,
         };
