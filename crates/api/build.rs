@@ -82,7 +82,8 @@ fn main() {
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
-    let fds = protox::compile(&files, [&root]).expect("compiling containerd's .proto files");
+    let mut fds = protox::compile(&files, [&root]).expect("compiling containerd's .proto files");
+    add_commit_parent(&mut fds);
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
@@ -90,4 +91,51 @@ fn main() {
         .include_file("containerd_api.rs")
         .compile_fds(fds)
         .expect("generating Rust bindings");
+}
+
+/// containerd 2's API gives `CommitSnapshotRequest` a `parent` (field 5) for snapshotters with
+/// the `rebase` capability; the packaged files predate it. The field is added to the compiled
+/// descriptor, so the generated type carries what a containerd 2 client sends.
+fn add_commit_parent(fds: &mut prost_types::FileDescriptorSet) {
+    use prost_types::field_descriptor_proto::{Label, Type};
+    let file = fds
+        .file
+        .iter_mut()
+        .find(|f| f.package() == "containerd.services.snapshots.v1")
+        .expect("snapshots.proto");
+    let (index, message) = file
+        .message_type
+        .iter_mut()
+        .enumerate()
+        .find(|(_, m)| m.name() == "CommitSnapshotRequest")
+        .expect("CommitSnapshotRequest in snapshots.proto");
+    if message.field.iter().any(|f| f.number() == 5) {
+        return;
+    }
+    message.field.push(prost_types::FieldDescriptorProto {
+        name: Some("parent".into()),
+        number: Some(5),
+        label: Some(Label::Optional as i32),
+        r#type: Some(Type::String as i32),
+        json_name: Some("parent".into()),
+        ..Default::default()
+    });
+    // The generator looks up each field's comments by its path (message 4, field 2).
+    let path = vec![4, index as i32, 2, message.field.len() as i32 - 1];
+    if let Some(info) = file.source_code_info.as_mut() {
+        let at = info
+            .location
+            .binary_search_by(|l| l.path.cmp(&path))
+            .unwrap_or_else(|at| at);
+        info.location.insert(
+            at,
+            prost_types::source_code_info::Location {
+                path,
+                leading_comments: Some(
+                    " The parent to commit onto (containerd 2, the `rebase` capability).\n".into(),
+                ),
+                ..Default::default()
+            },
+        );
+    }
 }

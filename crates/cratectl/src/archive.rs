@@ -614,6 +614,7 @@ async fn apply_layer(
                 name: chain.to_owned(),
                 key: key.clone(),
                 labels: HashMap::new(),
+                parent: String::new(),
             }))
             .await;
         committed.map(drop).map_err(anyhow::Error::from)

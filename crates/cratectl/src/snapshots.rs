@@ -219,6 +219,7 @@ pub async fn run(conn: &Connection, args: SnapshotsArgs) -> anyhow::Result<()> {
                     name,
                     key,
                     labels: root_label(),
+                    parent: String::new(),
                 }))
                 .await?;
         }

@@ -185,3 +185,27 @@ fn debian_containerd_uses_crated_snapshotter_as_its_proxy() {
         );
     });
 }
+
+/// A proxy snapshotter configured with the `rebase` capability: crated advertises it and
+/// passes the parent given on Commit through to `crated-snapshotter`, which stacks the layer.
+#[test]
+fn a_proxy_with_the_rebase_capability_commits_onto_the_parent_given() {
+    use crated_testsupport::rebase::{capabilities, check_rebase};
+    if !is_root() {
+        eprintln!("skipped: overlayfs needs root to mount");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, root) = (dir.path().join("sn.sock"), dir.path().join("sn"));
+    let _server = snapshotter_server(&socket, &root, "overlayfs");
+    let config = format!("{}  capabilities = [\"rebase\"]\n", proxy_config(&socket));
+    let daemon = Daemon::crated(&crated(), Some(&config), &[]).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        assert_eq!(capabilities(&daemon.socket, "custom").await, ["rebase"]);
+        check_rebase(&daemon.socket, "custom", dir.path()).await;
+    });
+}

@@ -154,6 +154,43 @@ fn ctr_drives_native_and_overlayfs() {
     assert!(err.contains("snapshotter not loaded: nope"), "{err}");
 }
 
+/// containerd 2's `rebase` through the snapshots API: overlayfs advertises it and stacks a
+/// layer prepared alone onto the parent given on Commit; native, which copies its parent's
+/// tree at prepare, neither advertises it nor accepts such a commit.
+#[test]
+fn overlayfs_rebases_on_commit_and_native_refuses() {
+    use crated_testsupport::rebase::{capabilities, check_rebase, Snapshots};
+    if !is_root() {
+        eprintln!("skipped: overlayfs needs root to mount");
+        return;
+    }
+    let daemon = Daemon::crated(&crated(), Some(NO_GC), &[]).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        assert!(capabilities(&daemon.socket, "overlayfs")
+            .await
+            .contains(&"rebase".to_owned()));
+        assert!(!capabilities(&daemon.socket, "native")
+            .await
+            .contains(&"rebase".to_owned()));
+        check_rebase(&daemon.socket, "overlayfs", daemon.dir.path()).await;
+
+        let mut native = Snapshots::connect(&daemon.socket, "native").await;
+        native.prepare("base-active", "").await;
+        native.commit("base", "base-active", "").await.unwrap();
+        native.prepare("alone", "").await;
+        assert_eq!(
+            native.commit("top", "alone", "base").await,
+            Err(tonic::Code::Unimplemented)
+        );
+        assert_eq!(native.stat("alone").await.unwrap().parent, "");
+        assert_eq!(native.stat("top").await, Err(tonic::Code::NotFound));
+    });
+}
+
 #[test]
 fn cratectl_drives_native_and_overlayfs_as_ctr_does() {
     let cratectl = crated_testsupport::workspace_bin("cratectl");

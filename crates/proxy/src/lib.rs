@@ -59,8 +59,11 @@ fn snapshot_registration(name: &str, proxy: &ProxyPlugin) -> Registration {
     Registration::new(types::SNAPSHOTTER, &name.clone(), move |ctx| async move {
         advertise(&ctx, &proxy);
         let connection = Connection::new(&name, &proxy.address);
-        let snapshotter: Arc<dyn Snapshotter> =
-            Arc::new(ProxySnapshotter::new(&name, connection.clone()));
+        let snapshotter: Arc<dyn Snapshotter> = Arc::new(ProxySnapshotter::new(
+            &name,
+            connection.clone(),
+            proxy.capabilities.iter().any(|c| c == "rebase"),
+        ));
         Ok(healthy(Arc::new(snapshotter), connection))
     })
 }

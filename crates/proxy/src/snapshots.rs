@@ -16,14 +16,34 @@ use crate::connection::Connection;
 pub struct ProxySnapshotter {
     connection: Connection,
     name: String,
+    /// The plugin's config lists the `rebase` capability: commits may carry a parent.
+    rebase: bool,
 }
 
 impl ProxySnapshotter {
-    pub fn new(name: &str, connection: Connection) -> Self {
+    pub fn new(name: &str, connection: Connection, rebase: bool) -> Self {
         ProxySnapshotter {
             connection,
             name: name.to_owned(),
+            rebase,
         }
+    }
+
+    async fn commit_with_parent(
+        &self,
+        name: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), SnapshotError> {
+        let req = api::CommitSnapshotRequest {
+            snapshotter: self.name.clone(),
+            name: name.to_owned(),
+            key: key.to_owned(),
+            labels,
+            parent: parent.to_owned(),
+        };
+        self.call("commit", self.client().commit(req)).await
     }
 
     fn client(&self) -> SnapshotsClient<Channel> {
@@ -135,13 +155,24 @@ impl Snapshotter for ProxySnapshotter {
         key: &str,
         labels: HashMap<String, String>,
     ) -> Result<(), SnapshotError> {
-        let req = api::CommitSnapshotRequest {
-            snapshotter: self.name.clone(),
-            name: name.to_owned(),
-            key: key.to_owned(),
-            labels,
-        };
-        self.call("commit", self.client().commit(req)).await
+        self.commit_with_parent(name, key, "", labels).await
+    }
+
+    fn can_rebase(&self) -> bool {
+        self.rebase
+    }
+
+    async fn commit_onto(
+        &self,
+        name: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), SnapshotError> {
+        if !self.rebase {
+            return Err(crated_snapshots::rebase_unsupported(key, parent));
+        }
+        self.commit_with_parent(name, key, parent, labels).await
     }
 
     async fn remove(&self, key: &str) -> Result<(), SnapshotError> {

@@ -132,17 +132,26 @@ fn zfs_message(root: &Path) -> String {
     )
 }
 
-/// Opens the snapshotter. Its `rebase` ability is not advertised as containerd 2's capability
-/// of that name: the API served here (containerd 1's, from the `containerd-client` package)
-/// has no `parent` on Commit, so a client unpacking side by side through it would have its
-/// stacking silently dropped. crated's own pull uses it through the trait.
-async fn open_kind(root: PathBuf, kind: SnapshotterKind) -> Result<Instance, PluginError> {
+/// Opens the snapshotter. One that can commit a snapshot prepared without a parent onto one
+/// advertises containerd 2's `rebase` capability: clients then unpack layers side by side and
+/// give the parent on Commit.
+async fn open_kind(
+    ctx: &InitContext,
+    root: PathBuf,
+    kind: SnapshotterKind,
+) -> Result<Instance, PluginError> {
     let sn = tokio::task::spawn_blocking(move || open_snapshotter(&root, kind))
         .await
         .map_err(PluginError::failed)?
         .map_err(PluginError::failed)?;
+    if sn.can_rebase() {
+        ctx.meta().capabilities.push(REBASE_CAPABILITY.into());
+    }
     Ok(instance(sn))
 }
+
+/// containerd 2's capability for a Commit that gives the parent.
+pub const REBASE_CAPABILITY: &str = "rebase";
 
 fn not_implemented(id: &str) -> PluginError {
     PluginError::failed(format!(
@@ -170,7 +179,7 @@ pub fn registrations() -> Vec<Registration> {
             if found != "btrfs" {
                 return Err(PluginError::skip(btrfs_message(&root, &found)));
             }
-            open_kind(root, SnapshotterKind::Btrfs).await
+            open_kind(&ctx, root, SnapshotterKind::Btrfs).await
         })
         .with_config::<RootConfig>(),
         Registration::new(types::SNAPSHOTTER, "devmapper", |mut ctx| async move {
@@ -198,14 +207,14 @@ pub fn registrations() -> Vec<Registration> {
                 &config.fs_options,
             )
             .map_err(PluginError::failed)?;
-            open_kind(root, SnapshotterKind::Devmapper(settings)).await
+            open_kind(&ctx, root, SnapshotterKind::Devmapper(settings)).await
         })
         .with_config::<DevmapperConfig>(),
         Registration::new(types::SNAPSHOTTER, "native", |mut ctx| async move {
             let config: RootConfig = ctx.config()?;
             let root = root_dir(&ctx, &config.root_path)?;
             advertise(&ctx, &root);
-            open_kind(root, SnapshotterKind::Native).await
+            open_kind(&ctx, root, SnapshotterKind::Native).await
         })
         .with_config::<RootConfig>(),
         Registration::new(types::SNAPSHOTTER, "overlayfs", |mut ctx| async move {
@@ -217,7 +226,7 @@ pub fn registrations() -> Vec<Registration> {
                     "overlayfs is not supported (the kernel lists no overlay in /proc/filesystems)",
                 ));
             }
-            open_kind(root, SnapshotterKind::Overlayfs(config)).await
+            open_kind(&ctx, root, SnapshotterKind::Overlayfs(config)).await
         })
         .with_config::<OverlayConfig>(),
         Registration::new(types::SNAPSHOTTER, "zfs", |ctx| async move {
@@ -228,7 +237,7 @@ pub fn registrations() -> Vec<Registration> {
             if found != "zfs" {
                 return Err(PluginError::skip(zfs_message(&root)));
             }
-            open_kind(root, SnapshotterKind::Zfs).await
+            open_kind(&ctx, root, SnapshotterKind::Zfs).await
         }),
     ]
 }

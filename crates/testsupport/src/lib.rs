@@ -6,6 +6,7 @@ pub mod blobs;
 pub mod gate;
 pub mod layered;
 pub mod oci;
+pub mod rebase;
 pub mod registry;
 pub mod vm;
 

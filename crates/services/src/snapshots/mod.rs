@@ -307,7 +307,7 @@ impl Snapshots for SnapshotsService {
         let (ns, lease) = (self.namespace(&req)?, lease(&req));
         let r = req.into_inner();
         self.target(&r.snapshotter)?
-            .commit(&ns, &r.name, &r.key, "", r.labels, lease)
+            .commit(&ns, &r.name, &r.key, &r.parent, r.labels, lease)
             .await
             .map_err(edge)?;
         self.publish(
