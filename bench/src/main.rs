@@ -12,7 +12,8 @@ use crated_testsupport::{peak_rss_kib, rss_kib, tool, Daemon};
 #[derive(Parser)]
 #[command(about = "crated vs containerd benchmarks")]
 struct Args {
-    /// Rows to run (default: all): startup, ingest, snapshots, pull, run
+    /// Rows to run (default: all): startup, ingest, snapshots, pull, run; or `serve-image`,
+    /// which only serves the pull bench's image from a local registry until stdin closes
     rows: Vec<String>,
     /// Counted runs per daemon and row.
     #[arg(short, long, default_value_t = 7)]
@@ -423,15 +424,24 @@ fn snapshots(
     Ok((rows, note))
 }
 
-/// Reads every file under `dir`, so what a run reads next comes from the page cache.
+/// Reads every file under `dir`, so what a run reads next comes from the page cache; then
+/// writes back what earlier runs left dirty and lets the disk settle, so one run's writeback
+/// does not land in the next one's time.
 fn warm(dir: &Path) {
+    read_all(dir);
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(std::time::Duration::from_secs(1));
+}
+
+fn read_all(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
-            warm(&p);
+            read_all(&p);
         } else if let Ok(mut f) = std::fs::File::open(&p) {
             let _ = std::io::copy(&mut f, &mut std::io::sink());
         }
@@ -741,8 +751,24 @@ fn run_latency(
     Ok((vec![row, ours_row], note))
 }
 
+/// Serves the bench image from a local registry until stdin closes, for profiling a pull by
+/// hand (`crated-bench serve-image`).
+fn serve_image() -> anyhow::Result<()> {
+    use crated_testsupport::layered::{build, Shape};
+    use crated_testsupport::registry::Registry;
+    let image = build("bench", Shape::bench());
+    let registry = Registry::start().context("docker-registry")?;
+    registry.push(&image, "bench:latest");
+    println!("{}/bench:latest", registry.addr);
+    std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.rows.iter().any(|r| r == "serve-image") {
+        return serve_image();
+    }
     let all = args.rows.is_empty();
     let crated = release_bin("crated")?;
     let containerd = tool("containerd", "containerd");
