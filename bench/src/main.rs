@@ -143,10 +143,11 @@ async fn ingest_once(
         .max_encoding_message_size(usize::MAX);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let started = std::time::Instant::now();
-    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    request
-        .metadata_mut()
-        .insert("containerd-namespace", "bench".parse()?);
+    let request = crated_testsupport::in_namespace(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        "bench",
+        None,
+    );
     tx.send(WriteContentRequest {
         action: WriteAction::Stat as i32,
         r#ref: "bench-ingest".into(),
@@ -302,17 +303,7 @@ async fn snapshot_cycles(socket: &Path, snapshotter: &str, cycles: usize) -> any
     let channel = crated_testsupport::channel(socket).await?;
     let mut client = api::snapshots_client::SnapshotsClient::new(channel.clone());
     fn req<T>(m: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(m);
-        let md = r.metadata_mut();
-        md.insert(
-            "containerd-namespace",
-            tonic::metadata::MetadataValue::from_static("bench"),
-        );
-        md.insert(
-            "containerd-lease",
-            tonic::metadata::MetadataValue::from_static("bench"),
-        );
-        r
+        crated_testsupport::in_namespace(m, "bench", Some("bench"))
     }
     // Under a lease, as containerd's clients work: otherwise the collector may take an
     // active snapshot before its commit.

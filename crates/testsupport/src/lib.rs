@@ -79,6 +79,26 @@ pub async fn channel(socket: &Path) -> Result<tonic::transport::Channel, tonic::
         .await
 }
 
+/// `message` as a request in containerd `namespace`, under `lease` when given (the headers
+/// containerd's clients send).
+pub fn in_namespace<T>(
+    message: T,
+    namespace: &'static str,
+    lease: Option<&'static str>,
+) -> tonic::Request<T> {
+    use tonic::metadata::MetadataValue;
+    let mut request = tonic::Request::new(message);
+    let md = request.metadata_mut();
+    md.insert(
+        "containerd-namespace",
+        MetadataValue::from_static(namespace),
+    );
+    if let Some(lease) = lease {
+        md.insert("containerd-lease", MetadataValue::from_static(lease));
+    }
+    request
+}
+
 /// Asks the health service once; true when it answers SERVING.
 pub async fn health_check(socket: &Path) -> bool {
     let Ok(channel) = channel(socket).await else {

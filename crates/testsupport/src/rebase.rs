@@ -18,17 +18,7 @@ type Client = api::snapshots_client::SnapshotsClient<tonic::transport::Channel>;
 const LEASE: &str = "rebase-check";
 
 fn req<T>(message: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    let md = r.metadata_mut();
-    md.insert(
-        "containerd-namespace",
-        tonic::metadata::MetadataValue::from_static("default"),
-    );
-    md.insert(
-        "containerd-lease",
-        tonic::metadata::MetadataValue::from_static(LEASE),
-    );
-    r
+    crate::in_namespace(message, "default", Some(LEASE))
 }
 
 /// The capabilities introspection lists for the snapshotter plugin `id`.
