@@ -69,6 +69,81 @@ fn kill_and_remove(daemon: &Daemon, bin: &Path, events: &Events, id: &str) {
     ok(ctr(daemon, bin, &["containers", "rm", id]));
 }
 
+/// A task whose shim no longer has its container (deleted under the daemon, as happens for an
+/// instant in every delete) is left out of the task list instead of failing it, and deleting it
+/// ends it all the same with NotFound, as containerd does; the other tasks are untouched.
+#[test]
+fn a_task_its_shim_no_longer_has_is_left_out_and_can_be_deleted() {
+    use crated_api::containerd::services::tasks::v1::{
+        tasks_client::TasksClient, DeleteTaskRequest,
+    };
+    let Some((daemon, bin, _work)) = setup("overlayfs") else {
+        return;
+    };
+    clear_stale_runc_state(&["gone", "stays"]);
+    for id in ["gone", "stays"] {
+        ok(ctr(
+            &daemon,
+            &bin,
+            &["run", "-d", IMAGE, id, "/bin/sh", "-c", "sleep 1000"],
+        ));
+    }
+    ok(ctr(
+        &daemon,
+        &bin,
+        &["tasks", "kill", "-s", "SIGKILL", "gone"],
+    ));
+    wait_until(
+        Duration::from_secs(10),
+        || task_status(&daemon, &bin, "gone") == "STOPPED",
+        || ok(ctr(&daemon, &bin, &["tasks", "ls"])),
+    );
+    let bundle = daemon
+        .state
+        .join("io.containerd.runtime.v2.task/default/gone");
+    let address = std::fs::read_to_string(bundle.join("address")).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let shim = crated_runtime::ShimClient::connect(address.trim(), "default")
+            .await
+            .unwrap();
+        let req = containerd_shim_protos::api::DeleteRequest {
+            id: "gone".into(),
+            ..Default::default()
+        };
+        let _: containerd_shim_protos::api::DeleteResponse = shim
+            .call("Delete", &req, Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
+    });
+
+    let ls = ok(ctr(&daemon, &bin, &["tasks", "ls"]));
+    assert!(!ls.contains("gone") && ls.contains("stays"), "{ls}");
+    // ctr cannot load such a task to delete it; a client deleting it by id over the API can.
+    let deleted = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let channel = crated_testsupport::channel(&daemon.socket).await.unwrap();
+        TasksClient::new(channel)
+            .delete(crated_testsupport::in_namespace(
+                DeleteTaskRequest {
+                    container_id: "gone".into(),
+                },
+                "default",
+                None,
+            ))
+            .await
+    });
+    assert_eq!(deleted.unwrap_err().code(), tonic::Code::NotFound);
+    assert!(!bundle.exists(), "the bundle of the deleted task is left");
+    wait_until(
+        Duration::from_secs(10),
+        || shim_pid(&daemon, "gone").is_none(),
+        || "the shim of the deleted task still runs".into(),
+    );
+    assert_eq!(task_status(&daemon, &bin, "stays"), "RUNNING");
+    ok(ctr(&daemon, &bin, &["containers", "rm", "gone"]));
+    ok(ctr(&daemon, &bin, &["tasks", "rm", "-f", "stays"]));
+    ok(ctr(&daemon, &bin, &["containers", "rm", "stays"]));
+}
+
 #[test]
 fn ctr_detached_task_lifecycle_with_events() {
     let Some((daemon, bin, _work)) = setup("overlayfs") else {

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use crated_api::containerd::events as ev;
+use crated_errdefs::{HasKind, Kind};
 use crated_events::Exchange;
 use crated_metadata::MetadataStore;
 use crated_plugin::{types, Instance, PluginError, Registration};
@@ -254,6 +255,15 @@ impl TaskManager {
             Err(RuntimeError::Unavailable(_)) if self.take(&task) => {
                 // The shim is gone: clean up as after a crash, and report what it found.
                 Ok(self.bury(&task).await)
+            }
+            // The shim no longer has the container (deleted another way): as containerd, the
+            // task, its shim and its bundle go all the same, and the caller hears NotFound.
+            Err(e) if e.kind() == Kind::NotFound => {
+                if self.take(&task) {
+                    self.stop_shim(&task).await;
+                    task.bundle.delete();
+                }
+                Err(e)
             }
             Err(e) => Err(e),
         }

@@ -11,6 +11,7 @@ use crated_api::containerd::services::tasks::v1 as api;
 use crated_api::containerd::services::tasks::v1::tasks_server::{Tasks, TasksServer};
 use crated_api::containerd::types;
 use crated_api::containerd::v1::types as task_types;
+use crated_errdefs::{HasKind, Kind};
 use crated_metadata::MetadataStore;
 use crated_plugin::{types as plugin_types, Instance, Registration};
 use crated_runtime::shim::{CALL_TIMEOUT, STATE_TIMEOUT};
@@ -234,9 +235,12 @@ impl Tasks for TasksService {
                         tasks.push(p);
                     }
                 }
-                // As containerd: a task whose shim is gone is left out.
+                // As containerd: a task being created or deleted (its shim gone, or not yet
+                // holding the container) is left out, and other failures are logged rather than
+                // failing the whole list.
                 Err(RuntimeError::Unavailable(_)) => {}
-                Err(e) => return Err(err(e)),
+                Err(e) if e.kind() == Kind::NotFound => {}
+                Err(e) => tracing::warn!(id = %task.id, error = %e, "task left out of the list"),
             }
         }
         Ok(Response::new(api::ListTasksResponse { tasks }))

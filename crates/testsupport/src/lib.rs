@@ -318,6 +318,17 @@ impl Drop for Daemon {
         if let Ok(None) = self.child.try_wait() {
             self.stop();
         }
+        // A failed test shows what the daemon said last, before its directory goes.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "--- daemon log (last {} lines) ---\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
