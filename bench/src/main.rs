@@ -298,7 +298,18 @@ fn ingest(
 
 /// Prepare + commit + remove of one snapshot through the snapshots API, `cycles` times, from
 /// one long-lived client; cycles per second.
-async fn snapshot_cycles(socket: &Path, snapshotter: &str, cycles: usize) -> anyhow::Result<f64> {
+/// What one run of snapshot cycles gave: cycles per second, and each call's latency (µs) by
+/// call (prepare, commit, remove).
+struct CycleRun {
+    rate: f64,
+    latencies: [Vec<f64>; 3],
+}
+
+async fn snapshot_cycles(
+    socket: &Path,
+    snapshotter: &str,
+    cycles: usize,
+) -> anyhow::Result<CycleRun> {
     use crated_api::containerd::services::snapshots::v1 as api;
     let channel = crated_testsupport::channel(socket).await?;
     let mut client = api::snapshots_client::SnapshotsClient::new(channel.clone());
@@ -314,9 +325,12 @@ async fn snapshot_cycles(socket: &Path, snapshotter: &str, cycles: usize) -> any
             ..Default::default()
         }))
         .await?;
+    let mut latencies: [Vec<f64>; 3] = Default::default();
+    let micros = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e6;
     let started = std::time::Instant::now();
     for i in 0..cycles {
         let (key, name) = (format!("active-{i}"), format!("committed-{i}"));
+        let t = std::time::Instant::now();
         client
             .prepare(req(api::PrepareSnapshotRequest {
                 snapshotter: snapshotter.into(),
@@ -324,6 +338,8 @@ async fn snapshot_cycles(socket: &Path, snapshotter: &str, cycles: usize) -> any
                 ..Default::default()
             }))
             .await?;
+        latencies[0].push(micros(t));
+        let t = std::time::Instant::now();
         client
             .commit(req(api::CommitSnapshotRequest {
                 snapshotter: snapshotter.into(),
@@ -332,14 +348,20 @@ async fn snapshot_cycles(socket: &Path, snapshotter: &str, cycles: usize) -> any
                 ..Default::default()
             }))
             .await?;
+        latencies[1].push(micros(t));
+        let t = std::time::Instant::now();
         client
             .remove(req(api::RemoveSnapshotRequest {
                 snapshotter: snapshotter.into(),
                 key: name,
             }))
             .await?;
+        latencies[2].push(micros(t));
     }
-    Ok(cycles as f64 / started.elapsed().as_secs_f64())
+    Ok(CycleRun {
+        rate: cycles as f64 / started.elapsed().as_secs_f64(),
+        latencies,
+    })
 }
 
 /// Durable commits a prepare+commit+remove cycle needs, in crated as in containerd: the
@@ -378,6 +400,7 @@ fn snapshots(
         .enable_all()
         .build()?;
     let mut rows = Vec::new();
+    let mut latency_notes = Vec::new();
     for snapshotter in ["native", "overlayfs"] {
         let mut row = Row {
             name: format!("{snapshotter} prepare+commit+remove"),
@@ -385,22 +408,39 @@ fn snapshots(
             crated: vec![],
             containerd: vec![],
         };
+        // Every call of every run, per daemon and call, for the latency note.
+        let mut calls: [[Vec<f64>; 3]; 2] = Default::default();
         for _ in 0..runs {
             let d = Daemon::crated(crated, None, &[]).map_err(anyhow::Error::msg)?;
-            row.crated
-                .push(runtime.block_on(snapshot_cycles(&d.socket, snapshotter, CYCLES))?);
+            let run = runtime.block_on(snapshot_cycles(&d.socket, snapshotter, CYCLES))?;
+            row.crated.push(run.rate);
+            for (all, these) in calls[0].iter_mut().zip(run.latencies) {
+                all.extend(these);
+            }
             drop(d);
             if let Some(c) = containerd {
                 let d = Daemon::containerd(c, Some("")).map_err(anyhow::Error::msg)?;
-                row.containerd.push(runtime.block_on(snapshot_cycles(
-                    &d.socket,
-                    snapshotter,
-                    CYCLES,
-                ))?);
+                let run = runtime.block_on(snapshot_cycles(&d.socket, snapshotter, CYCLES))?;
+                row.containerd.push(run.rate);
+                for (all, these) in calls[1].iter_mut().zip(run.latencies) {
+                    all.extend(these);
+                }
                 drop(d);
             }
             floor.push(durable_commit_floor(scratch.path(), CYCLES)?);
         }
+        let p50s = |daemon: &[Vec<f64>; 3]| {
+            daemon
+                .iter()
+                .map(|v| stats(v).map_or("-".into(), |(m, ..)| format!("{m:.0}")))
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        latency_notes.push(format!(
+            "{snapshotter} prepare/commit/remove p50 µs: crated {}, containerd {}",
+            p50s(&calls[0]),
+            p50s(&calls[1])
+        ));
         rows.push(row);
     }
     let floor = stats(&floor).map_or(0.0, |(m, ..)| m);
@@ -412,6 +452,7 @@ fn snapshots(
         median(&rows[1].crated) / floor.max(f64::EPSILON),
         median(&rows[1].containerd) / floor.max(f64::EPSILON),
     );
+    let note = format!("{note}\n{}", latency_notes.join("\n"));
     Ok((rows, note))
 }
 

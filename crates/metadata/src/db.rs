@@ -138,7 +138,7 @@ impl MetadataStore {
     /// Opens (or creates) `path`, creating the tables and migrating an older schema.
     pub fn open(path: &Path) -> Result<Self, MetadataError> {
         let fresh = !path.exists();
-        let db = Database::create(path)?;
+        let db = crated_wal::open(path)?;
         let mut tx = db.begin_write()?;
         if fresh {
             // A new file holds nothing to lose: if this layout commit is not on disk when the

@@ -136,7 +136,7 @@ fn all_infos(
 
 impl MetaStore {
     pub fn open(path: &Path) -> Result<Self, SnapshotError> {
-        let db = Database::create(path)?;
+        let db = crated_wal::open(path)?;
         let tx = db.begin_write()?;
         tx.open_table(SNAPSHOTS)?;
         tx.open_table(CHILDREN)?;

@@ -55,7 +55,7 @@ pub struct PoolStore {
 
 impl PoolStore {
     pub fn open(path: &Path) -> Result<Self, SnapshotError> {
-        let db = Database::create(path)?;
+        let db = crated_wal::open(path)?;
         let tx = db.begin_write()?;
         tx.open_table(DEVICES)?;
         tx.open_table(IDS)?;
