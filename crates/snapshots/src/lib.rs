@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 pub use error::SnapshotError;
 pub use host::{filesystem_type, platform};
-pub use local::{rebase_unsupported, run_transaction, Driver, LocalSnapshotter};
+pub use local::{run_transaction, Driver, LocalSnapshotter};
 pub use plugins::{open_snapshotter, registrations, SnapshotterKind};
 
 /// Labels a snapshotter itself keeps and reports; the metadata layer hands it only these.
@@ -112,7 +112,22 @@ pub trait Snapshotter: Send + Sync + 'static {
     /// Commits the active `key`, prepared without a parent, as `name` on top of the committed
     /// `parent` (containerd's Commit with `WithParent`): layers of an image can then be
     /// unpacked side by side and stacked when committed.
+    /// Refused (NotImplemented) unless [`Snapshotter::can_rebase`].
     async fn commit_onto(
+        &self,
+        name: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), SnapshotError> {
+        if !self.can_rebase() {
+            return Err(local::rebase_unsupported(key, parent));
+        }
+        self.commit_rebased(name, key, parent, labels).await
+    }
+    /// The work of [`Snapshotter::commit_onto`], for a snapshotter that can rebase: called
+    /// only once [`Snapshotter::can_rebase`] said so.
+    async fn commit_rebased(
         &self,
         _name: &str,
         key: &str,

@@ -291,16 +291,13 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
         self.inner.driver.can_rebase()
     }
 
-    async fn commit_onto(
+    async fn commit_rebased(
         &self,
         name: &str,
         key: &str,
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<(), SnapshotError> {
-        if !self.can_rebase() {
-            return Err(rebase_unsupported(key, parent));
-        }
         self.commit_to(name, key, parent, labels).await
     }
 

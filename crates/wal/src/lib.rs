@@ -150,8 +150,12 @@ fn zero_fill(file: &File, to: u64) -> io::Result<()> {
     Ok(())
 }
 
+fn body_len(writes: &[(u64, Vec<u8>)]) -> usize {
+    writes.iter().map(|(_, d)| WRITE_HEADER + d.len()).sum()
+}
+
 fn encode(epoch: u64, seq: u64, file_len: u64, writes: &[(u64, Vec<u8>)]) -> Vec<u8> {
-    let body: usize = writes.iter().map(|(_, d)| WRITE_HEADER + d.len()).sum();
+    let body = body_len(writes);
     let mut record = Vec::with_capacity(HEADER + body + TRAILER);
     record.extend_from_slice(MAGIC);
     record.extend_from_slice(&epoch.to_le_bytes());
@@ -300,17 +304,16 @@ impl StorageBackend for WalBackend {
         if log.pending.is_empty() && !log.resized {
             return Ok(());
         }
-        let mut record = encode(log.epoch, log.seq, self.file.len()?, &log.pending);
-        if log.end + record.len() as u64 > log.capacity {
+        let size = (HEADER + body_len(&log.pending) + TRAILER) as u64;
+        if log.end + size > log.capacity {
             log.restart(&self.file)?;
-            // The record was made for the old epoch.
-            record = encode(log.epoch, log.seq, self.file.len()?, &log.pending);
-            if record.len() as u64 > log.capacity {
-                zero_fill(&log.file, record.len() as u64)?;
+            if size > log.capacity {
+                zero_fill(&log.file, size)?;
                 log.file.sync_all()?;
-                log.capacity = record.len() as u64;
+                log.capacity = size;
             }
         }
+        let record = encode(log.epoch, log.seq, self.file.len()?, &log.pending);
         log.file.write_all_at(&record, log.end)?;
         log.file.sync_data()?;
         log.end += record.len() as u64;
