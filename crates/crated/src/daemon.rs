@@ -144,6 +144,9 @@ fn warn_unapplied(config: &Config) {
     }
 }
 
+/// The log the metadata store and the snapshotters' stores share, under the root.
+const JOURNAL_FILE: &str = "stores.wal";
+
 async fn serve(
     config: Config,
     ordered: Vec<Registration>,
@@ -163,11 +166,17 @@ async fn serve(
     } else {
         config.ttrpc.address.clone()
     };
+    // Opened (and replayed) before any store that writes to it.
+    let journal_path = root.join(JOURNAL_FILE);
+    let journal = tokio::task::spawn_blocking(move || crated_wal::Journal::open(&journal_path))
+        .await?
+        .with_context(|| format!("opening {}", root.join(JOURNAL_FILE).display()))?;
     let env = Environment {
         root: &root,
         state: &state,
         grpc_address: &config.grpc.address,
         ttrpc_address: &ttrpc_address,
+        journal: Some(journal),
     };
     let set = init_all(ordered, decoded, config.disabled_plugins.clone(), &env).await;
 

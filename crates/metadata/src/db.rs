@@ -137,8 +137,20 @@ pub struct MetadataStore {
 impl MetadataStore {
     /// Opens (or creates) `path`, creating the tables and migrating an older schema.
     pub fn open(path: &Path) -> Result<Self, MetadataError> {
+        Self::open_in(path, None)
+    }
+
+    /// [`MetadataStore::open`], writing to `journal` when given. Its commits flush that journal,
+    /// which makes the deferred commits of the stores sharing it durable too.
+    pub fn open_in(
+        path: &Path,
+        journal: Option<&crated_wal::Journal>,
+    ) -> Result<Self, MetadataError> {
         let fresh = !path.exists();
-        let db = crated_wal::open(path)?;
+        let db = match journal {
+            Some(j) => j.database(path, crated_wal::Commits::Flushed)?,
+            None => crated_wal::open(path)?,
+        };
         let mut tx = db.begin_write()?;
         if fresh {
             // A new file holds nothing to lose: if this layout commit is not on disk when the

@@ -58,6 +58,7 @@ pub struct InitContext {
     pub(crate) config: Option<Box<dyn Any + Send + Sync>>,
     pub(crate) meta: Arc<Mutex<Meta>>,
     pub(crate) set: PluginSet,
+    pub(crate) journal: Option<crated_wal::Journal>,
 }
 
 impl InitContext {
@@ -70,6 +71,13 @@ impl InitContext {
     /// The plugin's own `<state>/<type>.<id>`, created on first use.
     pub fn state(&self) -> Result<PathBuf, PluginError> {
         make_dir(&self.state, 0o700)
+    }
+
+    /// The log the daemon's stores share (see [`crated_wal::Journal`]), when there is one. A
+    /// store that defers its commits to it must be followed by a store that flushes them
+    /// before the caller is answered.
+    pub fn journal(&self) -> Option<&crated_wal::Journal> {
+        self.journal.as_ref()
     }
 
     /// Where [`InitContext::root`] is, without creating it (for exports and messages).

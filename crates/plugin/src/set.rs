@@ -172,6 +172,8 @@ pub struct Environment<'a> {
     pub state: &'a Path,
     pub grpc_address: &'a str,
     pub ttrpc_address: &'a str,
+    /// The log the daemon's stores share.
+    pub journal: Option<crated_wal::Journal>,
 }
 
 /// Initialises `ordered` (from [`crate::graph`]), each with its decoded config from `configs`
@@ -210,6 +212,7 @@ pub async fn init_all(
             config: configs.remove(&uri),
             meta: meta.clone(),
             set: set.clone(),
+            journal: env.journal.clone(),
         };
         let set = set.clone();
         let (plugin_type, id, requires) = (

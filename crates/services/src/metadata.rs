@@ -36,10 +36,12 @@ pub fn registration() -> Registration {
             )));
         }
         let path = ctx.root()?.join("meta.db");
-        let store = tokio::task::spawn_blocking(move || MetadataStore::open(&path))
-            .await
-            .map_err(PluginError::failed)?
-            .map_err(PluginError::failed)?;
+        let journal = ctx.journal().cloned();
+        let store =
+            tokio::task::spawn_blocking(move || MetadataStore::open_in(&path, journal.as_ref()))
+                .await
+                .map_err(PluginError::failed)?
+                .map_err(PluginError::failed)?;
         store.set_shared_content(config.content_sharing_policy == "shared");
         Ok(Instance::new(Arc::new(store)))
     })

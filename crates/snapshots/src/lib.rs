@@ -228,7 +228,8 @@ mod suite_tests {
             let settings =
                 crate::devmapper::DevmapperSettings::parse(&pool, "64M", false, false, "ext4", "")
                     .unwrap();
-            crate::open_snapshotter(root, crate::SnapshotterKind::Devmapper(settings)).unwrap()
+            crate::open_snapshotter(root, crate::SnapshotterKind::Devmapper(settings), None)
+                .unwrap()
         }
         crate::snapshotter_suite!(make, if crate::testsuite::in_devmapper_guest);
     }
@@ -260,7 +261,7 @@ mod suite_tests {
 
         fn make(root: &std::path::Path) -> Arc<dyn crate::Snapshotter> {
             crate::testsuite::mount_loop_btrfs(root);
-            crate::open_snapshotter(root, crate::SnapshotterKind::Btrfs).unwrap()
+            crate::open_snapshotter(root, crate::SnapshotterKind::Btrfs, None).unwrap()
         }
         crate::snapshotter_suite!(make, if crate::testsuite::btrfs_available);
     }

@@ -53,7 +53,18 @@ impl<D: Driver> LocalSnapshotter<D> {
     /// Opens the snapshotter keeping its records in `<root>/metadata.db`, and removes what a
     /// crash left behind (directories of snapshots that were never recorded).
     pub fn open(root: &Path, driver: D) -> Result<Self, SnapshotError> {
-        let store = MetaStore::open(&root.join("metadata.db"))?;
+        Self::open_in(root, driver, None)
+    }
+
+    /// [`LocalSnapshotter::open`], its store's commits deferred to `journal` when given: a
+    /// call's changes are then durable once the caller's next flushed commit to that journal
+    /// returns (the metadata store's, which follows every snapshot call in the daemon).
+    pub fn open_in(
+        root: &Path,
+        driver: D,
+        journal: Option<&crated_wal::Journal>,
+    ) -> Result<Self, SnapshotError> {
+        let store = MetaStore::open_in(&root.join("metadata.db"), journal)?;
         let s = LocalSnapshotter {
             inner: Arc::new(Inner { store, driver }),
         };
@@ -178,6 +189,9 @@ impl<D: Driver> Inner<D> {
             return Ok(results);
         }
         tx.commit()?;
+        // What is purged cannot come back: the removal must be durable first, whoever
+        // (the collector, here) asked for it.
+        self.store.sync()?;
         for (id, key, staged) in detached {
             if let Err(e) = self.driver.purge(&id, staged) {
                 // The record is gone; Cleanup deletes what is left.
@@ -503,5 +517,23 @@ mod tests {
         assert_eq!(dirs.len(), 1, "{dirs:?}");
         assert_eq!(sn.remove_each(&["base".into()]).await.len(), 1);
         assert!(sn.walk(&[]).await.unwrap().is_empty());
+    }
+
+    /// Removing purges files, which cannot come back: a store deferring its commits to a
+    /// journal flushes the removal first, as the collector calls it with nothing after.
+    #[tokio::test]
+    async fn a_removal_is_durable_before_its_files_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crated_wal::Journal::open(&dir.path().join("stores.wal")).unwrap();
+        let driver = crate::native::Native::new(dir.path()).unwrap();
+        let sn = crate::LocalSnapshotter::open_in(dir.path(), driver, Some(&journal)).unwrap();
+        sn.prepare("a", "", Default::default()).await.unwrap();
+        assert!(journal.unflushed().unwrap(), "the store does not defer");
+        sn.remove_each(&["a".into()]).await.pop().unwrap().unwrap();
+        assert!(!journal.unflushed().unwrap());
+        let left = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 0);
     }
 }

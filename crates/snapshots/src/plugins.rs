@@ -77,20 +77,25 @@ pub enum SnapshotterKind {
 }
 
 /// Opens a local snapshotter on `root` (blocking): what a plugin's init and
-/// `crated-snapshotter` do.
+/// `crated-snapshotter` do. With a `journal`, its store's commits are deferred to it (see
+/// [`LocalSnapshotter::open_in`]); the devmapper snapshotter, whose removals also act on
+/// devices, keeps its own.
 pub fn open_snapshotter(
     root: &Path,
     kind: SnapshotterKind,
+    journal: Option<&crated_wal::Journal>,
 ) -> Result<Arc<dyn Snapshotter>, crate::SnapshotError> {
     let io = |e| crate::SnapshotError::io(root.display().to_string())(e);
     Ok(match kind {
-        SnapshotterKind::Native => Arc::new(LocalSnapshotter::open(
+        SnapshotterKind::Native => Arc::new(LocalSnapshotter::open_in(
             root,
             Native::new(root).map_err(io)?,
+            journal,
         )?),
-        SnapshotterKind::Overlayfs(config) => Arc::new(LocalSnapshotter::open(
+        SnapshotterKind::Overlayfs(config) => Arc::new(LocalSnapshotter::open_in(
             root,
             Overlay::new(root, &config).map_err(io)?,
+            journal,
         )?),
         SnapshotterKind::Btrfs => {
             let found = filesystem_type(root).map_err(io)?;
@@ -99,14 +104,22 @@ pub fn open_snapshotter(
                     root, &found,
                 )));
             }
-            Arc::new(LocalSnapshotter::open(root, Btrfs::new(root).map_err(io)?)?)
+            Arc::new(LocalSnapshotter::open_in(
+                root,
+                Btrfs::new(root).map_err(io)?,
+                journal,
+            )?)
         }
         SnapshotterKind::Zfs => {
             let found = filesystem_type(root).map_err(io)?;
             if found != "zfs" {
                 return Err(crate::SnapshotError::FailedPrecondition(zfs_message(root)));
             }
-            Arc::new(LocalSnapshotter::open(root, Zfs::new(root).map_err(io)?)?)
+            Arc::new(LocalSnapshotter::open_in(
+                root,
+                Zfs::new(root).map_err(io)?,
+                journal,
+            )?)
         }
         SnapshotterKind::Devmapper(settings) => {
             std::fs::create_dir_all(root).map_err(io)?;
@@ -140,7 +153,8 @@ async fn open_kind(
     root: PathBuf,
     kind: SnapshotterKind,
 ) -> Result<Instance, PluginError> {
-    let sn = tokio::task::spawn_blocking(move || open_snapshotter(&root, kind))
+    let journal = ctx.journal().cloned();
+    let sn = tokio::task::spawn_blocking(move || open_snapshotter(&root, kind, journal.as_ref()))
         .await
         .map_err(PluginError::failed)?
         .map_err(PluginError::failed)?;

@@ -56,6 +56,8 @@ pub struct Snapshot {
 
 pub struct MetaStore {
     db: Database,
+    /// The shared journal its commits are deferred to, if any.
+    journal: Option<crated_wal::Journal>,
 }
 
 /// Labels with empty values are not kept: containerd treats an empty value as no label.
@@ -135,14 +137,40 @@ fn all_infos(
 }
 
 impl MetaStore {
+    /// Opens the store with a journal of its own: each commit is durable when it returns.
     pub fn open(path: &Path) -> Result<Self, SnapshotError> {
-        let db = crated_wal::open(path)?;
+        Self::open_in(path, None)
+    }
+
+    /// Opens the store; with a `journal`, its commits are deferred to that journal and are
+    /// durable at its next flush (see [`MetaStore::sync`]).
+    pub fn open_in(
+        path: &Path,
+        journal: Option<&crated_wal::Journal>,
+    ) -> Result<Self, SnapshotError> {
+        let db = match journal {
+            Some(j) => j.database(path, crated_wal::Commits::Deferred)?,
+            None => crated_wal::open(path)?,
+        };
         let tx = db.begin_write()?;
         tx.open_table(SNAPSHOTS)?;
         tx.open_table(CHILDREN)?;
         tx.open_table(META)?;
         tx.commit()?;
-        Ok(MetaStore { db })
+        Ok(MetaStore {
+            db,
+            journal: journal.cloned(),
+        })
+    }
+
+    /// Makes every commit so far durable (they already are without a shared journal).
+    pub fn sync(&self) -> Result<(), SnapshotError> {
+        match &self.journal {
+            Some(j) => j
+                .sync()
+                .map_err(SnapshotError::io("flushing the store's journal")),
+            None => Ok(()),
+        }
     }
 
     pub fn read(&self) -> Result<ReadTxn, SnapshotError> {

@@ -49,7 +49,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", cli.root.display()))?;
     let root = cli.root.clone();
     let snapshotter: Arc<dyn Snapshotter> =
-        tokio::task::spawn_blocking(move || open_snapshotter(&root, kind))
+        tokio::task::spawn_blocking(move || open_snapshotter(&root, kind, None))
             .await?
             .with_context(|| format!("opening the snapshotter at {}", cli.root.display()))?;
     tracing::info!(

@@ -1,60 +1,97 @@
-//! A redb storage backend whose durable commits are one sequential append to a log beside the
-//! database file (`<file>.wal`). redb makes a commit durable by writing its pages where they
-//! live, scattered over the file, and flushing them: on this project's disks that flush costs
-//! about twice what a flush of the same bytes written in one piece does. Here a commit's writes
-//! go to the log as one checksummed record, flushed; they then reach the database file without
-//! a flush. Once the log is full the database file is flushed and the log starts over. Opening
-//! replays the log's records onto the database file.
+//! A redb storage backend whose durable commits are one sequential append to a log. redb makes a
+//! commit durable by writing its pages where they live, scattered over the file, and flushing
+//! them: on this project's disks that flush costs about twice what a flush of the same bytes
+//! written in one piece does. Here a commit's writes go to a log as one checksummed record,
+//! flushed; they then reach the database file without a flush. Once the log is full the
+//! database files are flushed and the log starts over. Opening a log replays its records.
 //!
-//! A record is `CWAL`, epoch, sequence number, the file's length after the commit, the number
-//! of writes and the body's length, then each write (offset, length, bytes), then a CRC-32 of
-//! all of it. Replay takes records from the start of the log while they are whole, of the first
-//! record's epoch and in sequence: each restart of the log takes a new epoch, so what an older
-//! epoch left further on is never taken for a newer record, and a record torn by a crash fails
-//! its checksum.
+//! A log is a [`Journal`], which several databases can share: the daemon's metadata store and
+//! its snapshotters' stores write to one, so that a snapshot call, which commits to a
+//! snapshotter's store and then to the metadata store, flushes once. A database opened with
+//! [`Commits::Deferred`] appends its records without flushing: they are durable once a later
+//! flush of the journal returns (a commit of a [`Commits::Flushed`] database, or
+//! [`Journal::sync`]), and its writes reach its file only then, so a file never holds a commit
+//! that could still be lost. [`open`] gives a database its own journal beside it
+//! (`<file>.wal`).
+//!
+//! A record is `CWL2`, epoch, sequence number, the file's length after the commit, the number
+//! of writes, the body's length and the length of the database's name; the body is that name
+//! (its path relative to the journal's directory) then each write (offset, length, bytes); a
+//! CRC-32 of all of it ends it. Replay takes records from the start of the log while they are
+//! whole, of the first record's epoch and in sequence: each restart of the log takes a new
+//! epoch, so what an older epoch left further on is never taken for a newer record, and a
+//! record torn by a crash fails its checksum. Records of a `<file>.wal` written before logs had
+//! names (`CWAL`, no name) belong to `<file>`.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::backends::FileBackend;
 use redb::{BackendError, Database, DatabaseError, StorageBackend, StorageError};
 
-/// How much log the database file's flush is put off for.
+/// How much log a database's own journal puts the file's flush off for.
 const LOG_CAPACITY: u64 = 1 << 20;
-const MAGIC: &[u8; 4] = b"CWAL";
+/// The same for a journal shared by the daemon's stores.
+const SHARED_CAPACITY: u64 = 4 << 20;
+const MAGIC: &[u8; 4] = b"CWL2";
+/// The magic of records without a name, which only a database's own log holds.
+const MAGIC_UNNAMED: &[u8; 4] = b"CWAL";
 /// Magic, epoch, sequence number, file length, write count, body length.
-const HEADER: usize = 4 + 8 + 8 + 8 + 4 + 4;
+const HEADER_UNNAMED: usize = 4 + 8 + 8 + 8 + 4 + 4;
+/// The same and the name's length.
+const HEADER: usize = HEADER_UNNAMED + 2;
 /// Offset and length of one write.
 const WRITE_HEADER: usize = 8 + 4;
 const TRAILER: usize = 4;
 
-/// Opens (or creates) the redb database at `path` with its log, replaying what the log holds.
+/// Opens (or creates) the redb database at `path` with a journal of its own, `<path>.wal`,
+/// replaying what the journal holds. Every durable commit is flushed before it returns.
 pub fn open(path: &Path) -> Result<Database, DatabaseError> {
     open_with_capacity(path, LOG_CAPACITY)
 }
 
 fn open_with_capacity(path: &Path, capacity: u64) -> Result<Database, DatabaseError> {
-    let backend = WalBackend::open(path, capacity).map_err(storage)?;
-    Database::builder().create_with_backend(backend)
+    Journal::open_with_capacity(&log_path(path), capacity)
+        .map_err(storage)?
+        .database(path, Commits::Flushed)
 }
 
 fn storage(e: io::Error) -> DatabaseError {
     DatabaseError::Storage(StorageError::Io(e))
 }
 
-/// The log of the database file `path`.
+/// The journal [`open`] gives the database file `path`.
 pub fn log_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".wal");
     PathBuf::from(name)
 }
 
+/// When a database's durable commits are on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commits {
+    /// Before the commit returns.
+    Flushed,
+    /// At the journal's next flush, which the caller makes sure comes before it reports the
+    /// commit done to anyone.
+    Deferred,
+}
+
+/// A log that the databases opened through it share. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+}
+
 #[derive(Debug)]
-struct WalBackend {
-    file: FileBackend,
+struct Shared {
+    path: PathBuf,
+    /// Names in records are relative to this directory.
+    dir: PathBuf,
     log: Mutex<Log>,
 }
 
@@ -66,68 +103,170 @@ struct Log {
     end: u64,
     epoch: u64,
     seq: u64,
-    /// Writes since the last record, in order; reads see them over the file.
+    /// Records were appended since the last flush.
+    unflushed: bool,
+    /// Members whose appended writes go to their files once the log is flushed.
+    waiting: Vec<Arc<Member>>,
+    /// Members with records in this epoch: their files are flushed before the log restarts.
+    written: Vec<Arc<Member>>,
+}
+
+/// One database file of a journal.
+#[derive(Debug)]
+struct Member {
+    name: String,
+    file: FileBackend,
+    state: Mutex<MemberState>,
+}
+
+#[derive(Debug, Default)]
+struct MemberState {
+    /// Writes since the member's last record, in order; reads see them over the file.
     pending: Vec<(u64, Vec<u8>)>,
+    /// Writes of records appended but not yet flushed, in order, between the file and
+    /// `pending` for reads.
+    appended: Vec<(u64, Vec<u8>)>,
     resized: bool,
 }
 
-impl WalBackend {
-    fn open(path: &Path, capacity: u64) -> io::Result<WalBackend> {
-        let log_path = log_path(path);
-        let fresh = !path.exists();
-        if fresh {
-            // A log without its database belongs to an older one: none of it applies.
-            match std::fs::remove_file(&log_path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+fn poisoned(what: &str) -> io::Error {
+    io::Error::other(format!("{what} lock poisoned"))
+}
+
+impl Member {
+    fn lock(&self) -> io::Result<MutexGuard<'_, MemberState>> {
+        self.state.lock().map_err(|_| poisoned("database"))
+    }
+
+    /// Writes what its flushed records hold to the file.
+    fn apply_appended(&self) -> io::Result<()> {
+        let mut state = self.lock()?;
+        for (at, data) in &state.appended {
+            self.file.write(*at, data)?;
         }
+        state.appended.clear();
+        Ok(())
+    }
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path`, first replaying its records onto their
+    /// database files, which are then flushed.
+    pub fn open(path: &Path) -> io::Result<Journal> {
+        Journal::open_with_capacity(path, SHARED_CAPACITY)
+    }
+
+    fn open_with_capacity(path: &Path, capacity: u64) -> io::Result<Journal> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)?;
-        let log = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&log_path)?;
-        let last_epoch = replay(&file, &log)?;
+        // Unnamed records are those of a database's own log, `<file>.wal`.
+        let unnamed = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| n.strip_suffix(".wal").unwrap_or(n).to_owned())
+            .unwrap_or_default();
+        let replayed = replay(&dir, &unnamed, &file)?;
+        if replayed.records > 0 {
+            // Its records are in their flushed files now. They must never be applied again,
+            // over whatever those files hold by the next open: the first one is spoilt.
+            file.write_all_at(&[0u8; 4], 0)?;
+            file.sync_data()?;
+        }
         // Log space is written out once, so that appending to it later changes no file
         // metadata and its flush stays a flush of data only.
-        if log.metadata()?.len() < capacity {
-            zero_fill(&log, capacity)?;
-            log.sync_all()?;
-            if let Some(dir) = path.parent() {
-                File::open(if dir.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    dir
-                })?
-                .sync_all()?;
-            }
+        if file.metadata()?.len() < capacity {
+            zero_fill(&file, capacity)?;
+            file.sync_all()?;
+            File::open(&dir)?.sync_all()?;
         }
-        let capacity = capacity.max(log.metadata()?.len());
-        Ok(WalBackend {
-            file: FileBackend::new(file).map_err(io::Error::other)?,
-            log: Mutex::new(Log {
-                file: log,
-                capacity,
-                end: 0,
-                epoch: next_epoch(last_epoch),
-                seq: 0,
-                pending: Vec::new(),
-                resized: false,
+        let capacity = capacity.max(file.metadata()?.len());
+        Ok(Journal {
+            shared: Arc::new(Shared {
+                path: path.to_path_buf(),
+                dir,
+                log: Mutex::new(Log {
+                    file,
+                    capacity,
+                    end: 0,
+                    epoch: next_epoch(replayed.epoch),
+                    seq: 0,
+                    unflushed: false,
+                    waiting: Vec::new(),
+                    written: Vec::new(),
+                }),
             }),
         })
     }
 
-    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, Log>> {
-        self.log
-            .lock()
-            .map_err(|_| io::Error::other("database log lock poisoned"))
+    /// Opens (or creates) the redb database at `path`, its commits written to this journal.
+    pub fn database(&self, path: &Path, commits: Commits) -> Result<Database, DatabaseError> {
+        let member = self.member(path).map_err(storage)?;
+        Database::builder().create_with_backend(JournalBackend {
+            journal: self.clone(),
+            member,
+            commits,
+        })
+    }
+
+    fn member(&self, path: &Path) -> io::Result<Arc<Member>> {
+        let own_log = log_path(path);
+        if own_log != self.shared.path && own_log.exists() {
+            // Left from when the database had a journal of its own: its records go to the
+            // file first.
+            drop(Journal::open_with_capacity(&own_log, 0)?);
+            std::fs::remove_file(&own_log)?;
+        }
+        let name = match path.strip_prefix(&self.shared.dir) {
+            Ok(relative) => relative,
+            Err(_) => path,
+        };
+        let name = name
+            .to_str()
+            .filter(|n| n.len() <= u16::MAX as usize)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "database path {} cannot be named in a journal",
+                        path.display()
+                    ),
+                )
+            })?
+            .to_owned();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        Ok(Arc::new(Member {
+            name,
+            file: FileBackend::new(file).map_err(io::Error::other)?,
+            state: Mutex::new(MemberState::default()),
+        }))
+    }
+
+    /// Makes every record appended so far durable, and their writes reach their files.
+    pub fn sync(&self) -> io::Result<()> {
+        self.lock()?.flush()
+    }
+
+    /// Whether records were appended since the last flush: commits not yet durable.
+    pub fn unflushed(&self) -> io::Result<bool> {
+        let log = self.lock()?;
+        Ok(log.unflushed || !log.waiting.is_empty())
+    }
+
+    fn lock(&self) -> io::Result<MutexGuard<'_, Log>> {
+        self.shared.log.lock().map_err(|_| poisoned("journal"))
     }
 }
 
@@ -150,12 +289,20 @@ fn zero_fill(file: &File, to: u64) -> io::Result<()> {
     Ok(())
 }
 
-fn body_len(writes: &[(u64, Vec<u8>)]) -> usize {
-    writes.iter().map(|(_, d)| WRITE_HEADER + d.len()).sum()
+fn body_len(name: &str, writes: &[(u64, Vec<u8>)]) -> usize {
+    name.len()
+        + writes
+            .iter()
+            .map(|(_, d)| WRITE_HEADER + d.len())
+            .sum::<usize>()
 }
 
-fn encode(epoch: u64, seq: u64, file_len: u64, writes: &[(u64, Vec<u8>)]) -> Vec<u8> {
-    let body = body_len(writes);
+fn record_len(name: &str, writes: &[(u64, Vec<u8>)]) -> u64 {
+    (HEADER + body_len(name, writes) + TRAILER) as u64
+}
+
+fn encode(epoch: u64, seq: u64, name: &str, file_len: u64, writes: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let body = body_len(name, writes);
     let mut record = Vec::with_capacity(HEADER + body + TRAILER);
     record.extend_from_slice(MAGIC);
     record.extend_from_slice(&epoch.to_le_bytes());
@@ -163,6 +310,8 @@ fn encode(epoch: u64, seq: u64, file_len: u64, writes: &[(u64, Vec<u8>)]) -> Vec
     record.extend_from_slice(&file_len.to_le_bytes());
     record.extend_from_slice(&(writes.len() as u32).to_le_bytes());
     record.extend_from_slice(&(body as u32).to_le_bytes());
+    record.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    record.extend_from_slice(name.as_bytes());
     for (offset, data) in writes {
         record.extend_from_slice(&offset.to_le_bytes());
         record.extend_from_slice(&(data.len() as u32).to_le_bytes());
@@ -177,6 +326,8 @@ fn encode(epoch: u64, seq: u64, file_len: u64, writes: &[(u64, Vec<u8>)]) -> Vec
 struct Record<'a> {
     epoch: u64,
     seq: u64,
+    /// None in an unnamed record.
+    name: Option<&'a str>,
     file_len: u64,
     writes: Vec<(u64, &'a [u8])>,
     size: usize,
@@ -196,19 +347,33 @@ fn le_u32(b: &[u8]) -> u32 {
 
 /// The record at the start of `b`, if a whole one is there.
 fn decode(b: &[u8]) -> Option<Record<'_>> {
-    if b.len() < HEADER + TRAILER || &b[..4] != MAGIC {
+    let header = match b.get(..4)? {
+        m if m == MAGIC => HEADER,
+        m if m == MAGIC_UNNAMED => HEADER_UNNAMED,
+        _ => return None,
+    };
+    if b.len() < header + TRAILER {
         return None;
     }
     let (epoch, seq, file_len) = (le_u64(&b[4..]), le_u64(&b[12..]), le_u64(&b[20..]));
     let (count, body) = (le_u32(&b[28..]) as usize, le_u32(&b[32..]) as usize);
-    let size = HEADER.checked_add(body)?.checked_add(TRAILER)?;
-    if b.len() < size || crc32fast::hash(&b[..HEADER + body]) != le_u32(&b[HEADER + body..]) {
+    let end = header.checked_add(body)?;
+    let size = end.checked_add(TRAILER)?;
+    if b.len() < size || crc32fast::hash(&b[..end]) != le_u32(&b[end..]) {
         return None;
     }
-    let mut writes = Vec::with_capacity(count);
-    let mut at = HEADER;
+    let mut at = header;
+    let name = if header == HEADER {
+        let len = u16::from_le_bytes([b[HEADER_UNNAMED], b[HEADER_UNNAMED + 1]]) as usize;
+        let name = b.get(at..at.checked_add(len)?)?;
+        at += len;
+        Some(std::str::from_utf8(name).ok()?)
+    } else {
+        None
+    };
+    let mut writes = Vec::with_capacity(count.min(body / WRITE_HEADER));
     for _ in 0..count {
-        if at + WRITE_HEADER > HEADER + body {
+        if at + WRITE_HEADER > end {
             return None;
         }
         let (offset, len) = (le_u64(&b[at..]), le_u32(&b[at + 8..]) as usize);
@@ -217,47 +382,86 @@ fn decode(b: &[u8]) -> Option<Record<'_>> {
         at += len;
         writes.push((offset, data));
     }
-    (at == HEADER + body).then_some(Record {
+    (at == end).then_some(Record {
         epoch,
         seq,
+        name,
         file_len,
         writes,
         size,
     })
 }
 
-/// Applies the log's whole records, of one epoch and in sequence from its start, to `file`,
-/// and flushes it; returns that epoch.
-fn replay(file: &File, log: &File) -> io::Result<Option<u64>> {
+struct Replayed {
+    epoch: Option<u64>,
+    records: usize,
+}
+
+/// Applies the log's whole records, of one epoch and in sequence from its start, to the files
+/// they name under `dir` (`unnamed` for records without a name), and flushes those files. A
+/// file that is not there is left so: the records belong to a database since deleted.
+fn replay(dir: &Path, unnamed: &str, log: &File) -> io::Result<Replayed> {
     let len = log.metadata()?.len() as usize;
     let mut bytes = vec![0u8; len];
     log.read_exact_at(&mut bytes, 0)?;
     let mut at = 0;
     let mut epoch = None;
     let mut seq = 0;
+    let mut files: HashMap<&str, Option<File>> = HashMap::new();
     while let Some(record) = decode(&bytes[at..]) {
         if epoch.is_some_and(|e| e != record.epoch) || record.seq != seq {
             break;
         }
         epoch = Some(record.epoch);
-        for (offset, data) in &record.writes {
-            file.write_all_at(data, *offset)?;
+        let name = record.name.unwrap_or(unnamed);
+        if !files.contains_key(name) {
+            let opened = match OpenOptions::new().write(true).open(dir.join(name)) {
+                Ok(f) => Some(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            };
+            files.insert(name, opened);
         }
-        file.set_len(record.file_len)?;
+        if let Some(Some(file)) = files.get(name) {
+            for (offset, data) in &record.writes {
+                file.write_all_at(data, *offset)?;
+            }
+            file.set_len(record.file_len)?;
+        }
         seq += 1;
         at += record.size;
     }
-    if epoch.is_some() {
+    for file in files.values().flatten() {
         file.sync_all()?;
     }
-    Ok(epoch)
+    Ok(Replayed {
+        epoch,
+        records: seq as usize,
+    })
 }
 
 impl Log {
-    /// The database file is flushed, so the log's records are no longer needed: it starts
-    /// over, under a new epoch.
-    fn restart(&mut self, file: &FileBackend) -> io::Result<()> {
-        file.sync_data()?;
+    /// Makes the records appended so far durable, then lets their writes reach their files.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.unflushed {
+            self.file.sync_data()?;
+            self.unflushed = false;
+        }
+        while let Some(member) = self.waiting.last() {
+            member.apply_appended()?;
+            self.waiting.pop();
+        }
+        Ok(())
+    }
+
+    /// Once every database file with records in the log is flushed, the records are no longer
+    /// needed: the log starts over, under a new epoch.
+    fn restart(&mut self) -> io::Result<()> {
+        self.flush()?;
+        while let Some(member) = self.written.last() {
+            member.file.sync_data()?;
+            self.written.pop();
+        }
         self.epoch = next_epoch(Some(self.epoch));
         self.seq = 0;
         self.end = 0;
@@ -265,76 +469,122 @@ impl Log {
     }
 }
 
-impl StorageBackend for WalBackend {
+#[derive(Debug)]
+struct JournalBackend {
+    journal: Journal,
+    member: Arc<Member>,
+    commits: Commits,
+}
+
+impl JournalBackend {
+    /// Appends the writes since the last record as a record, flushed when `commits` says so.
+    fn append(&self, commits: Commits) -> io::Result<()> {
+        let mut log = self.journal.lock()?;
+        let size = {
+            let state = self.member.lock()?;
+            (!state.pending.is_empty() || state.resized)
+                .then(|| record_len(&self.member.name, &state.pending))
+        };
+        if let Some(size) = size {
+            if log.end + size > log.capacity {
+                log.restart()?;
+                if size > log.capacity {
+                    zero_fill(&log.file, size)?;
+                    log.file.sync_all()?;
+                    log.capacity = size;
+                }
+            }
+            let file_len = self.member.file.len()?;
+            let mut state = self.member.lock()?;
+            let record = encode(
+                log.epoch,
+                log.seq,
+                &self.member.name,
+                file_len,
+                &state.pending,
+            );
+            let end = log.end;
+            log.file.write_all_at(&record, end)?;
+            log.end += record.len() as u64;
+            log.seq += 1;
+            log.unflushed = true;
+            let writes = std::mem::take(&mut state.pending);
+            state.appended.extend(writes);
+            state.resized = false;
+            drop(state);
+            let log = &mut *log;
+            for list in [&mut log.waiting, &mut log.written] {
+                if !list.iter().any(|m| Arc::ptr_eq(m, &self.member)) {
+                    list.push(self.member.clone());
+                }
+            }
+        }
+        if commits == Commits::Flushed {
+            log.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Lays `writes` over `out`, which holds the bytes from `offset` on.
+fn overlay(writes: &[(u64, Vec<u8>)], offset: u64, out: &mut [u8]) {
+    let end = offset + out.len() as u64;
+    for (at, data) in writes {
+        let (from, to) = (offset.max(*at), end.min(*at + data.len() as u64));
+        if from < to {
+            out[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&data[(from - at) as usize..(to - at) as usize]);
+        }
+    }
+}
+
+/// Cuts `writes` at `len`, as the file is cut.
+fn truncate(writes: &mut Vec<(u64, Vec<u8>)>, len: u64) {
+    writes.retain_mut(|(at, data)| {
+        if *at >= len {
+            return false;
+        }
+        data.truncate((len - *at).min(data.len() as u64) as usize);
+        true
+    });
+}
+
+impl StorageBackend for JournalBackend {
     fn len(&self) -> Result<u64, io::Error> {
-        self.file.len()
+        self.member.file.len()
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
-        let log = self.lock()?;
-        self.file.read(offset, out)?;
-        let end = offset + out.len() as u64;
-        for (at, data) in &log.pending {
-            let (from, to) = (offset.max(*at), end.min(*at + data.len() as u64));
-            if from < to {
-                out[(from - offset) as usize..(to - offset) as usize]
-                    .copy_from_slice(&data[(from - at) as usize..(to - at) as usize]);
-            }
-        }
+        let state = self.member.lock()?;
+        self.member.file.read(offset, out)?;
+        overlay(&state.appended, offset, out);
+        overlay(&state.pending, offset, out);
         Ok(())
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
-        let mut log = self.lock()?;
-        self.file.set_len(len)?;
-        // As the file would: what was written beyond the new end is gone.
-        log.pending.retain_mut(|(at, data)| {
-            if *at >= len {
-                return false;
-            }
-            data.truncate((len - *at).min(data.len() as u64) as usize);
-            true
-        });
-        log.resized = true;
+        let mut state = self.member.lock()?;
+        self.member.file.set_len(len)?;
+        truncate(&mut state.pending, len);
+        truncate(&mut state.appended, len);
+        state.resized = true;
         Ok(())
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
-        let mut log = self.lock()?;
-        if log.pending.is_empty() && !log.resized {
-            return Ok(());
-        }
-        let size = (HEADER + body_len(&log.pending) + TRAILER) as u64;
-        if log.end + size > log.capacity {
-            log.restart(&self.file)?;
-            if size > log.capacity {
-                zero_fill(&log.file, size)?;
-                log.file.sync_all()?;
-                log.capacity = size;
-            }
-        }
-        let record = encode(log.epoch, log.seq, self.file.len()?, &log.pending);
-        log.file.write_all_at(&record, log.end)?;
-        log.file.sync_data()?;
-        log.end += record.len() as u64;
-        log.seq += 1;
-        for (at, data) in std::mem::take(&mut log.pending) {
-            self.file.write(at, &data)?;
-        }
-        log.resized = false;
-        Ok(())
+        self.append(self.commits)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        self.lock()?.pending.push((offset, data.to_vec()));
+        self.member.lock()?.pending.push((offset, data.to_vec()));
         Ok(())
     }
 
     fn close(&self) -> Result<(), io::Error> {
-        // Writes of commits made without durability would be lost with the process otherwise,
-        // which they are not with redb's own backend.
-        self.sync_data()?;
-        self.file.close()
+        // Writes of commits made without durability, and deferred ones, would be lost with the
+        // process otherwise, which they are not with redb's own backend.
+        self.append(Commits::Flushed)?;
+        self.member.file.close()
     }
 
     fn try_lock_range(
@@ -342,7 +592,7 @@ impl StorageBackend for WalBackend {
         start: std::ops::Bound<u64>,
         end: std::ops::Bound<u64>,
     ) -> Result<bool, BackendError> {
-        self.file.try_lock_range(start, end)
+        self.member.file.try_lock_range(start, end)
     }
 
     fn try_lock_shared_range(
@@ -350,7 +600,7 @@ impl StorageBackend for WalBackend {
         start: std::ops::Bound<u64>,
         end: std::ops::Bound<u64>,
     ) -> Result<bool, BackendError> {
-        self.file.try_lock_shared_range(start, end)
+        self.member.file.try_lock_shared_range(start, end)
     }
 
     fn lock_range(
@@ -358,7 +608,7 @@ impl StorageBackend for WalBackend {
         start: std::ops::Bound<u64>,
         end: std::ops::Bound<u64>,
     ) -> Result<(), BackendError> {
-        self.file.lock_range(start, end)
+        self.member.file.lock_range(start, end)
     }
 
     fn lock_shared_range(
@@ -366,7 +616,7 @@ impl StorageBackend for WalBackend {
         start: std::ops::Bound<u64>,
         end: std::ops::Bound<u64>,
     ) -> Result<(), BackendError> {
-        self.file.lock_shared_range(start, end)
+        self.member.file.lock_shared_range(start, end)
     }
 
     fn unlock_range(
@@ -374,7 +624,7 @@ impl StorageBackend for WalBackend {
         start: std::ops::Bound<u64>,
         end: std::ops::Bound<u64>,
     ) -> Result<(), BackendError> {
-        self.file.unlock_range(start, end)
+        self.member.file.unlock_range(start, end)
     }
 
     fn query_lock_range(
@@ -382,7 +632,7 @@ impl StorageBackend for WalBackend {
         start: std::ops::Bound<u64>,
         end: std::ops::Bound<u64>,
     ) -> Result<bool, BackendError> {
-        self.file.query_lock_range(start, end)
+        self.member.file.query_lock_range(start, end)
     }
 }
 

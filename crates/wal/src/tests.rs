@@ -115,34 +115,188 @@ fn replay_stops_at_an_older_epoch_and_at_a_gap_in_sequence() {
     let (file_path, log_path) = (dir.path().join("f"), dir.path().join("l"));
     let page = |b: u8| vec![b; 16];
     let mut log = Vec::new();
-    log.extend(encode(7, 0, 64, &[(0, page(1))]));
-    log.extend(encode(7, 1, 64, &[(16, page(2))]));
+    log.extend(encode(7, 0, "f", 64, &[(0, page(1))]));
+    log.extend(encode(7, 1, "f", 64, &[(16, page(2))]));
     // Left by the log's previous epoch: not applied.
-    log.extend(encode(6, 2, 64, &[(32, page(3))]));
+    log.extend(encode(6, 2, "f", 64, &[(32, page(3))]));
     log.extend(vec![0; 100]);
     std::fs::write(&log_path, &log).unwrap();
     std::fs::write(&file_path, []).unwrap();
-    let (file, log_file) = (
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&file_path)
-            .unwrap(),
-        File::open(&log_path).unwrap(),
-    );
-    assert_eq!(replay(&file, &log_file).unwrap(), Some(7));
+    let log_file = File::open(&log_path).unwrap();
+    let replayed = replay(dir.path(), "", &log_file).unwrap();
+    assert_eq!((replayed.epoch, replayed.records), (Some(7), 2));
     let mut expected = page(1);
     expected.extend(page(2));
     expected.extend(vec![0; 32]);
     assert_eq!(std::fs::read(&file_path).unwrap(), expected);
 
     // Out of sequence within the epoch: nothing after the gap.
-    let mut log = encode(9, 0, 16, &[(0, page(4))]);
-    log.extend(encode(9, 2, 32, &[(16, page(5))]));
+    let mut log = encode(9, 0, "f", 16, &[(0, page(4))]);
+    log.extend(encode(9, 2, "f", 32, &[(16, page(5))]));
     std::fs::write(&log_path, &log).unwrap();
     let log_file = File::open(&log_path).unwrap();
-    assert_eq!(replay(&file, &log_file).unwrap(), Some(9));
+    assert_eq!(replay(dir.path(), "", &log_file).unwrap().epoch, Some(9));
     assert_eq!(std::fs::read(&file_path).unwrap(), page(4));
+}
+
+/// A record as a database's own log held them before records had names.
+fn unnamed_record(epoch: u64, seq: u64, file_len: u64, writes: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let body: usize = writes.iter().map(|(_, d)| 12 + d.len()).sum();
+    let mut r = b"CWAL".to_vec();
+    for n in [epoch, seq, file_len] {
+        r.extend_from_slice(&n.to_le_bytes());
+    }
+    r.extend_from_slice(&(writes.len() as u32).to_le_bytes());
+    r.extend_from_slice(&(body as u32).to_le_bytes());
+    for (offset, data) in writes {
+        r.extend_from_slice(&offset.to_le_bytes());
+        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        r.extend_from_slice(data);
+    }
+    let crc = crc32fast::hash(&r);
+    r.extend_from_slice(&crc.to_le_bytes());
+    r
+}
+
+#[test]
+fn unnamed_records_of_a_databases_own_log_go_to_that_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let file_path = dir.path().join("meta.db");
+    std::fs::write(&file_path, []).unwrap();
+    let mut log = unnamed_record(3, 0, 8, &[(0, vec![7; 8])]);
+    log.extend(unnamed_record(3, 1, 8, &[(4, vec![9; 4])]));
+    std::fs::write(log_path(&file_path), &log).unwrap();
+    drop(Journal::open_with_capacity(&log_path(&file_path), 0).unwrap());
+    assert_eq!(std::fs::read(&file_path).unwrap(), [7, 7, 7, 7, 9, 9, 9, 9]);
+    // Replayed once: the records are spoilt, so a later open does not apply them again over
+    // what the file holds by then.
+    std::fs::write(&file_path, [1; 8]).unwrap();
+    drop(Journal::open_with_capacity(&log_path(&file_path), 0).unwrap());
+    assert_eq!(std::fs::read(&file_path).unwrap(), [1; 8]);
+}
+
+/// Two databases in one journal, the first deferring: a commit of the first is durable with
+/// the second's next commit, and neither file needs a flush of its own.
+#[test]
+fn databases_sharing_a_journal_are_made_durable_by_one_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal_path = dir.path().join("stores.wal");
+    let (a_path, b_path) = (dir.path().join("a/a.db"), dir.path().join("b.db"));
+    std::fs::create_dir(dir.path().join("a")).unwrap();
+    let journal = Journal::open_with_capacity(&journal_path, 1 << 20).unwrap();
+    let a = journal.database(&a_path, Commits::Deferred).unwrap();
+    let b = journal.database(&b_path, Commits::Flushed).unwrap();
+    put(&a, 0, 10, 100);
+    put(&b, 0, 10, 100);
+    let (a_flushed, b_flushed) = (
+        std::fs::read(&a_path).unwrap(),
+        std::fs::read(&b_path).unwrap(),
+    );
+    put(&a, 10, 20, 100);
+    // The deferred commit is seen, but its writes wait in memory for the journal's flush.
+    assert_eq!(keys(&a), (0..20).collect::<Vec<_>>());
+    assert_eq!(std::fs::read(&a_path).unwrap(), a_flushed);
+    put(&b, 10, 20, 100);
+    assert_ne!(
+        std::fs::read(&a_path).unwrap(),
+        a_flushed,
+        "the flush applies a's writes"
+    );
+    // The crash: the files lose every write since they were last flushed; the journal holds
+    // all that was flushed to it. (Closing writes more: what the disk held at the crash is
+    // put back afterwards.)
+    let at_crash = std::fs::read(&journal_path).unwrap();
+    drop((a, b, journal));
+    std::fs::write(&journal_path, &at_crash).unwrap();
+    std::fs::write(&a_path, &a_flushed).unwrap();
+    std::fs::write(&b_path, &b_flushed).unwrap();
+    let journal = Journal::open_with_capacity(&journal_path, 1 << 20).unwrap();
+    let (a, b) = (
+        journal.database(&a_path, Commits::Deferred).unwrap(),
+        journal.database(&b_path, Commits::Flushed).unwrap(),
+    );
+    assert_eq!(keys(&a), (0..20).collect::<Vec<_>>());
+    assert_eq!(keys(&b), (0..20).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_deferred_commit_reaches_its_file_at_the_journals_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open_with_capacity(&dir.path().join("j.wal"), 1 << 20).unwrap();
+    let path = dir.path().join("a.db");
+    let a = journal.database(&path, Commits::Deferred).unwrap();
+    put(&a, 0, 5, 100);
+    let before = std::fs::read(&path).unwrap();
+    put(&a, 5, 10, 100);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert!(journal.unflushed().unwrap());
+    journal.sync().unwrap();
+    assert!(!journal.unflushed().unwrap());
+    assert_ne!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(keys(&a), (0..10).collect::<Vec<_>>());
+}
+
+/// A journal too small for more than a few records restarts many times, flushing every file
+/// with records in it; deferred commits in between survive reopening.
+#[test]
+fn a_shared_journal_survives_its_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal_path = dir.path().join("j.wal");
+    let (a_path, b_path) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    {
+        let journal = Journal::open_with_capacity(&journal_path, 48 << 10).unwrap();
+        let a = journal.database(&a_path, Commits::Deferred).unwrap();
+        let b = journal.database(&b_path, Commits::Flushed).unwrap();
+        for i in 0..30 {
+            put(&a, i * 10, i * 10 + 10, 300);
+            put(&b, i * 10, i * 10 + 10, 300);
+        }
+    }
+    let journal = Journal::open(&journal_path).unwrap();
+    let a = journal.database(&a_path, Commits::Deferred).unwrap();
+    let b = journal.database(&b_path, Commits::Flushed).unwrap();
+    assert_eq!(keys(&a), (0..300).collect::<Vec<_>>());
+    assert_eq!(keys(&b), (0..300).collect::<Vec<_>>());
+}
+
+/// A database that had a journal of its own keeps what that journal held when it joins a
+/// shared one.
+#[test]
+fn a_database_joining_a_shared_journal_keeps_its_own_logs_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.db");
+    let db = open(&path).unwrap();
+    put(&db, 0, 10, 100);
+    let flushed = std::fs::read(&path).unwrap();
+    put(&db, 10, 20, 100);
+    let at_crash = std::fs::read(log_path(&path)).unwrap();
+    drop(db);
+    std::fs::write(log_path(&path), &at_crash).unwrap();
+    std::fs::write(&path, &flushed).unwrap();
+    let journal = Journal::open(&dir.path().join("stores.wal")).unwrap();
+    let db = journal.database(&path, Commits::Flushed).unwrap();
+    assert_eq!(keys(&db), (0..20).collect::<Vec<_>>());
+    assert!(!log_path(&path).exists());
+}
+
+/// Records of a database whose file was deleted are not replayed (into a new file or any other).
+#[test]
+fn records_of_a_deleted_database_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal_path = dir.path().join("j.wal");
+    let (a_path, b_path) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    {
+        let journal = Journal::open(&journal_path).unwrap();
+        let a = journal.database(&a_path, Commits::Flushed).unwrap();
+        let b = journal.database(&b_path, Commits::Flushed).unwrap();
+        put(&a, 0, 10, 100);
+        put(&b, 0, 10, 100);
+    }
+    std::fs::remove_file(&a_path).unwrap();
+    let journal = Journal::open(&journal_path).unwrap();
+    assert!(!a_path.exists());
+    let b = journal.database(&b_path, Commits::Flushed).unwrap();
+    assert_eq!(keys(&b), (0..10).collect::<Vec<_>>());
 }
 
 /// A log without its database file belongs to an earlier database and is not replayed.

@@ -574,6 +574,48 @@ mod tests {
         }
     }
 
+    /// In the daemon a snapshotter's store defers its commits to the journal the metadata
+    /// store flushes: every call must end with that flush, or it would answer before its
+    /// backend's changes are durable.
+    #[tokio::test]
+    async fn every_call_leaves_the_shared_journal_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crated_wal::Journal::open(&dir.path().join("stores.wal")).unwrap();
+        let db =
+            Arc::new(MetadataStore::open_in(&dir.path().join("meta.db"), Some(&journal)).unwrap());
+        let root = dir.path().join("native");
+        std::fs::create_dir_all(&root).unwrap();
+        let native = crated_snapshots::native::Native::new(&root).unwrap();
+        let backend: Arc<dyn Snapshotter> =
+            Arc::new(LocalSnapshotter::open_in(&root, native, Some(&journal)).unwrap());
+        let flushed = || !journal.unflushed().unwrap();
+        // The backend alone defers: what the checks below rule out.
+        backend.prepare("probe", "", HashMap::new()).await.unwrap();
+        assert!(!flushed(), "the backend's commit was flushed by itself");
+        journal.sync().unwrap();
+        let sn = NamespacedSnapshotter::new(db, "native", backend);
+        let no_labels = HashMap::new;
+        sn.create("ns", "a", "", no_labels(), None, false)
+            .await
+            .unwrap();
+        assert!(flushed(), "prepare");
+        sn.commit("ns", "c", "a", "", no_labels(), None)
+            .await
+            .unwrap();
+        assert!(flushed(), "commit");
+        sn.create("ns", "v", "c", no_labels(), None, true)
+            .await
+            .unwrap();
+        assert!(flushed(), "view");
+        let mut info = sn.stat("ns", "c").await.unwrap();
+        info.labels
+            .insert("containerd.io/snapshot/x".into(), "y".into());
+        sn.update("ns", info, &[]).await.unwrap();
+        assert!(flushed(), "update");
+        sn.remove("ns", "v").await.unwrap();
+        assert!(flushed(), "remove");
+    }
+
     fn remote_like(
         dir: &std::path::Path,
         claim_only: bool,
