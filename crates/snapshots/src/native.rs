@@ -6,9 +6,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::{copy_tree, disk_usage};
-use crate::local::{Driver, SnapshotDirs};
+use crate::local::{Driver, Layout, SnapshotDirs};
 use crate::storage::Snapshot;
 use crate::{Kind, Mount, Usage};
+
+/// A native snapshot's entry is its tree: fresh, an empty directory.
+const LAYOUT: Layout = Layout {
+    mode: 0o755,
+    subdirs: &[],
+};
 
 pub struct Native {
     snapshots: SnapshotDirs,
@@ -17,7 +23,7 @@ pub struct Native {
 impl Native {
     pub fn new(root: &Path) -> io::Result<Self> {
         Ok(Native {
-            snapshots: SnapshotDirs::open(root)?,
+            snapshots: SnapshotDirs::open(root, Some(LAYOUT))?,
         })
     }
 
@@ -33,7 +39,7 @@ impl Driver for Native {
             return Ok(());
         }
         self.snapshots
-            .build(&s.id, 0o755, |staging| match s.parent_ids.first() {
+            .build(&s.id, LAYOUT, |staging| match s.parent_ids.first() {
                 Some(parent) => copy_tree(&self.dir(parent), staging),
                 None => Ok(()),
             })
@@ -62,6 +68,13 @@ impl Driver for Native {
             return Ok(None);
         }
         self.snapshots.stage_removal(id).map(Some)
+    }
+
+    fn purge(&self, _id: &str, staged: Option<PathBuf>) -> io::Result<()> {
+        match staged {
+            Some(path) => self.snapshots.retire(&path),
+            None => Ok(()),
+        }
     }
 
     fn usage(&self, id: &str) -> io::Result<Usage> {

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{disk_usage, make_dir};
-use crate::local::{Driver, SnapshotDirs};
+use crate::fsutil::disk_usage;
+use crate::local::{Driver, Layout, SnapshotDirs};
 use crate::storage::Snapshot;
 use crate::{Info, Kind, Mount, Usage};
 
@@ -29,6 +29,17 @@ pub struct OverlayConfig {
     pub mount_options: Vec<String>,
 }
 
+/// An active snapshot's entry: its layer (`fs`) and overlayfs's work directory.
+const ACTIVE: Layout = Layout {
+    mode: 0o700,
+    subdirs: &[("fs", 0o755), ("work", 0o711)],
+};
+/// A view's entry: its (empty) layer only.
+const VIEW: Layout = Layout {
+    mode: 0o700,
+    subdirs: &[("fs", 0o755)],
+};
+
 pub struct Overlay {
     snapshots: SnapshotDirs,
     upperdir_label: bool,
@@ -43,7 +54,7 @@ pub struct Overlay {
 
 impl Overlay {
     pub fn new(root: &Path, config: &OverlayConfig) -> io::Result<Self> {
-        let snapshots = SnapshotDirs::open(root)?;
+        let snapshots = SnapshotDirs::open(root, Some(ACTIVE))?;
         let mut options = config.mount_options.clone();
         if !options.iter().any(|o| o.starts_with("index="))
             && Path::new("/sys/module/overlay/parameters/index").exists()
@@ -87,15 +98,12 @@ impl Driver for Overlay {
     }
 
     fn create(&self, s: &Snapshot) -> io::Result<()> {
-        self.snapshots.build(&s.id, 0o700, |staging| {
-            let fs = staging.join("fs");
-            make_dir(&fs, 0o755)?;
-            if s.kind == Kind::Active {
-                make_dir(&staging.join("work"), 0o711)?;
-            }
+        let layout = if s.kind == Kind::Active { ACTIVE } else { VIEW };
+        self.snapshots.build(&s.id, layout, |staging| {
             if let Some(parent) = s.parent_ids.first() {
                 // The new layer belongs to whoever owns the parent's root.
                 let owner = std::fs::metadata(self.upper(parent))?;
+                let fs = staging.join("fs");
                 std::os::unix::fs::lchown(&fs, Some(owner.uid()), Some(owner.gid()))?;
             }
             Ok(())
@@ -147,6 +155,13 @@ impl Driver for Overlay {
             return Ok(None);
         }
         self.snapshots.stage_removal(id).map(Some)
+    }
+
+    fn purge(&self, _id: &str, staged: Option<PathBuf>) -> io::Result<()> {
+        match staged {
+            Some(path) => self.snapshots.retire(&path),
+            None => Ok(()),
+        }
     }
 
     fn usage(&self, id: &str) -> io::Result<Usage> {
@@ -311,5 +326,56 @@ mod tests {
         // The next id is 2 again: the record was never written, so its id was never used.
         sn.prepare("b", "", Default::default()).await.unwrap();
         assert!(root.join("snapshots/2/fs").exists());
+    }
+
+    /// A removed snapshot's emptied `fs` and `work` are reused whole by the next prepare, but
+    /// not once overlayfs (or anyone) left something in them: an xattr here.
+    #[tokio::test]
+    async fn emptied_layers_are_reused_unless_marked() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let sn = open(root, OverlayConfig::default());
+        sn.prepare("a", "", Default::default()).await.unwrap();
+        let fs_inode = |id: &str| {
+            std::fs::metadata(root.join(format!("snapshots/{id}/fs")))
+                .unwrap()
+                .ino()
+        };
+        let work_inode = std::fs::metadata(root.join("snapshots/1/work"))
+            .unwrap()
+            .ino();
+        let first = fs_inode("1");
+        sn.remove("a").await.unwrap();
+        sn.cleanup().await.unwrap();
+        assert!(!root.join("snapshots/1").exists());
+        sn.prepare("b", "", Default::default()).await.unwrap();
+        assert_eq!(fs_inode("2"), first, "the spare was not taken");
+        let work = std::fs::metadata(root.join("snapshots/2/work")).unwrap();
+        assert_eq!(work.ino(), work_inode);
+        assert_eq!(work.mode() & 0o7777, 0o711);
+
+        if xattr::set(root.join("snapshots/2/fs"), "user.mark", b"1").is_err() {
+            eprintln!("skipping the xattr half: user xattrs are not supported here");
+            return;
+        }
+        sn.remove("b").await.unwrap();
+        sn.cleanup().await.unwrap();
+        let spares = std::fs::read_dir(root.join("snapshots"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("spare-")
+            })
+            .count();
+        assert_eq!(spares, 0, "a marked entry was kept");
+        sn.prepare("c", "", Default::default()).await.unwrap();
+        assert!(xattr::list(root.join("snapshots/3/fs"))
+            .unwrap()
+            .next()
+            .is_none());
     }
 }
