@@ -40,11 +40,13 @@ fn custom<'a>(args: &[&'a str]) -> Vec<&'a str> {
     all
 }
 
-/// The snapshots the proxy's own store holds (ids under `snapshots/`).
+/// The snapshots the proxy's own store holds (ids under `snapshots/`; spares, emptied
+/// entries kept for reuse, belong to none).
 fn served_snapshots(root: &Path) -> Vec<String> {
     std::fs::read_dir(root.join("snapshots"))
         .map(|d| {
             d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with("spare-"))
                 .collect()
         })
         .unwrap_or_default()

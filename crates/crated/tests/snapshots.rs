@@ -12,7 +12,8 @@ fn crated() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crated"))
 }
 
-/// The entries of the backend's `snapshots` directory.
+/// The entries of the backend's `snapshots` directory, but for spares (emptied entries of
+/// removed snapshots kept for reuse, which belong to no snapshot).
 fn backend_entries(daemon: &Daemon, snapshotter: &str) -> Vec<String> {
     let dir = daemon.root.join(format!(
         "io.containerd.snapshotter.v1.{snapshotter}/snapshots"
@@ -20,6 +21,7 @@ fn backend_entries(daemon: &Daemon, snapshotter: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("spare-"))
         .collect();
     names.sort();
     names
