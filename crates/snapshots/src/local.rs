@@ -394,7 +394,7 @@ pub(crate) struct Layout {
 }
 
 /// How many emptied entries are kept for reuse.
-const MAX_SPARES: usize = 64;
+const MAX_SPARES: usize = 1024;
 /// Spares are `spare-<n>` in the snapshots directory.
 const SPARE_PREFIX: &str = "spare-";
 
