@@ -161,12 +161,7 @@ impl Journal {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file = open_or_create(path)?;
         // Unnamed records are those of a database's own log, `<file>.wal`.
         let unnamed = path
             .file_name()
@@ -241,12 +236,7 @@ impl Journal {
                 )
             })?
             .to_owned();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file = open_or_create(path)?;
         Ok(Arc::new(Member {
             name,
             file: FileBackend::new(file).map_err(io::Error::other)?,
@@ -268,6 +258,16 @@ impl Journal {
     fn lock(&self) -> io::Result<MutexGuard<'_, Log>> {
         self.shared.log.lock().map_err(|_| poisoned("journal"))
     }
+}
+
+/// Opens `path` for reading and writing, creating it empty when missing.
+fn open_or_create(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 /// An epoch above `last` and above any earlier one a log could hold.
