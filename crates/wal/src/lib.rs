@@ -123,6 +123,8 @@ struct Member {
 struct MemberState {
     /// Writes since the member's last record, in order; reads see them over the file.
     pending: Vec<(u64, Vec<u8>)>,
+    /// What of `pending` the next record holds: only the bytes each write changed.
+    changed: Vec<(u64, Vec<u8>)>,
     /// Writes of records appended but not yet flushed, in order, between the file and
     /// `pending` for reads.
     appended: Vec<(u64, Vec<u8>)>,
@@ -483,7 +485,7 @@ impl JournalBackend {
         let size = {
             let state = self.member.lock()?;
             (!state.pending.is_empty() || state.resized)
-                .then(|| record_len(&self.member.name, &state.pending))
+                .then(|| record_len(&self.member.name, &state.changed))
         };
         if let Some(size) = size {
             if log.end + size > log.capacity {
@@ -501,13 +503,14 @@ impl JournalBackend {
                 log.seq,
                 &self.member.name,
                 file_len,
-                &state.pending,
+                &state.changed,
             );
             let end = log.end;
             log.file.write_all_at(&record, end)?;
             log.end += record.len() as u64;
             log.seq += 1;
             log.unflushed = true;
+            state.changed.clear();
             let writes = std::mem::take(&mut state.pending);
             state.appended.extend(writes);
             state.resized = false;
@@ -524,6 +527,34 @@ impl JournalBackend {
         }
         Ok(())
     }
+}
+
+/// Unchanged bytes between two changed ones that are logged anyway rather than start another
+/// write (whose header is 12 bytes).
+const SPAN_GAP: usize = 32;
+
+/// The spans of `after` (written at `offset`) that differ from `before`, close ones merged.
+fn changed_spans(offset: u64, before: &[u8], after: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut spans = Vec::new();
+    let mut at = 0;
+    while at < after.len() {
+        if before[at] == after[at] {
+            at += 1;
+            continue;
+        }
+        let start = at;
+        let mut end = at + 1;
+        let mut look = end;
+        while look < after.len() && look - end <= SPAN_GAP {
+            if before[look] != after[look] {
+                end = look + 1;
+            }
+            look += 1;
+        }
+        spans.push((offset + start as u64, after[start..end].to_vec()));
+        at = end;
+    }
+    spans
 }
 
 /// Lays `writes` over `out`, which holds the bytes from `offset` on.
@@ -566,6 +597,7 @@ impl StorageBackend for JournalBackend {
         let mut state = self.member.lock()?;
         self.member.file.set_len(len)?;
         truncate(&mut state.pending, len);
+        truncate(&mut state.changed, len);
         truncate(&mut state.appended, len);
         state.resized = true;
         Ok(())
@@ -576,7 +608,21 @@ impl StorageBackend for JournalBackend {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        self.member.lock()?.pending.push((offset, data.to_vec()));
+        let mut state = self.member.lock()?;
+        // Only what changed goes to the log: a commit rewrites whole pages to change a few
+        // bytes of each, and the flush costs by the byte. Replay stays exact, as every byte
+        // that changed since the log started is in it, and the file only ever holds bytes
+        // the log had before they got there.
+        let mut before = vec![0u8; data.len()];
+        let end = offset.saturating_add(data.len() as u64);
+        if end <= self.member.file.len()? && self.member.file.read(offset, &mut before).is_ok() {
+            overlay(&state.appended, offset, &mut before);
+            overlay(&state.pending, offset, &mut before);
+            state.changed.extend(changed_spans(offset, &before, data));
+        } else {
+            state.changed.push((offset, data.to_vec()));
+        }
+        state.pending.push((offset, data.to_vec()));
         Ok(())
     }
 
