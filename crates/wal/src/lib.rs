@@ -1,8 +1,9 @@
 //! A redb storage backend whose durable commits are one sequential append to a log. redb makes a
 //! commit durable by writing its pages where they live, scattered over the file, and flushing
 //! them: on this project's disks that flush costs about twice what a flush of the same bytes
-//! written in one piece does. Here a commit's writes go to a log as one checksummed record,
-//! flushed; they then reach the database file without a flush. Once the log is full the
+//! written in one piece does. Here a commit's writes go to a log as one checksummed record
+//! holding the bytes they changed, flushed; the pages then reach the database file without a
+//! flush. Once the log is full the
 //! database files are flushed and the log starts over. Opening a log replays its records.
 //!
 //! A log is a [`Journal`], which several databases can share: the daemon's metadata store and
