@@ -296,8 +296,6 @@ fn ingest(
     Ok((vec![rate, cpu], note))
 }
 
-/// Prepare + commit + remove of one snapshot through the snapshots API, `cycles` times, from
-/// one long-lived client; cycles per second.
 /// What one run of snapshot cycles gave: cycles per second, and each call's latency (µs) by
 /// call (prepare, commit, remove).
 struct CycleRun {
@@ -305,6 +303,18 @@ struct CycleRun {
     latencies: [Vec<f64>; 3],
 }
 
+impl CycleRun {
+    /// Adds this run to a daemon's rates and per-call latencies.
+    fn add_to(self, rates: &mut Vec<f64>, calls: &mut [Vec<f64>; 3]) {
+        rates.push(self.rate);
+        for (all, these) in calls.iter_mut().zip(self.latencies) {
+            all.extend(these);
+        }
+    }
+}
+
+/// Prepare + commit + remove of one snapshot through the snapshots API, `cycles` times, from
+/// one long-lived client.
 async fn snapshot_cycles(
     socket: &Path,
     snapshotter: &str,
@@ -413,19 +423,15 @@ fn snapshots(
         let mut calls: [[Vec<f64>; 3]; 2] = Default::default();
         for _ in 0..runs {
             let d = Daemon::crated(crated, None, &[]).map_err(anyhow::Error::msg)?;
-            let run = runtime.block_on(snapshot_cycles(&d.socket, snapshotter, CYCLES))?;
-            row.crated.push(run.rate);
-            for (all, these) in calls[0].iter_mut().zip(run.latencies) {
-                all.extend(these);
-            }
+            runtime
+                .block_on(snapshot_cycles(&d.socket, snapshotter, CYCLES))?
+                .add_to(&mut row.crated, &mut calls[0]);
             drop(d);
             if let Some(c) = containerd {
                 let d = Daemon::containerd(c, Some("")).map_err(anyhow::Error::msg)?;
-                let run = runtime.block_on(snapshot_cycles(&d.socket, snapshotter, CYCLES))?;
-                row.containerd.push(run.rate);
-                for (all, these) in calls[1].iter_mut().zip(run.latencies) {
-                    all.extend(these);
-                }
+                runtime
+                    .block_on(snapshot_cycles(&d.socket, snapshotter, CYCLES))?
+                    .add_to(&mut row.containerd, &mut calls[1]);
                 drop(d);
             }
             floor.push(durable_commit_floor(scratch.path(), CYCLES)?);

@@ -147,10 +147,7 @@ impl MetadataStore {
         journal: Option<&crated_wal::Journal>,
     ) -> Result<Self, MetadataError> {
         let fresh = !path.exists();
-        let db = match journal {
-            Some(j) => j.database(path, crated_wal::Commits::Flushed)?,
-            None => crated_wal::open(path)?,
-        };
+        let db = crated_wal::open_in(path, journal, crated_wal::Commits::Flushed)?;
         let mut tx = db.begin_write()?;
         if fresh {
             // A new file holds nothing to lose: if this layout commit is not on disk when the

@@ -408,7 +408,7 @@ const SPARE_PREFIX: &str = "spare-";
 /// of that. The list of spares is in memory only: after a restart, Cleanup deletes them.
 pub(crate) struct SnapshotDirs {
     dir: PathBuf,
-    reused: Option<Layout>,
+    reused: Layout,
     spares: std::sync::Mutex<Vec<PathBuf>>,
     spare_names: std::sync::atomic::AtomicU64,
     /// Who owns a directory this process makes.
@@ -418,7 +418,7 @@ pub(crate) struct SnapshotDirs {
 impl SnapshotDirs {
     /// `<root>/snapshots` (mode 0700), created when missing; entries laid out as `reused`
     /// are reused.
-    pub fn open(root: &Path, reused: Option<Layout>) -> io::Result<Self> {
+    pub fn open(root: &Path, reused: Layout) -> io::Result<Self> {
         let dir = root.join("snapshots");
         if !dir.exists() {
             std::fs::create_dir_all(root)?;
@@ -477,7 +477,7 @@ impl SnapshotDirs {
     /// Moves a spare laid out as `layout` to `to`, if there is one; its times become now's,
     /// as a new directory's are.
     fn take_spare(&self, to: &Path, layout: Layout) -> io::Result<bool> {
-        if self.reused != Some(layout) {
+        if self.reused != layout {
             return Ok(false);
         }
         loop {
@@ -518,18 +518,24 @@ impl SnapshotDirs {
 
     /// Deletes the entry at `path` of a snapshot that is gone, or keeps it as a spare.
     pub fn retire(&self, path: &Path) -> io::Result<()> {
-        if let Some(layout) = self.reused {
-            if self.spares().len() < MAX_SPARES && as_made(path, layout, self.owner) {
-                let n = self
-                    .spare_names
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let spare = self.dir.join(format!("{SPARE_PREFIX}{n}"));
-                std::fs::rename(path, &spare)?;
-                self.spares().push(spare);
-                return Ok(());
-            }
+        if self.spares().len() < MAX_SPARES && as_made(path, self.reused, self.owner) {
+            let n = self
+                .spare_names
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let spare = self.dir.join(format!("{SPARE_PREFIX}{n}"));
+            std::fs::rename(path, &spare)?;
+            self.spares().push(spare);
+            return Ok(());
         }
         remove_tree(path)
+    }
+
+    /// [`Driver::purge`] for a driver whose `detach` staged an entry of this directory.
+    pub fn purge(&self, staged: Option<PathBuf>) -> io::Result<()> {
+        match staged {
+            Some(path) => self.retire(&path),
+            None => Ok(()),
+        }
     }
 
     /// Deletes (or keeps as spares) every entry that belongs to no snapshot in `live`.

@@ -23,7 +23,7 @@ pub struct Native {
 impl Native {
     pub fn new(root: &Path) -> io::Result<Self> {
         Ok(Native {
-            snapshots: SnapshotDirs::open(root, Some(LAYOUT))?,
+            snapshots: SnapshotDirs::open(root, LAYOUT)?,
         })
     }
 
@@ -71,10 +71,7 @@ impl Driver for Native {
     }
 
     fn purge(&self, _id: &str, staged: Option<PathBuf>) -> io::Result<()> {
-        match staged {
-            Some(path) => self.snapshots.retire(&path),
-            None => Ok(()),
-        }
+        self.snapshots.purge(staged)
     }
 
     fn usage(&self, id: &str) -> io::Result<Usage> {

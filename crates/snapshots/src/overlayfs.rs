@@ -54,7 +54,7 @@ pub struct Overlay {
 
 impl Overlay {
     pub fn new(root: &Path, config: &OverlayConfig) -> io::Result<Self> {
-        let snapshots = SnapshotDirs::open(root, Some(ACTIVE))?;
+        let snapshots = SnapshotDirs::open(root, ACTIVE)?;
         let mut options = config.mount_options.clone();
         if !options.iter().any(|o| o.starts_with("index="))
             && Path::new("/sys/module/overlay/parameters/index").exists()
@@ -158,10 +158,7 @@ impl Driver for Overlay {
     }
 
     fn purge(&self, _id: &str, staged: Option<PathBuf>) -> io::Result<()> {
-        match staged {
-            Some(path) => self.snapshots.retire(&path),
-            None => Ok(()),
-        }
+        self.snapshots.purge(staged)
     }
 
     fn usage(&self, id: &str) -> io::Result<Usage> {

@@ -148,10 +148,7 @@ impl MetaStore {
         path: &Path,
         journal: Option<&crated_wal::Journal>,
     ) -> Result<Self, SnapshotError> {
-        let db = match journal {
-            Some(j) => j.database(path, crated_wal::Commits::Deferred)?,
-            None => crated_wal::open(path)?,
-        };
+        let db = crated_wal::open_in(path, journal, crated_wal::Commits::Deferred)?;
         let tx = db.begin_write()?;
         tx.open_table(SNAPSHOTS)?;
         tx.open_table(CHILDREN)?;

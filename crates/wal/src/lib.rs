@@ -55,6 +55,19 @@ pub fn open(path: &Path) -> Result<Database, DatabaseError> {
     open_with_capacity(path, LOG_CAPACITY)
 }
 
+/// Opens the redb database at `path` in `journal` with `commits`, or, without a journal, with
+/// one of its own (see [`open`]), where every commit is flushed.
+pub fn open_in(
+    path: &Path,
+    journal: Option<&Journal>,
+    commits: Commits,
+) -> Result<Database, DatabaseError> {
+    match journal {
+        Some(j) => j.database(path, commits),
+        None => open(path),
+    }
+}
+
 fn open_with_capacity(path: &Path, capacity: u64) -> Result<Database, DatabaseError> {
     Journal::open_with_capacity(&log_path(path), capacity)
         .map_err(storage)?
@@ -614,9 +627,9 @@ impl StorageBackend for JournalBackend {
         // bytes of each, and the flush costs by the byte. Replay stays exact, as every byte
         // that changed since the log started is in it, and the file only ever holds bytes
         // the log had before they got there.
+        // A range past the file's end (not yet written) fails to read: logged whole.
         let mut before = vec![0u8; data.len()];
-        let end = offset.saturating_add(data.len() as u64);
-        if end <= self.member.file.len()? && self.member.file.read(offset, &mut before).is_ok() {
+        if self.member.file.read(offset, &mut before).is_ok() {
             overlay(&state.appended, offset, &mut before);
             overlay(&state.pending, offset, &mut before);
             state.changed.extend(changed_spans(offset, &before, data));
