@@ -367,7 +367,8 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
 }
 
 /// Entries of a snapshots directory that belong to no live snapshot: ids `is_live` refuses,
-/// the `new-*` and `rm-*` leftovers of interrupted creates and removes, and spares.
+/// entries of interrupted creates, the `rm-*` leftovers of interrupted removes (and `new-*`
+/// of creates of earlier versions, which built entries aside), and spares.
 pub(crate) fn orphans(dir: &Path, is_live: impl Fn(&str) -> bool) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -399,7 +400,7 @@ const MAX_SPARES: usize = 1024;
 const SPARE_PREFIX: &str = "spare-";
 
 /// A `snapshots` directory holding one entry per snapshot id, as native and overlayfs keep
-/// them: built under `new-<id>` and renamed into place, moved to `rm-<id>` to be removed.
+/// them: built in place, moved to `rm-<id>` to be removed.
 ///
 /// Emptied entries of removed snapshots that are still exactly as [`Layout`] `reused` makes
 /// them (modes, owner, no xattrs, nothing inside) are kept as spares (`spare-<n>`), and the
@@ -445,31 +446,28 @@ impl SnapshotDirs {
         self.spares.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes the entry of `id` laid out as `layout`, which `fill` completes; it is put in
-    /// place only once it is whole.
+    /// Makes the entry of `id` laid out as `layout`, which `fill` completes. It is made in
+    /// place: its record is committed only once it is whole, and Cleanup, which deletes entries
+    /// without a record, waits for the create (both hold the store's write transaction), so a
+    /// crash in between leaves an orphan for the next Cleanup.
     pub fn build(
         &self,
         id: &str,
         layout: Layout,
         fill: impl FnOnce(&Path) -> io::Result<()>,
     ) -> io::Result<()> {
-        let staging = self.dir.join(format!("new-{id}"));
-        remove_tree(&staging)?;
         let target = self.path(id);
+        // Left by a create whose record never got written (the id is free again).
+        remove_tree(&target)?;
         let made = self
-            .take_spare(&staging, layout)
+            .take_spare(&target, layout)
             .and_then(|taken| match taken {
                 true => Ok(()),
-                false => make_layout(&staging, layout),
+                false => make_layout(&target, layout),
             })
-            .and_then(|()| fill(&staging))
-            .and_then(|()| {
-                // Left by a create whose record never got written (the id is free again).
-                remove_tree(&target)?;
-                std::fs::rename(&staging, &target)
-            });
+            .and_then(|()| fill(&target));
         if made.is_err() {
-            let _ = remove_tree(&staging);
+            let _ = remove_tree(&target);
         }
         made
     }
@@ -540,7 +538,8 @@ impl SnapshotDirs {
 
     /// Deletes (or keeps as spares) every entry that belongs to no snapshot in `live`.
     pub fn remove_orphans(&self, live: &HashMap<String, Kind>) -> io::Result<()> {
-        let spares = self.spares().clone();
+        // Up to MAX_SPARES of them, checked against every entry.
+        let spares: std::collections::HashSet<PathBuf> = self.spares().iter().cloned().collect();
         let found = orphans(&self.dir, |id| live.contains_key(id))?;
         // Spares this process does not know of (an earlier one's) go first, so that no
         // new spare's name can meet one of theirs.

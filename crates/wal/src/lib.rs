@@ -2,17 +2,18 @@
 //! commit durable by writing its pages where they live, scattered over the file, and flushing
 //! them: on this project's disks that flush costs about twice what a flush of the same bytes
 //! written in one piece does. Here a commit's writes go to a log as one checksummed record
-//! holding the bytes they changed, flushed; the pages then reach the database file without a
-//! flush. Once the log is full the
-//! database files are flushed and the log starts over. Opening a log replays its records.
+//! holding the bytes they changed, flushed. The pages stay in memory, where reads find them, and
+//! reach the database file once the log is full (or holds too many of them in memory), each
+//! written once however many commits changed it; the files are then flushed and the log starts
+//! over. Opening a log replays its records.
 //!
 //! A log is a [`Journal`], which several databases can share: the daemon's metadata store and
 //! its snapshotters' stores write to one, so that a snapshot call, which commits to a
 //! snapshotter's store and then to the metadata store, flushes once. A database opened with
 //! [`Commits::Deferred`] appends its records without flushing: they are durable once a later
 //! flush of the journal returns (a commit of a [`Commits::Flushed`] database, or
-//! [`Journal::sync`]), and its writes reach its file only then, so a file never holds a commit
-//! that could still be lost. [`open`] gives a database its own journal beside it
+//! [`Journal::sync`]). A file never holds a commit that could still be lost: its pages are
+//! written only after a flush. [`open`] gives a database its own journal beside it
 //! (`<file>.wal`).
 //!
 //! A record is `CWL2`, epoch, sequence number, the file's length after the commit, the number
@@ -24,7 +25,7 @@
 //! record torn by a crash fails its checksum. Records of a `<file>.wal` written before logs had
 //! names (`CWAL`, no name) belong to `<file>`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -38,6 +39,10 @@ use redb::{BackendError, Database, DatabaseError, StorageBackend, StorageError};
 const LOG_CAPACITY: u64 = 1 << 20;
 /// The same for a journal shared by the daemon's stores.
 const SHARED_CAPACITY: u64 = 4 << 20;
+/// Pages held in memory for their files, past which the log restarts early (bytes).
+const MAX_HELD: u64 = 8 << 20;
+/// What a database's writes are kept in memory by: redb's page size.
+const BLOCK: u64 = 4096;
 const MAGIC: &[u8; 4] = b"CWL2";
 /// The magic of records without a name, which only a database's own log holds.
 const MAGIC_UNNAMED: &[u8; 4] = b"CWAL";
@@ -119,10 +124,13 @@ struct Log {
     seq: u64,
     /// Records were appended since the last flush.
     unflushed: bool,
-    /// Members whose appended writes go to their files once the log is flushed.
-    waiting: Vec<Arc<Member>>,
-    /// Members with records in this epoch: their files are flushed before the log restarts.
+    /// Members with records in this epoch: their held blocks are written to their files, and
+    /// the files flushed, before the log restarts.
     written: Vec<Arc<Member>>,
+    /// Bytes of blocks the members hold for their files.
+    held: u64,
+    /// Past this many held bytes the log restarts.
+    max_held: u64,
 }
 
 /// One database file of a journal.
@@ -133,15 +141,21 @@ struct Member {
     state: Mutex<MemberState>,
 }
 
-#[derive(Debug, Default)]
+/// A database's writes in memory, by block (`BLOCK` bytes from `index * BLOCK`), each block
+/// whole as the database sees it.
+type Blocks = BTreeMap<u64, Box<[u8]>>;
+
+#[derive(Debug)]
 struct MemberState {
-    /// Writes since the member's last record, in order; reads see them over the file.
-    pending: Vec<(u64, Vec<u8>)>,
+    /// The file's length as the database sees it. The file is never shorter.
+    len: u64,
+    /// Blocks written since the member's last record; reads see them over `held` and the file.
+    pending: Blocks,
     /// What of `pending` the next record holds: only the bytes each write changed.
     changed: Vec<(u64, Vec<u8>)>,
-    /// Writes of records appended but not yet flushed, in order, between the file and
-    /// `pending` for reads.
-    appended: Vec<(u64, Vec<u8>)>,
+    /// Blocks of appended records not yet written to the file, read from here. They are
+    /// written at the log's restart, after its flush, or when the database closes.
+    held: Blocks,
     resized: bool,
 }
 
@@ -154,15 +168,53 @@ impl Member {
         self.state.lock().map_err(|_| poisoned("database"))
     }
 
-    /// Writes what its flushed records hold to the file.
-    fn apply_appended(&self) -> io::Result<()> {
+    /// Writes the blocks of its records to the file, flushes the file and forgets them; the
+    /// bytes of memory that frees.
+    fn write_back(&self) -> io::Result<u64> {
         let mut state = self.lock()?;
-        for (at, data) in &state.appended {
-            self.file.write(*at, data)?;
+        let freed = state.held.len() as u64 * BLOCK;
+        for (index, block) in &state.held {
+            let start = index * BLOCK;
+            let within = state.len.saturating_sub(start).min(BLOCK) as usize;
+            if within > 0 {
+                self.file.write(start, &block[..within])?;
+            }
         }
-        state.appended.clear();
-        Ok(())
+        state.held.clear();
+        drop(state);
+        self.file.sync_data()?;
+        Ok(freed)
     }
+}
+
+impl MemberState {
+    /// Block `index` as the database sees it: in memory, else from the file (zeros past the
+    /// file's end).
+    fn block(&self, file: &FileBackend, index: u64) -> io::Result<Box<[u8]>> {
+        if let Some(block) = self.pending.get(&index).or_else(|| self.held.get(&index)) {
+            return Ok(block.clone());
+        }
+        let mut block = vec![0u8; BLOCK as usize].into_boxed_slice();
+        let start = index * BLOCK;
+        let within = self.len.saturating_sub(start).min(BLOCK) as usize;
+        if within > 0 {
+            file.read(start, &mut block[..within])?;
+        }
+        Ok(block)
+    }
+
+    /// Whether every block of `offset..offset + len` is in memory.
+    fn holds(&self, offset: u64, len: u64) -> bool {
+        blocks(offset, len).all(|i| self.pending.contains_key(&i) || self.held.contains_key(&i))
+    }
+}
+
+/// The indices of the blocks `offset..offset + len` touches.
+fn blocks(offset: u64, len: u64) -> std::ops::Range<u64> {
+    if len == 0 {
+        return 0..0;
+    }
+    offset / BLOCK..(offset + len - 1) / BLOCK + 1
 }
 
 impl Journal {
@@ -210,8 +262,9 @@ impl Journal {
                     epoch: next_epoch(replayed.epoch),
                     seq: 0,
                     unflushed: false,
-                    waiting: Vec::new(),
                     written: Vec::new(),
+                    held: 0,
+                    max_held: MAX_HELD,
                 }),
             }),
         })
@@ -253,22 +306,28 @@ impl Journal {
             })?
             .to_owned();
         let file = open_or_create(path)?;
+        let len = file.metadata()?.len();
         Ok(Arc::new(Member {
             name,
             file: FileBackend::new(file).map_err(io::Error::other)?,
-            state: Mutex::new(MemberState::default()),
+            state: Mutex::new(MemberState {
+                len,
+                pending: Blocks::new(),
+                changed: Vec::new(),
+                held: Blocks::new(),
+                resized: false,
+            }),
         }))
     }
 
-    /// Makes every record appended so far durable, and their writes reach their files.
+    /// Makes every record appended so far durable.
     pub fn sync(&self) -> io::Result<()> {
         self.lock()?.flush()
     }
 
     /// Whether records were appended since the last flush: commits not yet durable.
     pub fn unflushed(&self) -> io::Result<bool> {
-        let log = self.lock()?;
-        Ok(log.unflushed || !log.waiting.is_empty())
+        Ok(self.lock()?.unflushed)
     }
 
     fn lock(&self) -> io::Result<MutexGuard<'_, Log>> {
@@ -457,27 +516,24 @@ fn replay(dir: &Path, unnamed: &str, log: &File) -> io::Result<Replayed> {
 }
 
 impl Log {
-    /// Makes the records appended so far durable, then lets their writes reach their files.
+    /// Makes the records appended so far durable.
     fn flush(&mut self) -> io::Result<()> {
         if self.unflushed {
             self.file.sync_data()?;
             self.unflushed = false;
         }
-        while let Some(member) = self.waiting.last() {
-            member.apply_appended()?;
-            self.waiting.pop();
-        }
         Ok(())
     }
 
-    /// Once every database file with records in the log is flushed, the records are no longer
-    /// needed: the log starts over, under a new epoch.
+    /// Once every database file with records in the log holds them, flushed, the records are
+    /// no longer needed: the log starts over, under a new epoch.
     fn restart(&mut self) -> io::Result<()> {
         self.flush()?;
         while let Some(member) = self.written.last() {
-            member.file.sync_data()?;
+            member.write_back()?;
             self.written.pop();
         }
+        self.held = 0;
         self.epoch = next_epoch(Some(self.epoch));
         self.seq = 0;
         self.end = 0;
@@ -502,7 +558,7 @@ impl JournalBackend {
                 .then(|| record_len(&self.member.name, &state.changed))
         };
         if let Some(size) = size {
-            if log.end + size > log.capacity {
+            if log.end + size > log.capacity || log.held > log.max_held {
                 log.restart()?;
                 if size > log.capacity {
                     zero_fill(&log.file, size)?;
@@ -510,13 +566,12 @@ impl JournalBackend {
                     log.capacity = size;
                 }
             }
-            let file_len = self.member.file.len()?;
             let mut state = self.member.lock()?;
             let record = encode(
                 log.epoch,
                 log.seq,
                 &self.member.name,
-                file_len,
+                state.len,
                 &state.changed,
             );
             let end = log.end;
@@ -525,15 +580,15 @@ impl JournalBackend {
             log.seq += 1;
             log.unflushed = true;
             state.changed.clear();
-            let writes = std::mem::take(&mut state.pending);
-            state.appended.extend(writes);
             state.resized = false;
-            drop(state);
-            let log = &mut *log;
-            for list in [&mut log.waiting, &mut log.written] {
-                if !list.iter().any(|m| Arc::ptr_eq(m, &self.member)) {
-                    list.push(self.member.clone());
+            for (index, block) in std::mem::take(&mut state.pending) {
+                if state.held.insert(index, block).is_none() {
+                    log.held += BLOCK;
                 }
+            }
+            drop(state);
+            if !log.written.iter().any(|m| Arc::ptr_eq(m, &self.member)) {
+                log.written.push(self.member.clone());
             }
         }
         if commits == Commits::Flushed {
@@ -550,37 +605,31 @@ const SPAN_GAP: usize = 32;
 /// The spans of `after` (written at `offset`) that differ from `before`, close ones merged.
 fn changed_spans(offset: u64, before: &[u8], after: &[u8]) -> Vec<(u64, Vec<u8>)> {
     let mut spans = Vec::new();
-    let mut at = 0;
-    while at < after.len() {
-        if before[at] == after[at] {
-            at += 1;
-            continue;
-        }
-        let start = at;
-        let mut end = at + 1;
-        let mut look = end;
-        while look < after.len() && look - end <= SPAN_GAP {
-            if before[look] != after[look] {
-                end = look + 1;
+    let mut next = first_difference(before, after, 0);
+    while let Some(start) = next {
+        let mut end = start + 1;
+        loop {
+            next = first_difference(before, after, end);
+            match next {
+                Some(at) if at - end <= SPAN_GAP => end = at + 1,
+                _ => break,
             }
-            look += 1;
         }
         spans.push((offset + start as u64, after[start..end].to_vec()));
-        at = end;
     }
     spans
 }
 
-/// Lays `writes` over `out`, which holds the bytes from `offset` on.
-fn overlay(writes: &[(u64, Vec<u8>)], offset: u64, out: &mut [u8]) {
-    let end = offset + out.len() as u64;
-    for (at, data) in writes {
-        let (from, to) = (offset.max(*at), end.min(*at + data.len() as u64));
-        if from < to {
-            out[(from - offset) as usize..(to - offset) as usize]
-                .copy_from_slice(&data[(from - at) as usize..(to - at) as usize]);
+/// The first index from `from` on where `a` and `b` differ. Equal runs are skipped a chunk at
+/// a time, large chunks then small ones (a page is mostly unchanged).
+fn first_difference(a: &[u8], b: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    for chunk in [512, 64] {
+        while at + chunk <= b.len() && a[at..at + chunk] == b[at..at + chunk] {
+            at += chunk;
         }
     }
+    (at..b.len()).find(|&i| a[i] != b[i])
 }
 
 /// Cuts `writes` at `len`, as the file is cut.
@@ -594,25 +643,59 @@ fn truncate(writes: &mut Vec<(u64, Vec<u8>)>, len: u64) {
     });
 }
 
+/// Cuts `blocks` at `len`, as the file is cut: what lies past it reads as zeros if the file
+/// grows again.
+fn truncate_blocks(blocks: &mut Blocks, len: u64) {
+    blocks.retain(|index, block| {
+        let start = index * BLOCK;
+        if start >= len {
+            return false;
+        }
+        let within = (len - start).min(BLOCK) as usize;
+        block[within..].fill(0);
+        true
+    });
+}
+
 impl StorageBackend for JournalBackend {
     fn len(&self) -> Result<u64, io::Error> {
-        self.member.file.len()
+        Ok(self.member.lock()?.len)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
         let state = self.member.lock()?;
-        self.member.file.read(offset, out)?;
-        overlay(&state.appended, offset, out);
-        overlay(&state.pending, offset, out);
+        let len = out.len() as u64;
+        if offset + len > state.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "read of {len} bytes at {offset} past the end ({})",
+                    state.len
+                ),
+            ));
+        }
+        if !state.holds(offset, len) {
+            self.member.file.read(offset, out)?;
+        }
+        for index in blocks(offset, len) {
+            let Some(block) = state.pending.get(&index).or_else(|| state.held.get(&index)) else {
+                continue;
+            };
+            let start = index * BLOCK;
+            let (from, to) = (offset.max(start), (offset + len).min(start + BLOCK));
+            out[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&block[(from - start) as usize..(to - start) as usize]);
+        }
         Ok(())
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
         let mut state = self.member.lock()?;
         self.member.file.set_len(len)?;
-        truncate(&mut state.pending, len);
+        state.len = len;
+        truncate_blocks(&mut state.pending, len);
+        truncate_blocks(&mut state.held, len);
         truncate(&mut state.changed, len);
-        truncate(&mut state.appended, len);
         state.resized = true;
         Ok(())
     }
@@ -623,27 +706,45 @@ impl StorageBackend for JournalBackend {
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
         let mut state = self.member.lock()?;
+        let end = offset + data.len() as u64;
+        if end > state.len {
+            // As a file grows when written past its end; the file is never shorter than
+            // `len`, so that blocks within it can be read.
+            self.member.file.set_len(end)?;
+            state.len = end;
+            state.resized = true;
+        }
         // Only what changed goes to the log: a commit rewrites whole pages to change a few
         // bytes of each, and the flush costs by the byte. Replay stays exact, as every byte
         // that changed since the log started is in it, and the file only ever holds bytes
         // the log had before they got there.
-        // A range past the file's end (not yet written) fails to read: logged whole.
-        let mut before = vec![0u8; data.len()];
-        if self.member.file.read(offset, &mut before).is_ok() {
-            overlay(&state.appended, offset, &mut before);
-            overlay(&state.pending, offset, &mut before);
-            state.changed.extend(changed_spans(offset, &before, data));
-        } else {
-            state.changed.push((offset, data.to_vec()));
+        for index in blocks(offset, data.len() as u64) {
+            let start = index * BLOCK;
+            let (from, to) = (offset.max(start), end.min(start + BLOCK));
+            let mut block = match state.pending.remove(&index) {
+                Some(block) => block,
+                None => state.block(&self.member.file, index)?,
+            };
+            let written = &data[(from - offset) as usize..(to - offset) as usize];
+            let within = (from - start) as usize..(to - start) as usize;
+            let spans = changed_spans(from, &block[within.clone()], written);
+            state.changed.extend(spans);
+            block[within].copy_from_slice(written);
+            state.pending.insert(index, block);
         }
-        state.pending.push((offset, data.to_vec()));
         Ok(())
     }
 
     fn close(&self) -> Result<(), io::Error> {
         // Writes of commits made without durability, and deferred ones, would be lost with the
-        // process otherwise, which they are not with redb's own backend.
+        // process otherwise, which they are not with redb's own backend. The file gets what the
+        // log holds for it, so that nothing of this database is left in memory.
         self.append(Commits::Flushed)?;
+        let mut log = self.journal.lock()?;
+        let freed = self.member.write_back()?;
+        log.held = log.held.saturating_sub(freed);
+        log.written.retain(|m| !Arc::ptr_eq(m, &self.member));
+        drop(log);
         self.member.file.close()
     }
 
