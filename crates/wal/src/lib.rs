@@ -147,8 +147,13 @@ type Blocks = BTreeMap<u64, Box<[u8]>>;
 
 #[derive(Debug)]
 struct MemberState {
-    /// The file's length as the database sees it. The file is never shorter.
+    /// The file's length as the database sees it.
     len: u64,
+    /// The length the member's last record gave, which the file takes at the next write-back.
+    logged_len: u64,
+    /// The file's length on disk: it changes only when held blocks are written, so that a
+    /// crash never leaves it cut short of what the log's records still need.
+    file_len: u64,
     /// Blocks written since the member's last record; reads see them over `held` and the file.
     pending: Blocks,
     /// What of `pending` the next record holds: only the bytes each write changed.
@@ -175,10 +180,14 @@ impl Member {
         let freed = state.held.len() as u64 * BLOCK;
         for (index, block) in &state.held {
             let start = index * BLOCK;
-            let within = state.len.saturating_sub(start).min(BLOCK) as usize;
+            let within = state.logged_len.saturating_sub(start).min(BLOCK) as usize;
             if within > 0 {
                 self.file.write(start, &block[..within])?;
             }
+        }
+        if state.file_len != state.logged_len {
+            self.file.set_len(state.logged_len)?;
+            state.file_len = state.logged_len;
         }
         state.held.clear();
         drop(state);
@@ -188,19 +197,53 @@ impl Member {
 }
 
 impl MemberState {
-    /// Block `index` as the database sees it: in memory, else from the file (zeros past the
-    /// file's end).
+    /// Block `index` as the database sees it: in memory, else from the file.
     fn block(&self, file: &FileBackend, index: u64) -> io::Result<Box<[u8]>> {
         if let Some(block) = self.pending.get(&index).or_else(|| self.held.get(&index)) {
             return Ok(block.clone());
         }
         let mut block = vec![0u8; BLOCK as usize].into_boxed_slice();
-        let start = index * BLOCK;
-        let within = self.len.saturating_sub(start).min(BLOCK) as usize;
-        if within > 0 {
-            file.read(start, &mut block[..within])?;
-        }
+        self.read_file(file, index * BLOCK, &mut block)?;
         Ok(block)
+    }
+
+    /// Reads from the file, zeros past its end on disk.
+    fn read_file(&self, file: &FileBackend, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let within = self.file_len.saturating_sub(offset).min(out.len() as u64) as usize;
+        if within > 0 {
+            file.read(offset, &mut out[..within])?;
+        }
+        out[within..].fill(0);
+        Ok(())
+    }
+
+    /// The database's file grows from `from` to `to`: that span reads as zeros, whatever an
+    /// earlier, longer file left in memory or on disk. Where it did not hold zeros, the change
+    /// is logged, as replay may find those bytes there.
+    fn expose(&mut self, file: &FileBackend, from: u64, to: u64) -> io::Result<()> {
+        let last = |blocks: &Blocks| blocks.last_key_value().map_or(0, |(i, _)| (i + 1) * BLOCK);
+        let reach = self
+            .file_len
+            .max(last(&self.pending))
+            .max(last(&self.held))
+            .min(to);
+        if reach <= from {
+            return Ok(());
+        }
+        for index in blocks(from, reach - from) {
+            let start = index * BLOCK;
+            let mut block = match self.pending.remove(&index) {
+                Some(block) => block,
+                None => self.block(file, index)?,
+            };
+            let zeroed = (from.max(start) - start) as usize..BLOCK as usize;
+            let zeros = vec![0u8; zeroed.len()];
+            let spans = changed_spans(from.max(start), &block[zeroed.clone()], &zeros);
+            self.changed.extend(spans);
+            block[zeroed].fill(0);
+            self.pending.insert(index, block);
+        }
+        Ok(())
     }
 
     /// Whether every block of `offset..offset + len` is in memory.
@@ -312,6 +355,8 @@ impl Journal {
             file: FileBackend::new(file).map_err(io::Error::other)?,
             state: Mutex::new(MemberState {
                 len,
+                logged_len: len,
+                file_len: len,
                 pending: Blocks::new(),
                 changed: Vec::new(),
                 held: Blocks::new(),
@@ -581,6 +626,7 @@ impl JournalBackend {
             log.unflushed = true;
             state.changed.clear();
             state.resized = false;
+            state.logged_len = state.len;
             for (index, block) in std::mem::take(&mut state.pending) {
                 if state.held.insert(index, block).is_none() {
                     log.held += BLOCK;
@@ -632,31 +678,6 @@ fn first_difference(a: &[u8], b: &[u8], from: usize) -> Option<usize> {
     (at..b.len()).find(|&i| a[i] != b[i])
 }
 
-/// Cuts `writes` at `len`, as the file is cut.
-fn truncate(writes: &mut Vec<(u64, Vec<u8>)>, len: u64) {
-    writes.retain_mut(|(at, data)| {
-        if *at >= len {
-            return false;
-        }
-        data.truncate((len - *at).min(data.len() as u64) as usize);
-        true
-    });
-}
-
-/// Cuts `blocks` at `len`, as the file is cut: what lies past it reads as zeros if the file
-/// grows again.
-fn truncate_blocks(blocks: &mut Blocks, len: u64) {
-    blocks.retain(|index, block| {
-        let start = index * BLOCK;
-        if start >= len {
-            return false;
-        }
-        let within = (len - start).min(BLOCK) as usize;
-        block[within..].fill(0);
-        true
-    });
-}
-
 impl StorageBackend for JournalBackend {
     fn len(&self) -> Result<u64, io::Error> {
         Ok(self.member.lock()?.len)
@@ -675,7 +696,7 @@ impl StorageBackend for JournalBackend {
             ));
         }
         if !state.holds(offset, len) {
-            self.member.file.read(offset, out)?;
+            state.read_file(&self.member.file, offset, out)?;
         }
         for index in blocks(offset, len) {
             let Some(block) = state.pending.get(&index).or_else(|| state.held.get(&index)) else {
@@ -690,12 +711,14 @@ impl StorageBackend for JournalBackend {
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        // The file itself takes the length at the next write-back: cut now, it could lose
+        // bytes that records of this epoch, the ones a crash would replay, do not hold.
         let mut state = self.member.lock()?;
-        self.member.file.set_len(len)?;
+        if len > state.len {
+            let from = state.len;
+            state.expose(&self.member.file, from, len)?;
+        }
         state.len = len;
-        truncate_blocks(&mut state.pending, len);
-        truncate_blocks(&mut state.held, len);
-        truncate(&mut state.changed, len);
         state.resized = true;
         Ok(())
     }
@@ -708,9 +731,9 @@ impl StorageBackend for JournalBackend {
         let mut state = self.member.lock()?;
         let end = offset + data.len() as u64;
         if end > state.len {
-            // As a file grows when written past its end; the file is never shorter than
-            // `len`, so that blocks within it can be read.
-            self.member.file.set_len(end)?;
+            // As a file grows when written past its end.
+            let from = state.len;
+            state.expose(&self.member.file, from, end)?;
             state.len = end;
             state.resized = true;
         }

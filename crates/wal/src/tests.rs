@@ -469,3 +469,77 @@ fn changed_bytes_rebuild_the_database_from_the_logs_start() {
     // third of that.
     assert!(logged < 600_000, "{logged} bytes logged");
 }
+
+/// A backend of `journal` for the file `path`, driven directly as redb would.
+fn backend(journal: &Journal, path: &Path) -> JournalBackend {
+    JournalBackend {
+        journal: journal.clone(),
+        member: journal.member(path).unwrap(),
+        commits: Commits::Flushed,
+    }
+}
+
+fn read(b: &JournalBackend, offset: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    b.read(offset, &mut out).unwrap();
+    out
+}
+
+/// A file cut short and grown again reads as zeros where it grew, before and after a crash,
+/// whether the cut was logged on its own or in the same record as the growth; and the file on
+/// disk keeps its length until the log no longer needs what lay past the cut.
+#[test]
+fn a_file_cut_and_grown_again_reads_zeros_where_it_grew() {
+    const B: u64 = BLOCK;
+    for cut_logged_alone in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal_path, path) = (dir.path().join("j.wal"), dir.path().join("f"));
+        let journal = Journal::open_with_capacity(&journal_path, 1 << 20).unwrap();
+        let b = backend(&journal, &path);
+        b.set_len(3 * B).unwrap();
+        b.write(0, &vec![7u8; 3 * B as usize]).unwrap();
+        b.sync_data().unwrap();
+        journal.lock().unwrap().restart().unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            3 * B,
+            "written back"
+        );
+
+        b.set_len(B + 100).unwrap();
+        assert!(
+            b.read(B + 50, &mut [0u8; 100]).is_err(),
+            "read past the end"
+        );
+        if cut_logged_alone {
+            b.sync_data().unwrap();
+        }
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            3 * B,
+            "the file is cut only at a write-back"
+        );
+        b.set_len(3 * B).unwrap();
+        b.write(2 * B + 10, &[9u8; 10]).unwrap();
+        b.sync_data().unwrap();
+        let mut expected = vec![7u8; (B + 100) as usize];
+        expected.resize(3 * B as usize, 0);
+        expected[(2 * B + 10) as usize..(2 * B + 20) as usize].fill(9);
+        assert_eq!(read(&b, 0, 3 * B as usize), expected);
+
+        // The crash: the file holds what the last write-back put there, the log its records.
+        let (at_crash, log_at_crash) = (
+            std::fs::read(&path).unwrap(),
+            std::fs::read(&journal_path).unwrap(),
+        );
+        drop((b, journal));
+        std::fs::write(&path, &at_crash).unwrap();
+        std::fs::write(&journal_path, &log_at_crash).unwrap();
+        drop(Journal::open_with_capacity(&journal_path, 1 << 20).unwrap());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            expected,
+            "{cut_logged_alone}"
+        );
+    }
+}
