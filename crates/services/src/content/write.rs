@@ -167,14 +167,17 @@ pub(crate) async fn run(
             }
             return Ok(());
         }
-        match inbound.message().await? {
-            Some(next) => req = next,
-            None => {
-                if let Some(write) = pending.take() {
-                    finish(write).await?;
-                }
-                return Ok(());
+        let next = inbound.message().await;
+        if !matches!(next, Ok(Some(_))) {
+            // The stream ended or broke: what was accepted lands before the call ends, so
+            // that the ingest's status, and a resume, see all of it.
+            if let Some(write) = pending.take() {
+                finish(write).await?;
             }
+        }
+        match next? {
+            Some(next) => req = next,
+            None => return Ok(()),
         }
         if writer.is_none() && pending.is_none() {
             return Err(Status::failed_precondition("writer already committed"));
