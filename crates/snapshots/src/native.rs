@@ -39,8 +39,8 @@ impl Driver for Native {
             return Ok(());
         }
         self.snapshots
-            .build(&s.id, LAYOUT, |staging| match s.parent_ids.first() {
-                Some(parent) => copy_tree(&self.dir(parent), staging),
+            .build(&s.id, LAYOUT, |entry| match s.parent_ids.first() {
+                Some(parent) => copy_tree(&self.dir(parent), entry),
                 None => Ok(()),
             })
     }

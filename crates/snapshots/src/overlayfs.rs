@@ -99,11 +99,11 @@ impl Driver for Overlay {
 
     fn create(&self, s: &Snapshot) -> io::Result<()> {
         let layout = if s.kind == Kind::Active { ACTIVE } else { VIEW };
-        self.snapshots.build(&s.id, layout, |staging| {
+        self.snapshots.build(&s.id, layout, |entry| {
             if let Some(parent) = s.parent_ids.first() {
                 // The new layer belongs to whoever owns the parent's root.
                 let owner = std::fs::metadata(self.upper(parent))?;
-                let fs = staging.join("fs");
+                let fs = entry.join("fs");
                 std::os::unix::fs::lchown(&fs, Some(owner.uid()), Some(owner.gid()))?;
             }
             Ok(())
@@ -313,7 +313,8 @@ mod tests {
             let sn = open(root, OverlayConfig::default());
             sn.prepare("a", "", Default::default()).await.unwrap();
         }
-        // A create that died before its record was written, and one that died mid-way.
+        // A create that died before its record was written, and one that died mid-way in an
+        // earlier version, which built entries aside.
         std::fs::create_dir_all(root.join("snapshots/2/fs")).unwrap();
         std::fs::create_dir_all(root.join("snapshots/new-3/fs")).unwrap();
         let sn = open(root, OverlayConfig::default());

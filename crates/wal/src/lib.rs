@@ -197,14 +197,39 @@ impl Member {
 }
 
 impl MemberState {
-    /// Block `index` as the database sees it: in memory, else from the file.
-    fn block(&self, file: &FileBackend, index: u64) -> io::Result<Box<[u8]>> {
-        if let Some(block) = self.pending.get(&index).or_else(|| self.held.get(&index)) {
+    /// Block `index` as the database sees it, to be changed and put back in `pending`: taken
+    /// from there, else copied from `held` or read from the file.
+    fn take_block(&mut self, file: &FileBackend, index: u64) -> io::Result<Box<[u8]>> {
+        if let Some(block) = self.pending.remove(&index) {
+            return Ok(block);
+        }
+        if let Some(block) = self.held.get(&index) {
             return Ok(block.clone());
         }
         let mut block = vec![0u8; BLOCK as usize].into_boxed_slice();
         self.read_file(file, index * BLOCK, &mut block)?;
         Ok(block)
+    }
+
+    /// Writes `data` at `offset` into the pending blocks, noting the bytes it changed for the
+    /// next record. Only those go to the log: a commit rewrites whole pages to change a few
+    /// bytes of each, and the flush costs by the byte. Replay stays exact, as every byte that
+    /// changed since the log started is in it, and the file only ever holds bytes the log had
+    /// before they got there.
+    fn overwrite(&mut self, file: &FileBackend, offset: u64, data: &[u8]) -> io::Result<()> {
+        let end = offset + data.len() as u64;
+        for index in blocks(offset, data.len() as u64) {
+            let start = index * BLOCK;
+            let (from, to) = (offset.max(start), end.min(start + BLOCK));
+            let mut block = self.take_block(file, index)?;
+            let written = &data[(from - offset) as usize..(to - offset) as usize];
+            let within = (from - start) as usize..(to - start) as usize;
+            let spans = changed_spans(from, &block[within.clone()], written);
+            self.changed.extend(spans);
+            block[within].copy_from_slice(written);
+            self.pending.insert(index, block);
+        }
+        Ok(())
     }
 
     /// Reads from the file, zeros past its end on disk.
@@ -230,18 +255,11 @@ impl MemberState {
         if reach <= from {
             return Ok(());
         }
+        const ZEROS: [u8; BLOCK as usize] = [0; BLOCK as usize];
         for index in blocks(from, reach - from) {
-            let start = index * BLOCK;
-            let mut block = match self.pending.remove(&index) {
-                Some(block) => block,
-                None => self.block(file, index)?,
-            };
-            let zeroed = (from.max(start) - start) as usize..BLOCK as usize;
-            let zeros = vec![0u8; zeroed.len()];
-            let spans = changed_spans(from.max(start), &block[zeroed.clone()], &zeros);
-            self.changed.extend(spans);
-            block[zeroed].fill(0);
-            self.pending.insert(index, block);
+            // Each block from `from` to its end.
+            let at = from.max(index * BLOCK);
+            self.overwrite(file, at, &ZEROS[(at - index * BLOCK) as usize..])?;
         }
         Ok(())
     }
@@ -737,25 +755,7 @@ impl StorageBackend for JournalBackend {
             state.len = end;
             state.resized = true;
         }
-        // Only what changed goes to the log: a commit rewrites whole pages to change a few
-        // bytes of each, and the flush costs by the byte. Replay stays exact, as every byte
-        // that changed since the log started is in it, and the file only ever holds bytes
-        // the log had before they got there.
-        for index in blocks(offset, data.len() as u64) {
-            let start = index * BLOCK;
-            let (from, to) = (offset.max(start), end.min(start + BLOCK));
-            let mut block = match state.pending.remove(&index) {
-                Some(block) => block,
-                None => state.block(&self.member.file, index)?,
-            };
-            let written = &data[(from - offset) as usize..(to - offset) as usize];
-            let within = (from - start) as usize..(to - start) as usize;
-            let spans = changed_spans(from, &block[within.clone()], written);
-            state.changed.extend(spans);
-            block[within].copy_from_slice(written);
-            state.pending.insert(index, block);
-        }
-        Ok(())
+        state.overwrite(&self.member.file, offset, data)
     }
 
     fn close(&self) -> Result<(), io::Error> {
