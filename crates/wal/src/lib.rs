@@ -667,33 +667,47 @@ impl JournalBackend {
 const SPAN_GAP: usize = 32;
 
 /// The spans of `after` (written at `offset`) that differ from `before`, close ones merged.
+/// Compared eight bytes at a time: a word's differing bytes are less than `SPAN_GAP` apart, so
+/// only its first and last one can start or end a span (a byte at a time, a page rewritten
+/// whole cost thousands of comparisons).
 fn changed_spans(offset: u64, before: &[u8], after: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    const WORD: usize = 8;
+    // The span being grown: its start and the end of its last differing byte.
+    let mut open: Option<(usize, usize)> = None;
     let mut spans = Vec::new();
-    let mut next = first_difference(before, after, 0);
-    while let Some(start) = next {
-        let mut end = start + 1;
-        loop {
-            next = first_difference(before, after, end);
-            match next {
-                Some(at) if at - end <= SPAN_GAP => end = at + 1,
-                _ => break,
+    let mut close =
+        |span: (usize, usize)| spans.push((offset + span.0 as u64, after[span.0..span.1].to_vec()));
+    let mut note = |first: usize, last: usize, open: &mut Option<(usize, usize)>| match open {
+        Some((_, end)) if first - *end <= SPAN_GAP => *end = last + 1,
+        _ => {
+            if let Some(span) = open.replace((first, last + 1)) {
+                close(span);
             }
         }
-        spans.push((offset + start as u64, after[start..end].to_vec()));
-    }
-    spans
-}
-
-/// The first index from `from` on where `a` and `b` differ. Equal runs are skipped a chunk at
-/// a time, large chunks then small ones (a page is mostly unchanged).
-fn first_difference(a: &[u8], b: &[u8], from: usize) -> Option<usize> {
-    let mut at = from;
-    for chunk in [512, 64] {
-        while at + chunk <= b.len() && a[at..at + chunk] == b[at..at + chunk] {
-            at += chunk;
+    };
+    let whole = after.len().min(before.len()) / WORD * WORD;
+    let word = |bytes: &[u8], at: usize| {
+        let mut w = [0u8; WORD];
+        w.copy_from_slice(&bytes[at..at + WORD]);
+        u64::from_le_bytes(w)
+    };
+    for at in (0..whole).step_by(WORD) {
+        let differing = word(before, at) ^ word(after, at);
+        if differing != 0 {
+            let first = at + differing.trailing_zeros() as usize / 8;
+            let last = at + WORD - 1 - differing.leading_zeros() as usize / 8;
+            note(first, last, &mut open);
         }
     }
-    (at..b.len()).find(|&i| a[i] != b[i])
+    for (at, byte) in after.iter().enumerate().skip(whole) {
+        if before.get(at) != Some(byte) {
+            note(at, at, &mut open);
+        }
+    }
+    if let Some(span) = open {
+        close(span);
+    }
+    spans
 }
 
 impl StorageBackend for JournalBackend {

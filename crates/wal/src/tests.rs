@@ -427,6 +427,27 @@ fn changed_spans_match_a_byte_by_byte_comparison() {
         after[i] = !after[i];
     }
     assert_eq!(changed_spans(0, &before, &after), naive(0, &before, &after));
+    // Writes that cover part of a block: lengths and starts off the eight-byte words, runs of
+    // changed bytes longer than a word, gaps either side of SPAN_GAP.
+    let mut after = before.clone();
+    for i in (5..300).chain(333..334).chain(367..368).chain(1000..1003) {
+        after[i] = !after[i];
+    }
+    for (from, to) in [
+        (0, 4096),
+        (3, 4093),
+        (5, 301),
+        (6, 299),
+        (299, 1001),
+        (1001, 1002),
+        (7, 7),
+    ] {
+        assert_eq!(
+            changed_spans(64 + from as u64, &before[from..to], &after[from..to]),
+            naive(64 + from as u64, &before[from..to], &after[from..to]),
+            "slice {from}..{to}"
+        );
+    }
 }
 
 /// Records hold only changed bytes: replayed onto the file as it was when the log started
