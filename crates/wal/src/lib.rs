@@ -672,18 +672,13 @@ const SPAN_GAP: usize = 32;
 /// whole cost thousands of comparisons).
 fn changed_spans(offset: u64, before: &[u8], after: &[u8]) -> Vec<(u64, Vec<u8>)> {
     const WORD: usize = 8;
+    let span = |(start, end): (usize, usize)| (offset + start as u64, after[start..end].to_vec());
+    let mut spans = Vec::new();
     // The span being grown: its start and the end of its last differing byte.
     let mut open: Option<(usize, usize)> = None;
-    let mut spans = Vec::new();
-    let mut close =
-        |span: (usize, usize)| spans.push((offset + span.0 as u64, after[span.0..span.1].to_vec()));
-    let mut note = |first: usize, last: usize, open: &mut Option<(usize, usize)>| match open {
+    let mut note = |first: usize, last: usize| match &mut open {
         Some((_, end)) if first - *end <= SPAN_GAP => *end = last + 1,
-        _ => {
-            if let Some(span) = open.replace((first, last + 1)) {
-                close(span);
-            }
-        }
+        open => spans.extend(open.replace((first, last + 1)).map(span)),
     };
     let whole = after.len().min(before.len()) / WORD * WORD;
     let word = |bytes: &[u8], at: usize| {
@@ -696,17 +691,15 @@ fn changed_spans(offset: u64, before: &[u8], after: &[u8]) -> Vec<(u64, Vec<u8>)
         if differing != 0 {
             let first = at + differing.trailing_zeros() as usize / 8;
             let last = at + WORD - 1 - differing.leading_zeros() as usize / 8;
-            note(first, last, &mut open);
+            note(first, last);
         }
     }
     for (at, byte) in after.iter().enumerate().skip(whole) {
         if before.get(at) != Some(byte) {
-            note(at, at, &mut open);
+            note(at, at);
         }
     }
-    if let Some(span) = open {
-        close(span);
-    }
+    spans.extend(open.map(span));
     spans
 }
 
