@@ -575,7 +575,8 @@ async fn apply_layer(
     parent: &str,
     chain: &str,
 ) -> anyhow::Result<()> {
-    let key = format!("extract-{}-{chain}", crate::leases::now_nanos());
+    // containerd's unpack key: the snapshotter may then treat it as one.
+    let key = format!("extract-{} {chain}", crate::leases::now_nanos());
     let mounts = conn
         .snapshots()
         .prepare(conn.request(snapshots::PrepareSnapshotRequest {

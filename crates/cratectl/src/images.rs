@@ -78,10 +78,13 @@ pub enum ImagesCommand {
         source: String,
         targets: Vec<String>,
     },
-    /// Mount an image's unpacked filesystem at TARGET (read-only).
+    /// Mount an image's unpacked filesystem at TARGET (read-only unless --rw).
     Mount {
         #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
         snapshotter: String,
+        /// A writable snapshot of the image, as a container gets, instead of a view.
+        #[arg(long)]
+        rw: bool,
         target: String,
         reference: String,
     },
@@ -230,9 +233,10 @@ pub async fn run(conn: &Connection, command: ImagesCommand) -> anyhow::Result<()
         }
         ImagesCommand::Mount {
             snapshotter,
+            rw,
             target,
             reference,
-        } => mount(conn, &snapshotter, &target, &reference).await,
+        } => mount(conn, &snapshotter, rw, &target, &reference).await,
         ImagesCommand::Unmount {
             snapshotter,
             target,
@@ -641,6 +645,7 @@ async fn list(conn: &Connection, quiet: bool, filters: Vec<String>) -> anyhow::R
 async fn mount(
     conn: &Connection,
     snapshotter: &str,
+    rw: bool,
     target: &str,
     reference: &str,
 ) -> anyhow::Result<()> {
@@ -649,24 +654,34 @@ async fn mount(
     let chain = crated_images::chain_ids(&contents.diff_ids)
         .pop()
         .context("the image has no layers")?;
-    // The view is held by a lease named after the target, as ctr does.
+    // The snapshot is held by a lease named after the target, as ctr does.
     conn.leases()
         .create(conn.request(leases::CreateRequest {
             id: target.to_owned(),
             labels: HashMap::new(),
         }))
         .await?;
-    let mut view = conn.request(snapshots::ViewSnapshotRequest {
-        snapshotter: snapshotter.to_owned(),
-        key: target.to_owned(),
-        parent: chain,
-        labels: HashMap::new(),
-    });
-    view.metadata_mut().insert(
-        "containerd-lease",
-        target.parse().context("target is not header text")?,
-    );
-    let mounts = conn.snapshots().view(view).await?.into_inner().mounts;
+    let lease: tonic::metadata::MetadataValue<_> =
+        target.parse().context("target is not header text")?;
+    let mounts = if rw {
+        let mut prepare = conn.request(snapshots::PrepareSnapshotRequest {
+            snapshotter: snapshotter.to_owned(),
+            key: target.to_owned(),
+            parent: chain,
+            labels: HashMap::new(),
+        });
+        prepare.metadata_mut().insert("containerd-lease", lease);
+        conn.snapshots().prepare(prepare).await?.into_inner().mounts
+    } else {
+        let mut view = conn.request(snapshots::ViewSnapshotRequest {
+            snapshotter: snapshotter.to_owned(),
+            key: target.to_owned(),
+            parent: chain,
+            labels: HashMap::new(),
+        });
+        view.metadata_mut().insert("containerd-lease", lease);
+        conn.snapshots().view(view).await?.into_inner().mounts
+    };
     for m in &mounts {
         let status = std::process::Command::new("mount")
             .args([

@@ -14,7 +14,8 @@ use crated_testsupport::gate::{Auth, Gate};
 use crated_testsupport::layered::Shape;
 use crated_testsupport::registry::Registry;
 use crated_testsupport::{
-    assert_same_tree, is_root, tool, tree_listing, umoci_tree, wait_until, workspace_bin, Daemon,
+    assert_same_tree, is_root, tool, tree_listing, umoci_tree, wait_until, without_link_counts,
+    workspace_bin, Daemon,
 };
 
 struct Setup {
@@ -49,19 +50,23 @@ impl Setup {
         self.daemon.client(&self.ctr, args)
     }
 
-    /// `read` of image `reference` mounted by `cratectl images mount` (unmounted after).
-    fn mounted<T>(&self, snapshotter: &str, reference: &str, read: impl FnOnce(&Path) -> T) -> T {
+    /// `read` of image `reference` mounted by `cratectl images mount`, a view or (`rw`) a
+    /// writable snapshot as a container gets (unmounted after).
+    fn mounted<T>(
+        &self,
+        snapshotter: &str,
+        reference: &str,
+        rw: bool,
+        read: impl FnOnce(&Path) -> T,
+    ) -> T {
         let at = self.work.path().join("mounted");
-        std::fs::create_dir(&at).unwrap();
+        std::fs::create_dir_all(&at).unwrap();
         let target = at.to_str().unwrap();
-        ok(self.cratectl(&[
-            "images",
-            "mount",
-            "--snapshotter",
-            snapshotter,
-            target,
-            reference,
-        ]));
+        let mut args = vec!["images", "mount", "--snapshotter", snapshotter];
+        if rw {
+            args.push("--rw");
+        }
+        ok(self.cratectl(&[&args[..], &[target, reference]].concat()));
         let got = read(&at);
         ok(self.cratectl(&["images", "unmount", "--snapshotter", snapshotter, target]));
         got
@@ -108,7 +113,7 @@ fn pull_mount_remove(snapshotter: &str) {
     ok(s.cratectl(&["images", "rm", "busybox:copy"]));
 
     if is_root() {
-        let busybox = s.mounted(snapshotter, &reference, |at| {
+        let busybox = s.mounted(snapshotter, &reference, false, |at| {
             std::fs::read(at.join("bin/busybox"))
         });
         assert_eq!(busybox.unwrap(), std::fs::read("/bin/busybox").unwrap());
@@ -233,8 +238,19 @@ fn layered_matches_umoci(snapshotter: &str) {
 
     let expected = umoci_tree(&umoci, &image, s.work.path());
 
-    let got = s.mounted(snapshotter, &reference, tree_listing);
-    assert_same_tree(&expected, &got, 400);
+    // What a container gets: a writable snapshot of the image.
+    let rootfs = s.mounted(snapshotter, &reference, true, tree_listing);
+    assert_same_tree(&expected, &rootfs, 400);
+    let view = s.mounted(snapshotter, &reference, false, tree_listing);
+    if snapshotter == "native" {
+        assert_same_tree(
+            &without_link_counts(&expected),
+            &without_link_counts(&view),
+            400,
+        );
+    } else {
+        assert_same_tree(&expected, &view, 400);
+    }
 }
 
 #[test]

@@ -217,6 +217,106 @@ fn an_entry_replaces_what_has_its_name_unless_both_are_directories() {
     assert!(Path::new("/etc/hostname").exists() || !Path::new("/etc").join("was-link").exists());
 }
 
+/// Every entry under `root`: path, type and mode, size, mtime, contents or link target.
+fn entries(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let what = if m.file_type().is_symlink() {
+            std::fs::read_link(&p).unwrap().display().to_string()
+        } else if m.is_file() {
+            read(&p)
+        } else {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+            String::new()
+        };
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        out.push(format!(
+            "{rel} {:o} {} {} {what}",
+            m.mode(),
+            m.len(),
+            m.mtime()
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// Native unpacks a layer into a tree whose files are hard links of its committed parent's:
+/// every kind of change a layer makes must replace entries, never write into them, so the
+/// parent is left exactly as it was.
+#[test]
+fn a_layer_applied_over_hard_links_of_a_parent_leaves_the_parent_as_it_was() {
+    let d = tempfile::tempdir().unwrap();
+    let (parent, child) = (d.path().join("parent"), d.path().join("child"));
+    for dir in ["dir/deep", "opaque/sub", "kept"] {
+        std::fs::create_dir_all(parent.join(dir)).unwrap();
+    }
+    for (file, data) in [
+        ("overwritten", "old"),
+        ("dir/deep/overwritten", "old"),
+        ("opaque/sub/f", "old"),
+        ("opaque/f", "old"),
+        ("whited-out", "old"),
+        ("linked-to", "old"),
+        ("kept/f", "old"),
+        ("becomes-dir", "old"),
+    ] {
+        std::fs::write(parent.join(file), data).unwrap();
+        std::fs::set_permissions(parent.join(file), std::fs::Permissions::from_mode(0o640))
+            .unwrap();
+    }
+    std::fs::hard_link(parent.join("overwritten"), parent.join("second-name")).unwrap();
+    std::os::unix::fs::symlink("kept/f", parent.join("was-link")).unwrap();
+    // The child as native makes it for an unpack: directories anew, the rest linked.
+    let mut stack = vec![std::path::PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        std::fs::create_dir(child.join(&rel)).unwrap();
+        for e in std::fs::read_dir(parent.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let rel = rel.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(rel);
+            } else {
+                std::fs::hard_link(parent.join(&rel), child.join(&rel)).unwrap();
+            }
+        }
+    }
+    let before = entries(&parent);
+    let mut layer = Layer::new();
+    layer
+        .file("overwritten", "new")
+        .dir("dir/", 0o711)
+        .file("dir/deep/overwritten", "new")
+        .file(".wh.whited-out", "")
+        .dir("opaque/", 0o755)
+        .file("opaque/.wh..wh..opq", "")
+        .file("opaque/new", "new")
+        .hardlink("new-link", "linked-to")
+        .file("was-link", "now a file")
+        .dir("becomes-dir/", 0o755)
+        .file("becomes-dir/f", "new");
+    apply(&child, &layer.bytes()[..], &delete()).unwrap();
+
+    assert_eq!(entries(&parent), before);
+    assert_eq!(read(&child.join("overwritten")), "new");
+    assert_eq!(read(&child.join("second-name")), "old");
+    assert_eq!(read(&child.join("dir/deep/overwritten")), "new");
+    assert!(!child.join("whited-out").exists() && parent.join("whited-out").exists());
+    assert!(!child.join("opaque/sub").exists() && parent.join("opaque/sub/f").exists());
+    assert_eq!(read(&child.join("new-link")), "old");
+    assert_eq!(read(&child.join("was-link")), "now a file");
+    assert_eq!(read(&child.join("becomes-dir/f")), "new");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(
+        (mode(&child.join("dir")), mode(&parent.join("dir"))),
+        (0o711, 0o755)
+    );
+}
+
 /// Writes a hostile layer given the directory outside the root.
 type BuildLayer = dyn Fn(&Path, &mut Layer);
 

@@ -26,7 +26,28 @@ use crate::Usage;
 /// directories get their attributes last, deepest first, so that nothing written into them
 /// later moves their times.
 pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    fill_tree(src, dst, Files::Copy)
+}
+
+/// [`copy_tree`], but everything that is not a directory is hard-linked, not copied: the two
+/// trees share those inodes. Only for a tree whose writer replaces entries and never writes
+/// into one (a differ unpacking a layer), on top of a tree nobody writes (a committed
+/// snapshot): then neither sees the other's changes. Directories are made anew, as
+/// `copy_tree` makes them. A file that can take no more links (`EMLINK`) is copied.
+pub fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    fill_tree(src, dst, Files::Link)
+}
+
+/// How [`fill_tree`] gives the new tree what is not a directory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Files {
+    Copy,
+    Link,
+}
+
+fn fill_tree(src: &Path, dst: &Path, files: Files) -> io::Result<()> {
     let walk = Walk {
+        files,
         state: Mutex::new(WalkState {
             jobs: vec![(src.to_path_buf(), dst.to_path_buf())],
             active: 0,
@@ -93,6 +114,7 @@ struct WalkState {
 }
 
 struct Walk {
+    files: Files,
     state: Mutex<WalkState>,
     wake: Condvar,
     /// Non-directories with more than one link, copied after the walk.
@@ -154,6 +176,8 @@ impl Walk {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push((from, to, meta));
+            } else if self.files == Files::Link && link_at(&src_dir, &dst_dir, &name)? {
+                // Shared with the source tree.
             } else if meta.nlink() > 1 {
                 self.linked
                     .lock()
@@ -180,6 +204,22 @@ impl Walk {
             self.wake.notify_all();
         }
         Ok(())
+    }
+}
+
+/// Links `name` in `src_dir` as `name` in `dst_dir` (a symlink itself, not what it points
+/// to); false when the inode can take no more links.
+fn link_at(src_dir: &fs::File, dst_dir: &fs::File, name: &OsStr) -> io::Result<bool> {
+    match nix::unistd::linkat(
+        Some(src_dir.as_raw_fd()),
+        name,
+        Some(dst_dir.as_raw_fd()),
+        name,
+        nix::fcntl::AtFlags::empty(),
+    ) {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::EMLINK) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -365,6 +405,50 @@ mod tests {
         let u = disk_usage(&dst).unwrap();
         // dst, sub, f (= hl), ln, fifo
         assert_eq!(u.inodes, 5);
+    }
+
+    #[test]
+    fn a_linked_tree_shares_all_but_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        let dst = d.path().join("dst");
+        fs::create_dir_all(src.join("sub/deeper")).unwrap();
+        fs::write(src.join("sub/f"), b"data").unwrap();
+        fs::set_permissions(src.join("sub/f"), fs::Permissions::from_mode(0o4751)).unwrap();
+        fs::set_permissions(src.join("sub"), fs::Permissions::from_mode(0o711)).unwrap();
+        fs::hard_link(src.join("sub/f"), src.join("hl")).unwrap();
+        symlink("sub/f", src.join("ln")).unwrap();
+        mknod(
+            &src.join("fifo"),
+            SFlag::S_IFIFO,
+            Mode::from_bits_truncate(0o640),
+            0,
+        )
+        .unwrap();
+        let old = TimeSpec::new(1_000_000, 0);
+        utimensat(
+            None,
+            &src.join("sub"),
+            &old,
+            &old,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        fs::create_dir(&dst).unwrap();
+        link_tree(&src, &dst).unwrap();
+        assert_eq!(listing(&dst).0, listing(&src).0);
+        let ino = |p: PathBuf| fs::symlink_metadata(p).unwrap().ino();
+        for shared in ["sub/f", "hl", "ln", "fifo"] {
+            assert_eq!(ino(src.join(shared)), ino(dst.join(shared)), "{shared}");
+        }
+        for made in ["", "sub", "sub/deeper"] {
+            assert_ne!(ino(src.join(made)), ino(dst.join(made)), "{made:?}");
+        }
+        // A name replaced in the linked tree leaves the source's as it was.
+        fs::remove_file(dst.join("sub/f")).unwrap();
+        fs::write(dst.join("sub/f"), b"new").unwrap();
+        assert_eq!(fs::read(src.join("sub/f")).unwrap(), b"data");
+        assert_eq!(fs::read(dst.join("hl")).unwrap(), b"data");
     }
 
     /// Every entry under `root` with what a copy must keep (type, mode, owner, size, mtime,

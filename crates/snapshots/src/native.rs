@@ -1,11 +1,12 @@
 //! The `native` snapshotter: each snapshot is a full directory tree at `snapshots/<id>`, made
-//! by copying its parent's. It works on any filesystem, at the cost of copies.
+//! by copying its parent's. It works on any filesystem, at the cost of copies. A snapshot a
+//! layer is unpacked into links its parent's files instead (see [`link_tree`]).
 
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{copy_tree, disk_usage};
+use crate::fsutil::{copy_tree, disk_usage, link_tree};
 use crate::local::{Driver, Layout, SnapshotDirs};
 use crate::storage::Snapshot;
 use crate::{Kind, Mount, Usage};
@@ -40,6 +41,10 @@ impl Driver for Native {
         }
         self.snapshots
             .build(&s.id, LAYOUT, |entry| match s.parent_ids.first() {
+                // A layer's unpack shares the parent's files: only the differ writes here,
+                // and it replaces files rather than writing into them, so the committed
+                // parent stays as it was; its copies would be most of a native pull.
+                Some(parent) if s.extraction => link_tree(&self.dir(parent), entry),
                 Some(parent) => copy_tree(&self.dir(parent), entry),
                 None => Ok(()),
             })
@@ -85,7 +90,54 @@ impl Driver for Native {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+
     use crate::Snapshotter;
+
+    /// The source directory of a native snapshot's bind mount.
+    fn source(mounts: &[crate::Mount]) -> std::path::PathBuf {
+        assert_eq!(mounts.len(), 1);
+        mounts[0].source.clone().into()
+    }
+
+    #[tokio::test]
+    async fn only_a_snapshot_a_layer_is_unpacked_into_links_its_parents_files() {
+        let d = tempfile::tempdir().unwrap();
+        let driver = crate::native::Native::new(d.path()).unwrap();
+        let sn = crate::LocalSnapshotter::open(d.path(), driver).unwrap();
+        let base = source(&sn.prepare("a", "", HashMap::new()).await.unwrap());
+        std::fs::write(base.join("f"), "data").unwrap();
+        sn.commit("base", "a", HashMap::new()).await.unwrap();
+        let target =
+            |name: &str| HashMap::from([(crate::LABEL_SNAPSHOT_REF.to_owned(), name.to_owned())]);
+        let ino = |dir: &std::path::Path| std::fs::metadata(dir.join("f")).unwrap().ino();
+        let base_ino = ino(&base);
+        // As the metadata layer names an unpack's snapshot in the backend: labelled with its
+        // target (crated's pull, newer containerd), or only named so (containerd 1.6's ctr).
+        let chain = format!("sha256:{}", "ab".repeat(32));
+        let unpack = format!("default/7/extract-1-abc {chain}");
+        let linked = source(&sn.prepare(&unpack, "base", target(&chain)).await.unwrap());
+        assert_eq!(ino(&linked), base_ino);
+        let named = format!("default/8/extract-123-xyz {chain}");
+        let also_linked = source(&sn.prepare(&named, "base", HashMap::new()).await.unwrap());
+        assert_eq!(ino(&also_linked), base_ino);
+        // Any other key, an extract- key without label or chain ID, the label on another key:
+        // copies.
+        for (key, labels) in [
+            ("extract-2 chain".to_owned(), HashMap::new()),
+            (format!("my-extract-3 {chain}"), HashMap::new()),
+            ("container".to_owned(), target(&chain)),
+        ] {
+            let copied = source(&sn.prepare(&key, "base", labels).await.unwrap());
+            assert_ne!(ino(&copied), base_ino, "{key}");
+            assert_eq!(std::fs::read_to_string(copied.join("f")).unwrap(), "data");
+        }
+        // The unpacked snapshot commits as any other, and copies of it are copies.
+        sn.commit("top", &unpack, HashMap::new()).await.unwrap();
+        let child = source(&sn.prepare("c", "top", HashMap::new()).await.unwrap());
+        assert_ne!(ino(&child), base_ino);
+    }
 
     #[tokio::test]
     async fn native_cannot_rebase() {

@@ -52,6 +52,8 @@ pub struct Snapshot {
     pub id: String,
     pub kind: Kind,
     pub parent_ids: Vec<String>,
+    /// An active snapshot a layer is being unpacked into ([`crate::is_extraction`]).
+    pub extraction: bool,
 }
 
 pub struct MetaStore {
@@ -113,6 +115,8 @@ fn snapshot_of(
         id: r.id.to_string(),
         kind: r.kind,
         parent_ids: parent_ids(table, r.parent)?,
+        extraction: r.kind == Kind::Active
+            && crate::is_extraction(key, r.labels.get(crate::LABEL_SNAPSHOT_REF)),
     })
 }
 
@@ -275,10 +279,13 @@ impl WriteTxn {
                 .open_table(CHILDREN)?
                 .insert(format!("{pid}/{key}").as_str(), ())?;
         }
+        let extraction = kind == Kind::Active
+            && crate::is_extraction(key, record.labels.get(crate::LABEL_SNAPSHOT_REF));
         Ok(Snapshot {
             id: id.to_string(),
             kind,
             parent_ids: ids,
+            extraction,
         })
     }
 

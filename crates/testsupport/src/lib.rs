@@ -495,6 +495,23 @@ pub fn tree_listing(root: &Path) -> std::collections::BTreeMap<String, String> {
     out
 }
 
+/// A [`tree_listing`] without files' link counts. Native's unpack shares the files a layer
+/// leaves alone among an image's snapshots (hard links), so in a view of one they count
+/// those links too; a writable snapshot (a container's) is a copy with the image's own.
+pub fn without_link_counts(
+    tree: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    tree.iter()
+        .map(|(path, what)| {
+            let kept: Vec<&str> = what
+                .split(' ')
+                .filter(|field| !field.starts_with("links="))
+                .collect();
+            (path.clone(), kept.join(" "))
+        })
+        .collect()
+}
+
 /// Fails listing the first differences unless two [`tree_listing`]s are equal, and unless the
 /// expected tree has more than `at_least` entries (so an empty unpack cannot pass).
 pub fn assert_same_tree(
