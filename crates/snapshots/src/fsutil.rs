@@ -21,10 +21,11 @@ use crate::Usage;
 ///
 /// A native Prepare copies whole parent trees, so this is most of a native unpack's time: the
 /// directories are shared among a few threads, each file is copied and given its attributes
-/// through open descriptors (no path walk per call), in-kernel (`copy_file_range`). Files with
-/// several links are copied after the walk, one thread, so that every link finds its first copy;
-/// directories get their attributes last, deepest first, so that nothing written into them
-/// later moves their times.
+/// through open descriptors (no path walk per call), in-kernel (`copy_file_range`). A file with
+/// several links is copied at the first of its names the walk meets, and its other names are
+/// linked to that copy once the walk is done (the files of an unpacked native image all have
+/// several: see [`link_tree`]); directories get their attributes last, deepest first, so that
+/// nothing written into them later moves their times.
 pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
     fill_tree(src, dst, Files::Copy)
 }
@@ -54,7 +55,8 @@ fn fill_tree(src: &Path, dst: &Path, files: Files) -> io::Result<()> {
             failed: None,
         }),
         wake: Condvar::new(),
-        linked: Mutex::new(Vec::new()),
+        first_names: Mutex::new(HashMap::new()),
+        later_names: Mutex::new(Vec::new()),
         dirs: Mutex::new(Vec::new()),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(COPY_THREADS));
@@ -67,29 +69,13 @@ fn fill_tree(src: &Path, dst: &Path, files: Files) -> io::Result<()> {
     if let Some(e) = state.failed {
         return Err(e);
     }
-    let mut linked = walk.linked.into_inner().unwrap_or_else(|p| p.into_inner());
-    linked.sort_by(|a, b| a.1.cmp(&b.1));
-    let mut first_copies: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    for (from, to, meta) in linked {
-        match first_copies.get(&(meta.dev(), meta.ino())) {
-            Some(first) => fs::hard_link(first, &to)?,
-            None => {
-                if meta.file_type().is_file() {
-                    let source = fs::File::open(&from)?;
-                    let target = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&to)?;
-                    copy_file_contents(&source, &target, meta.len())?;
-                    file_attributes(&source, &target, &meta)?;
-                } else {
-                    copy_other(&from, &to, &meta)?;
-                    copy_attributes(&from, &to, &meta)?;
-                }
-                first_copies.insert((meta.dev(), meta.ino()), to);
-            }
-        }
+    // Every first name is copied now.
+    for (first, to) in walk
+        .later_names
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+    {
+        fs::hard_link(first, to)?;
     }
     let mut dirs = walk.dirs.into_inner().unwrap_or_else(|p| p.into_inner());
     // Deepest first: a parent's times are set after its children's are.
@@ -117,8 +103,10 @@ struct Walk {
     files: Files,
     state: Mutex<WalkState>,
     wake: Condvar,
-    /// Non-directories with more than one link, copied after the walk.
-    linked: Mutex<Vec<Entry>>,
+    /// The name in the new tree of each inode with several links met so far: copied there.
+    first_names: Mutex<HashMap<(u64, u64), PathBuf>>,
+    /// Other names of those inodes, (first name, name): linked after the walk.
+    later_names: Mutex<Vec<(PathBuf, PathBuf)>>,
     /// Directories made, given their attributes after the walk.
     dirs: Mutex<Vec<Entry>>,
 }
@@ -153,6 +141,25 @@ impl Walk {
         }
     }
 
+    /// Whether `to` is the first name met of `meta`'s inode, which is then copied there;
+    /// a later name is kept to be linked to that copy once the walk is done.
+    fn is_first_name(&self, meta: &fs::Metadata, to: &Path) -> bool {
+        let mut firsts = self.first_names.lock().unwrap_or_else(|p| p.into_inner());
+        match firsts.get(&(meta.dev(), meta.ino())) {
+            Some(first) => {
+                self.later_names
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((first.clone(), to.to_path_buf()));
+                false
+            }
+            None => {
+                firsts.insert((meta.dev(), meta.ino()), to.to_path_buf());
+                true
+            }
+        }
+    }
+
     fn copy_dir_contents(&self, src: &Path, dst: &Path) -> io::Result<()> {
         let src_dir = open_dir(src)?;
         let dst_dir = open_dir(dst)?;
@@ -178,11 +185,8 @@ impl Walk {
                     .push((from, to, meta));
             } else if self.files == Files::Link && link_at(&src_dir, &dst_dir, &name)? {
                 // Shared with the source tree.
-            } else if meta.nlink() > 1 {
-                self.linked
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((from, to, meta));
+            } else if meta.nlink() > 1 && !self.is_first_name(&meta, &to) {
+                // Linked to the inode's first copy after the walk.
             } else if ft.is_file() {
                 let source = open_at(&src_dir, &name, OFlag::O_RDONLY, Mode::empty())?;
                 let target = open_at(
@@ -444,6 +448,17 @@ mod tests {
         for made in ["", "sub", "sub/deeper"] {
             assert_ne!(ino(src.join(made)), ino(dst.join(made)), "{made:?}");
         }
+        // A copy of the linked tree, whose files all have links outside it, is a copy: each
+        // inode once, the tree's own hard links kept.
+        let again = d.path().join("again");
+        fs::create_dir(&again).unwrap();
+        copy_tree(&dst, &again).unwrap();
+        assert_eq!(listing(&again).0, listing(&src).0);
+        assert_eq!(
+            listing(&again).1,
+            vec![vec!["hl".to_owned(), "sub/f".to_owned()]]
+        );
+        assert_ne!(ino(again.join("sub/f")), ino(src.join("sub/f")));
         // A name replaced in the linked tree leaves the source's as it was.
         fs::remove_file(dst.join("sub/f")).unwrap();
         fs::write(dst.join("sub/f"), b"new").unwrap();
