@@ -14,7 +14,7 @@ use crated_testsupport::gate::{Auth, Gate};
 use crated_testsupport::layered::Shape;
 use crated_testsupport::registry::Registry;
 use crated_testsupport::{
-    assert_same_tree, is_root, tool, tree_listing, umoci_tree, wait_until, without_link_counts,
+    assert_same_tree, assert_same_view, is_root, tool, tree_listing, umoci_tree, wait_until,
     workspace_bin, Daemon,
 };
 
@@ -242,15 +242,7 @@ fn layered_matches_umoci(snapshotter: &str) {
     let rootfs = s.mounted(snapshotter, &reference, true, tree_listing);
     assert_same_tree(&expected, &rootfs, 400);
     let view = s.mounted(snapshotter, &reference, false, tree_listing);
-    if snapshotter == "native" {
-        assert_same_tree(
-            &without_link_counts(&expected),
-            &without_link_counts(&view),
-            400,
-        );
-    } else {
-        assert_same_tree(&expected, &view, 400);
-    }
+    assert_same_view(snapshotter, &expected, &view, 400);
 }
 
 #[test]

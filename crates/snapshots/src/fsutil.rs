@@ -373,11 +373,9 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    #[test]
-    fn copy_keeps_modes_links_and_special_files() {
-        let d = tempfile::tempdir().unwrap();
-        let src = d.path().join("src");
-        let dst = d.path().join("dst");
+    /// `src` holding a set-uid file `sub/f`, a second name `hl` of it, a symlink `ln` to it
+    /// and a FIFO.
+    fn small_tree(src: &Path) {
         fs::create_dir_all(src.join("sub")).unwrap();
         fs::write(src.join("sub/f"), b"data").unwrap();
         fs::set_permissions(src.join("sub/f"), fs::Permissions::from_mode(0o4751)).unwrap();
@@ -390,6 +388,14 @@ mod tests {
             0,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn copy_keeps_modes_links_and_special_files() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        let dst = d.path().join("dst");
+        small_tree(&src);
         fs::create_dir(&dst).unwrap();
         copy_tree(&src, &dst).unwrap();
         assert_eq!(fs::read(dst.join("sub/f")).unwrap(), b"data");
@@ -416,19 +422,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("src");
         let dst = d.path().join("dst");
-        fs::create_dir_all(src.join("sub/deeper")).unwrap();
-        fs::write(src.join("sub/f"), b"data").unwrap();
-        fs::set_permissions(src.join("sub/f"), fs::Permissions::from_mode(0o4751)).unwrap();
+        small_tree(&src);
+        fs::create_dir(src.join("sub/deeper")).unwrap();
         fs::set_permissions(src.join("sub"), fs::Permissions::from_mode(0o711)).unwrap();
-        fs::hard_link(src.join("sub/f"), src.join("hl")).unwrap();
-        symlink("sub/f", src.join("ln")).unwrap();
-        mknod(
-            &src.join("fifo"),
-            SFlag::S_IFIFO,
-            Mode::from_bits_truncate(0o640),
-            0,
-        )
-        .unwrap();
         let old = TimeSpec::new(1_000_000, 0);
         utimensat(
             None,
