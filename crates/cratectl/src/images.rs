@@ -661,26 +661,28 @@ async fn mount(
             labels: HashMap::new(),
         }))
         .await?;
-    let lease: tonic::metadata::MetadataValue<_> =
-        target.parse().context("target is not header text")?;
+    let leased = conn.with_lease(target)?;
     let mounts = if rw {
-        let mut prepare = conn.request(snapshots::PrepareSnapshotRequest {
+        let prepare = leased.request(snapshots::PrepareSnapshotRequest {
             snapshotter: snapshotter.to_owned(),
             key: target.to_owned(),
             parent: chain,
             labels: HashMap::new(),
         });
-        prepare.metadata_mut().insert("containerd-lease", lease);
-        conn.snapshots().prepare(prepare).await?.into_inner().mounts
+        leased
+            .snapshots()
+            .prepare(prepare)
+            .await?
+            .into_inner()
+            .mounts
     } else {
-        let mut view = conn.request(snapshots::ViewSnapshotRequest {
+        let view = leased.request(snapshots::ViewSnapshotRequest {
             snapshotter: snapshotter.to_owned(),
             key: target.to_owned(),
             parent: chain,
             labels: HashMap::new(),
         });
-        view.metadata_mut().insert("containerd-lease", lease);
-        conn.snapshots().view(view).await?.into_inner().mounts
+        leased.snapshots().view(view).await?.into_inner().mounts
     };
     for m in &mounts {
         let status = std::process::Command::new("mount")

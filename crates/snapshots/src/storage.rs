@@ -33,6 +33,13 @@ struct Record {
 }
 
 impl Record {
+    /// Whether the snapshot `key` of this record is an active one a layer is being unpacked
+    /// into ([`crate::is_extraction`]).
+    fn extraction(&self, key: &str) -> bool {
+        self.kind == Kind::Active
+            && crate::is_extraction(key, self.labels.get(crate::LABEL_SNAPSHOT_REF))
+    }
+
     fn info(&self, name: &str) -> Info {
         Info {
             name: name.to_owned(),
@@ -114,9 +121,8 @@ fn snapshot_of(
     Ok(Snapshot {
         id: r.id.to_string(),
         kind: r.kind,
+        extraction: r.extraction(key),
         parent_ids: parent_ids(table, r.parent)?,
-        extraction: r.kind == Kind::Active
-            && crate::is_extraction(key, r.labels.get(crate::LABEL_SNAPSHOT_REF)),
     })
 }
 
@@ -279,8 +285,7 @@ impl WriteTxn {
                 .open_table(CHILDREN)?
                 .insert(format!("{pid}/{key}").as_str(), ())?;
         }
-        let extraction = kind == Kind::Active
-            && crate::is_extraction(key, record.labels.get(crate::LABEL_SNAPSHOT_REF));
+        let extraction = record.extraction(key);
         Ok(Snapshot {
             id: id.to_string(),
             kind,

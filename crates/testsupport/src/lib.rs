@@ -508,22 +508,26 @@ pub fn assert_same_view(
     if snapshotter != "native" {
         return assert_same_tree(expected, view, at_least);
     }
-    let without_link_counts = |tree: &std::collections::BTreeMap<String, String>| -> std::collections::BTreeMap<String, String> {
-        tree.iter()
-            .map(|(path, what)| {
-                let kept: Vec<&str> = what
-                    .split(' ')
-                    .filter(|field| !field.starts_with("links="))
-                    .collect();
-                (path.clone(), kept.join(" "))
-            })
-            .collect()
-    };
     assert_same_tree(
         &without_link_counts(expected),
         &without_link_counts(view),
         at_least,
     );
+}
+
+/// A [`tree_listing`] without its `links=` fields.
+fn without_link_counts(
+    tree: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    tree.iter()
+        .map(|(path, what)| {
+            let kept: Vec<&str> = what
+                .split(' ')
+                .filter(|field| !field.starts_with("links="))
+                .collect();
+            (path.clone(), kept.join(" "))
+        })
+        .collect()
 }
 
 /// Fails listing the first differences unless two [`tree_listing`]s are equal, and unless the
