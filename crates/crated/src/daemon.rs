@@ -99,11 +99,25 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let (config, regs, decoded) = load_config(cli)?;
     logging.reload(filter(&config.debug.level)?)?;
     let ordered = graph(regs, &config.disabled_plugins)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // tokio reads TOKIO_WORKER_THREADS itself when no count is set.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(async_workers());
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(serve(config, ordered, decoded, started))
+}
+
+/// Threads for async work: half the cores, at least one. The async side only moves requests
+/// and streams; what blocks or computes at length (unpacking, copies, digests, flushes of
+/// long transactions) runs on the blocking pool, which the other cores are left to. With a
+/// worker per core, each wake-up of a task also woke an idle worker to look for work: on a
+/// 2-core VM that cost a snapshot call about 10% of its time.
+fn async_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// Creates a daemon directory (0711, as containerd) when missing; an existing one keeps its mode.

@@ -123,6 +123,8 @@ type MutationHook = Box<dyn Fn(Mutation) + Send + Sync>;
 /// The metadata database. Cheap to share behind an `Arc`; redb serialises writers.
 pub struct MetadataStore {
     pub(crate) db: Database,
+    /// The journal shared with the snapshotters' stores, if any.
+    journal: Option<crated_wal::Journal>,
     shared_content: std::sync::atomic::AtomicBool,
     on_mutation: std::sync::OnceLock<MutationHook>,
     /// Held shared by anything that puts data in a backend and then records it (a commit, an
@@ -178,11 +180,18 @@ impl MetadataStore {
         tx.commit()?;
         Ok(MetadataStore {
             db,
+            journal: journal.cloned(),
             shared_content: std::sync::atomic::AtomicBool::new(true),
             on_mutation: std::sync::OnceLock::new(),
             gc_lock: tokio::sync::RwLock::new(()),
             backends_dirty: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Whether a commit now takes no more than an append to the shared journal and its flush:
+    /// false near a restart of the journal, and for a store with a journal of its own.
+    pub fn commits_are_short(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| !j.restart_near())
     }
 
     /// Registers the one listener told of every committed change (the GC scheduler).

@@ -336,10 +336,20 @@ fn file_attributes(source: &fs::File, target: &fs::File, meta: &fs::Metadata) ->
 
 /// Disk use of the trees under `root`: allocated bytes and inodes, each inode counted once.
 pub fn disk_usage(root: &Path) -> io::Result<Usage> {
+    Ok(disk_usage_within(root, usize::MAX)?.unwrap_or_default())
+}
+
+/// [`disk_usage`], or None if the tree has more than `max_entries` entries (`root` included).
+pub fn disk_usage_within(root: &Path, max_entries: usize) -> io::Result<Option<Usage>> {
     let mut seen = HashSet::new();
     let mut usage = Usage::default();
     let mut stack = vec![root.to_path_buf()];
+    let mut entries = 0usize;
     while let Some(path) = stack.pop() {
+        entries += 1;
+        if entries > max_entries {
+            return Ok(None);
+        }
         let meta = fs::symlink_metadata(&path)?;
         if seen.insert((meta.dev(), meta.ino())) {
             usage.inodes += 1;
@@ -351,7 +361,7 @@ pub fn disk_usage(root: &Path) -> io::Result<Usage> {
             }
         }
     }
-    Ok(usage)
+    Ok(Some(usage))
 }
 
 /// Creates `path` with exactly `mode`, whatever the umask.
@@ -388,6 +398,21 @@ mod tests {
             0,
         )
         .unwrap();
+    }
+
+    /// A walk with a limit gives up past it, and within it counts what the unlimited one does.
+    #[test]
+    fn disk_usage_within_a_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        small_tree(dir.path());
+        let all = disk_usage(dir.path()).unwrap();
+        let entries = 6; // the root, sub, sub/f, hl (the same inode), ln and the FIFO
+        assert_eq!(all.inodes, 5);
+        let within = disk_usage_within(dir.path(), entries).unwrap().unwrap();
+        assert_eq!((within.inodes, within.size), (all.inodes, all.size));
+        assert!(disk_usage_within(dir.path(), entries - 1)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

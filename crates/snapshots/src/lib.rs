@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 pub use error::SnapshotError;
 pub use host::{filesystem_type, platform};
-pub use local::{run_transaction, Driver, LocalSnapshotter};
+pub use local::{run_store_work, run_transaction, Driver, LocalSnapshotter};
 pub use plugins::{open_snapshotter, registrations, SnapshotterKind};
 
 /// Labels a snapshotter itself keeps and reports; the metadata layer hands it only these.

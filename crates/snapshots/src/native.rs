@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{copy_tree, disk_usage, link_tree};
+use crate::fsutil::{copy_tree, disk_usage, disk_usage_within, link_tree};
 use crate::local::{Driver, Layout, SnapshotDirs};
 use crate::storage::Snapshot;
 use crate::{Kind, Mount, Usage};
@@ -64,8 +64,17 @@ impl Driver for Native {
         }]
     }
 
+    fn creates_in_constant_time(&self, kind: Kind, has_parent: bool) -> bool {
+        // Anything else copies or links the parent's tree.
+        !has_parent || kind == Kind::View
+    }
+
     fn commit(&self, id: &str) -> io::Result<Usage> {
         disk_usage(&self.dir(id))
+    }
+
+    fn commit_within(&self, id: &str, max_entries: usize) -> io::Result<Option<Usage>> {
+        disk_usage_within(&self.dir(id), max_entries)
     }
 
     fn detach(&self, id: &str, kind: Kind, has_parent: bool) -> io::Result<Option<PathBuf>> {

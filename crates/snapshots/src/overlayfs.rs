@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::disk_usage;
+use crate::fsutil::{disk_usage, disk_usage_within};
 use crate::local::{Driver, Layout, SnapshotDirs};
 use crate::storage::Snapshot;
 use crate::{Info, Kind, Mount, Usage};
@@ -145,8 +145,17 @@ impl Driver for Overlay {
         }]
     }
 
+    fn creates_in_constant_time(&self, _kind: Kind, _has_parent: bool) -> bool {
+        // A new layer is empty directories, whatever is below it.
+        true
+    }
+
     fn commit(&self, id: &str) -> io::Result<Usage> {
         disk_usage(&self.upper(id))
+    }
+
+    fn commit_within(&self, id: &str, max_entries: usize) -> io::Result<Option<Usage>> {
+        disk_usage_within(&self.upper(id), max_entries)
     }
 
     fn detach(&self, id: &str, _kind: Kind, _has_parent: bool) -> io::Result<Option<PathBuf>> {

@@ -170,6 +170,12 @@ impl MetaStore {
         })
     }
 
+    /// Whether a commit now takes no more than an append to the shared journal: false near a
+    /// restart of the journal, and for a store with a journal of its own.
+    pub fn commits_are_short(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| !j.restart_near())
+    }
+
     /// Makes every commit so far durable (they already are without a shared journal).
     pub fn sync(&self) -> Result<(), SnapshotError> {
         match &self.journal {

@@ -43,6 +43,9 @@ const SHARED_CAPACITY: u64 = 4 << 20;
 const MAX_HELD: u64 = 8 << 20;
 /// What a database's writes are kept in memory by: redb's page size.
 const BLOCK: u64 = 4096;
+/// Records [`Journal::restart_near`] looks ahead by: well over what a commit of a few records
+/// logs (a snapshot call's are 1–10 KiB).
+pub const NEAR_RESTART: u64 = 64 << 10;
 const MAGIC: &[u8; 4] = b"CWL2";
 /// The magic of records without a name, which only a database's own log holds.
 const MAGIC_UNNAMED: &[u8; 4] = b"CWAL";
@@ -391,6 +394,19 @@ impl Journal {
     /// Whether records were appended since the last flush: commits not yet durable.
     pub fn unflushed(&self) -> io::Result<bool> {
         Ok(self.lock()?.unflushed)
+    }
+
+    /// Whether the next commits may restart the log, which writes every page it holds back to
+    /// its file and flushes the files: milliseconds, where a commit otherwise takes one append
+    /// and at most one flush. "Next" is [`NEAR_RESTART`] bytes of records.
+    pub fn restart_near(&self) -> bool {
+        match self.lock() {
+            Ok(log) => {
+                log.end + NEAR_RESTART > log.capacity || log.held + NEAR_RESTART > log.max_held
+            }
+            // A poisoned journal fails the commit anyway.
+            Err(_) => true,
+        }
     }
 
     fn lock(&self) -> io::Result<MutexGuard<'_, Log>> {

@@ -564,3 +564,39 @@ fn a_file_cut_and_grown_again_reads_zeros_where_it_grew() {
         );
     }
 }
+
+/// `restart_near` says yes before a commit of up to [`NEAR_RESTART`] bytes could restart the
+/// log: for a log near its end, and for one holding nearly as many pages as it may.
+#[test]
+fn a_restart_is_seen_coming() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open_with_capacity(&dir.path().join("j.wal"), 256 << 10).unwrap();
+    let a = journal
+        .database(&dir.path().join("a.db"), Commits::Flushed)
+        .unwrap();
+    assert!(!journal.restart_near());
+    let epoch = journal.lock().unwrap().epoch;
+    let mut commits = 0;
+    while !journal.restart_near() {
+        put(&a, commits * 4, commits * 4 + 4, 1000);
+        commits += 1;
+        assert_eq!(
+            journal.lock().unwrap().epoch,
+            epoch,
+            "restarted unannounced"
+        );
+    }
+    assert!(commits > 0);
+    let mut key = 1000;
+    while journal.lock().unwrap().epoch == epoch {
+        put(&a, key, key + 1, 10);
+        key += 1;
+    }
+    assert!(!journal.restart_near(), "a restarted log has room again");
+    let mut log = journal.lock().unwrap();
+    log.max_held = log.held + NEAR_RESTART / 2;
+    drop(log);
+    assert!(journal.restart_near(), "held pages near their limit");
+    let small = Journal::open_with_capacity(&dir.path().join("small.wal"), 32 << 10).unwrap();
+    assert!(small.restart_near(), "a log smaller than a look ahead");
+}

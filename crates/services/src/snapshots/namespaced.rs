@@ -78,8 +78,9 @@ impl NamespacedSnapshotter {
         format!("{ns}/{}/{key}", self.seq.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Runs record work for this snapshotter in namespace `ns` as a short store transaction
-    /// ([`crated_snapshots::run_transaction`]).
+    /// Runs record work on a few records of this snapshotter in namespace `ns`: short store
+    /// work, done on this thread unless the journal is near a restart
+    /// ([`crated_snapshots::run_store_work`]).
     async fn records<T: Send + 'static>(
         &self,
         ns: &str,
@@ -87,8 +88,22 @@ impl NamespacedSnapshotter {
             + Send
             + 'static,
     ) -> Result<T> {
+        self.records_where(true, ns, f).await
+    }
+
+    /// Runs record work for this snapshotter in namespace `ns`, on this thread when it is
+    /// `constant` (a few records, not all of them) and the store's commits are short.
+    async fn records_where<T: Send + 'static>(
+        &self,
+        constant: bool,
+        ns: &str,
+        f: impl FnOnce(&MetadataStore, &str, &str) -> std::result::Result<T, MetadataError>
+            + Send
+            + 'static,
+    ) -> Result<T> {
+        let short = constant && self.db.commits_are_short();
         let (db, ns, sn) = (self.db.clone(), ns.to_owned(), self.name.clone());
-        crated_snapshots::run_transaction(move || f(&db, &ns, &sn))
+        crated_snapshots::run_store_work(short, move || f(&db, &ns, &sn))
             .await
             .map_err(|e| NamespacedError::Task(e.to_string()))?
             .map_err(Into::into)
@@ -407,7 +422,7 @@ impl Target for NamespacedSnapshotter {
     /// is gone are left out.
     async fn walk(&self, ns: &str, filters: &[String]) -> Result<Vec<Info>> {
         let records = self
-            .records(ns, |db, ns, sn| db.snapshot_list(ns, sn))
+            .records_where(false, ns, |db, ns, sn| db.snapshot_list(ns, sn))
             .await?;
         let mut infos = Vec::with_capacity(records.len());
         for (key, record) in records {
