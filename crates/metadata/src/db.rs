@@ -125,6 +125,8 @@ pub struct MetadataStore {
     pub(crate) db: Database,
     /// The journal shared with the snapshotters' stores, if any.
     journal: Option<crated_wal::Journal>,
+    /// A collection holds the write transaction, for as long as its mark takes.
+    pub(crate) collecting: std::sync::atomic::AtomicBool,
     shared_content: std::sync::atomic::AtomicBool,
     on_mutation: std::sync::OnceLock<MutationHook>,
     /// Held shared by anything that puts data in a backend and then records it (a commit, an
@@ -181,6 +183,7 @@ impl MetadataStore {
         Ok(MetadataStore {
             db,
             journal: journal.cloned(),
+            collecting: std::sync::atomic::AtomicBool::new(false),
             shared_content: std::sync::atomic::AtomicBool::new(true),
             on_mutation: std::sync::OnceLock::new(),
             gc_lock: tokio::sync::RwLock::new(()),
@@ -188,10 +191,13 @@ impl MetadataStore {
         })
     }
 
-    /// Whether a commit now takes no more than an append to the shared journal and its flush:
-    /// false near a restart of the journal, and for a store with a journal of its own.
+    /// Whether a write now starts without waiting long and commits with no more than an
+    /// append to the shared journal and its flush: false during a collection (the one write
+    /// transaction that lasts as long as the records are many), near a restart of the journal,
+    /// and for a store with a journal of its own.
     pub fn commits_are_short(&self) -> bool {
-        self.journal.as_ref().is_some_and(|j| !j.restart_near())
+        !self.collecting.load(std::sync::atomic::Ordering::Acquire)
+            && self.journal.as_ref().is_some_and(|j| !j.restart_near())
     }
 
     /// Registers the one listener told of every committed change (the GC scheduler).

@@ -166,6 +166,17 @@ fn split_ns(key: &str) -> (&str, &str) {
 impl MetadataStore {
     /// One mark and sweep at time `now` (ns since the epoch). See the module documentation.
     pub fn collect_garbage(&self, now: u64) -> Result<Collection, MetadataError> {
+        // Set before the wait for the write transaction, so writers that would wait behind
+        // this one know it.
+        self.collecting
+            .store(true, std::sync::atomic::Ordering::Release);
+        let collected = self.collect_garbage_in(now);
+        self.collecting
+            .store(false, std::sync::atomic::Ordering::Release);
+        collected
+    }
+
+    fn collect_garbage_in(&self, now: u64) -> Result<Collection, MetadataError> {
         let tx = self.db.begin_write()?;
         let mut out = Collection::default();
         let mut next_expiry = |at: u64| earliest(&mut out.next_expiry, at);
@@ -390,6 +401,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = MetadataStore::open(&dir.path().join("m.db")).unwrap();
         (dir, s)
+    }
+
+    /// A collection waiting for, or holding, the write transaction makes commits not short;
+    /// once it ends they are again.
+    #[test]
+    fn commits_are_not_short_during_a_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crated_wal::Journal::open(&dir.path().join("stores.wal")).unwrap();
+        let s = MetadataStore::open_in(&dir.path().join("meta.db"), Some(&journal)).unwrap();
+        assert!(s.commits_are_short());
+        let held = s.db.begin_write().unwrap();
+        std::thread::scope(|scope| {
+            let collection = scope.spawn(|| s.collect_garbage(0));
+            let waited = std::time::Instant::now();
+            while s.commits_are_short() {
+                assert!(
+                    waited.elapsed().as_secs() < 10,
+                    "the collection never started"
+                );
+                std::thread::yield_now();
+            }
+            drop(held);
+            collection.join().unwrap().unwrap();
+        });
+        assert!(s.commits_are_short());
     }
 
     #[test]

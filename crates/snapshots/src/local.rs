@@ -92,8 +92,9 @@ impl<D: Driver> LocalSnapshotter<D> {
         labels: HashMap<String, String>,
     ) -> Result<(), SnapshotError> {
         let (name, key, onto) = (name.to_owned(), key.to_owned(), onto.to_owned());
-        // Most commits (a layer's, a container's, an empty one's) walk few entries: tried
-        // here first, then where a walk may take its time.
+        // A commit walks its snapshot for the usage it records: one of at most
+        // SHORT_COMMIT_ENTRIES entries (an empty layer, a container's few changes) here, a
+        // bigger one on a blocking thread once this try has given up, changing nothing.
         let tried = labels.clone();
         let (n, k, o) = (name.clone(), key.clone(), onto.clone());
         let done = self

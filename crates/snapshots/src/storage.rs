@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -67,6 +69,17 @@ pub struct MetaStore {
     db: Database,
     /// The shared journal its commits are deferred to, if any.
     journal: Option<crated_wal::Journal>,
+    /// A write transaction is open (redb allows one at a time).
+    writing: Arc<AtomicBool>,
+}
+
+/// Marks its store's write transaction open while it lives.
+struct Writing(Arc<AtomicBool>);
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// Labels with empty values are not kept: containerd treats an empty value as no label.
@@ -167,13 +180,17 @@ impl MetaStore {
         Ok(MetaStore {
             db,
             journal: journal.cloned(),
+            writing: Arc::new(AtomicBool::new(false)),
         })
     }
 
-    /// Whether a commit now takes no more than an append to the shared journal: false near a
-    /// restart of the journal, and for a store with a journal of its own.
+    /// Whether a write now starts at once and commits with no more than an append to the
+    /// shared journal: false while another write transaction is open (it may be a long one:
+    /// a copy, a big walk, a cleanup), near a restart of the journal, and for a store with a
+    /// journal of its own.
     pub fn commits_are_short(&self) -> bool {
-        self.journal.as_ref().is_some_and(|j| !j.restart_near())
+        !self.writing.load(Ordering::Acquire)
+            && self.journal.as_ref().is_some_and(|j| !j.restart_near())
     }
 
     /// Makes every commit so far durable (they already are without a shared journal).
@@ -194,8 +211,11 @@ impl MetaStore {
 
     /// A write transaction; nothing is kept unless [`WriteTxn::commit`] is called.
     pub fn write(&self) -> Result<WriteTxn, SnapshotError> {
+        let tx = self.db.begin_write()?;
+        self.writing.store(true, Ordering::Release);
         Ok(WriteTxn {
-            tx: self.db.begin_write()?,
+            tx,
+            _writing: Writing(self.writing.clone()),
         })
     }
 }
@@ -223,6 +243,8 @@ impl ReadTxn {
 
 pub struct WriteTxn {
     tx: redb::WriteTransaction,
+    /// Dropped after `tx`, which ends the transaction.
+    _writing: Writing,
 }
 
 impl WriteTxn {
@@ -440,6 +462,26 @@ mod tests {
 
     fn kind_of(e: &SnapshotError) -> crated_errdefs::Kind {
         crated_errdefs::HasKind::kind(e)
+    }
+
+    /// Commits are short only for a store in a shared journal, and not while another write
+    /// transaction, which may be a long one, is open.
+    #[test]
+    fn commits_are_short_unless_a_write_is_open() {
+        let (dir, own) = store();
+        assert!(
+            !own.commits_are_short(),
+            "a store with a journal of its own"
+        );
+        let journal = crated_wal::Journal::open(&dir.path().join("stores.wal")).unwrap();
+        let s = MetaStore::open_in(&dir.path().join("shared.db"), Some(&journal)).unwrap();
+        assert!(s.commits_are_short());
+        let tx = s.write().unwrap();
+        assert!(!s.commits_are_short(), "a write is open");
+        tx.commit().unwrap();
+        assert!(s.commits_are_short(), "committed");
+        drop(s.write().unwrap());
+        assert!(s.commits_are_short(), "dropped");
     }
 
     #[test]
