@@ -348,8 +348,10 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        let constant =
-            (self.inner.driver).creates_in_constant_time(Kind::Active, !parent.is_empty());
+        let constant = self
+            .inner
+            .driver
+            .creates_in_constant_time(Kind::Active, !parent.is_empty());
         let (key, parent) = (key.to_owned(), parent.to_owned());
         self.run_where(constant, move |s| {
             s.create(Kind::Active, &key, &parent, labels)
@@ -363,7 +365,10 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        let constant = (self.inner.driver).creates_in_constant_time(Kind::View, !parent.is_empty());
+        let constant = self
+            .inner
+            .driver
+            .creates_in_constant_time(Kind::View, !parent.is_empty());
         let (key, parent) = (key.to_owned(), parent.to_owned());
         self.run_where(constant, move |s| {
             s.create(Kind::View, &key, &parent, labels)
