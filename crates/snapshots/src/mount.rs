@@ -6,7 +6,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
@@ -212,6 +212,81 @@ fn mount_from(
     }
 }
 
+/// Whether a mount of this process's mount namespace has one of the directories `dirs` as its
+/// root, as a bind mount of that directory does. True when that cannot be told (the mount
+/// table or a directory cannot be read): the caller then assumes the worst.
+pub fn shown_by_a_mount(dirs: &[PathBuf]) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ids: Option<Vec<(u64, u64)>> = dirs
+        .iter()
+        .map(|d| {
+            std::fs::symlink_metadata(d)
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+        })
+        .collect();
+    let (Some(ids), Ok(table)) = (ids, std::fs::read("/proc/self/mountinfo")) else {
+        return true;
+    };
+    let names: Vec<&[u8]> = dirs
+        .iter()
+        .filter_map(|d| d.file_name().map(|n| n.as_bytes()))
+        .collect();
+    table.split(|b| *b == b'\n').any(|line| {
+        // Mount id, parent id, major:minor, root, mount point, ...
+        let mut fields = line.split(|b| *b == b' ').skip(2);
+        let (Some(device), Some(root), Some(point)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return false;
+        };
+        let same_device = std::str::from_utf8(device)
+            .ok()
+            .and_then(|d| d.split_once(':'))
+            .and_then(|(major, minor)| {
+                Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?))
+            })
+            .is_some_and(|(major, minor)| {
+                ids.iter()
+                    .any(|(dev, _)| libc::major(*dev) == major && libc::minor(*dev) == minor)
+            });
+        // The root is the path of the directory shown, within its filesystem: a cheap sieve,
+        // before the exact test, that the mount's point shows the same device and inode.
+        let root = unescape(root);
+        let named = root
+            .rsplit(|b| *b == b'/')
+            .next()
+            .is_some_and(|last| names.contains(&last));
+        same_device
+            && named
+            && std::fs::metadata(std::ffi::OsStr::from_bytes(&unescape(point)))
+                .is_ok_and(|m| ids.contains(&(m.dev(), m.ino())))
+    })
+}
+
+/// A path of the mount table, whose space, tab, newline and backslash are octal escapes.
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|_| field[i] == b'\\')
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match octal {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Unmounts `target` (lazily when busy, as a last resort).
 pub fn unmount(target: &Path) -> io::Result<()> {
     match nix::mount::umount2(target, nix::mount::MntFlags::empty()) {
@@ -226,6 +301,47 @@ pub fn unmount(target: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_table_paths_are_unescaped() {
+        assert_eq!(unescape(br"/a\040b\134c\011"), b"/a b\\c\t");
+        assert_eq!(unescape(br"/plain"), b"/plain");
+        assert_eq!(unescape(br"/cut\04"), br"/cut\04");
+    }
+
+    /// A directory is found by the bind mount showing it, and not before.
+    #[test]
+    fn a_bind_mount_shows_its_source() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: bind mounts need root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (source, target) = (dir.path().join("source"), dir.path().join("the target"));
+        std::fs::create_dir_all(source.join("sub")).unwrap();
+        std::fs::create_dir(&target).unwrap();
+        let dirs = [source.clone(), source.join("sub")];
+        assert!(!shown_by_a_mount(&dirs));
+        nix::mount::mount(
+            Some(&source.join("sub")),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        let shown = shown_by_a_mount(&dirs);
+        // Found under its new name once moved, as an entry moved aside for removal is.
+        let moved = dir.path().join("moved");
+        std::fs::rename(&source, &moved).unwrap();
+        let shown_moved = shown_by_a_mount(&[moved.clone(), moved.join("sub")]);
+        unmount(&target).unwrap();
+        assert!(shown);
+        assert!(shown_moved);
+        assert!(!shown_by_a_mount(&[moved.clone(), moved.join("sub")]));
+        // What cannot be looked at counts as shown.
+        assert!(shown_by_a_mount(&[dir.path().join("missing")]));
+    }
 
     #[test]
     fn options_split_into_flags_and_data() {
