@@ -163,17 +163,29 @@ fn split_ns(key: &str) -> (&str, &str) {
     key.split_once('/').unwrap_or(("", key))
 }
 
+/// Marks a collection under way while it lives.
+struct Collecting<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl<'a> Collecting<'a> {
+    fn mark(flag: &'a std::sync::atomic::AtomicBool) -> Self {
+        flag.store(true, std::sync::atomic::Ordering::Release);
+        Collecting(flag)
+    }
+}
+
+impl Drop for Collecting<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 impl MetadataStore {
     /// One mark and sweep at time `now` (ns since the epoch). See the module documentation.
     pub fn collect_garbage(&self, now: u64) -> Result<Collection, MetadataError> {
         // Set before the wait for the write transaction, so writers that would wait behind
-        // this one know it.
-        self.collecting
-            .store(true, std::sync::atomic::Ordering::Release);
-        let collected = self.collect_garbage_in(now);
-        self.collecting
-            .store(false, std::sync::atomic::Ordering::Release);
-        collected
+        // this one know it; cleared however the collection ends, a panic included.
+        let _collecting = Collecting::mark(&self.collecting);
+        self.collect_garbage_in(now)
     }
 
     fn collect_garbage_in(&self, now: u64) -> Result<Collection, MetadataError> {
@@ -426,6 +438,19 @@ mod tests {
             collection.join().unwrap().unwrap();
         });
         assert!(s.commits_are_short());
+    }
+
+    #[test]
+    fn a_collection_that_panics_is_no_longer_marked() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let flag = AtomicBool::new(false);
+        let unwound = std::panic::catch_unwind(|| {
+            let _collecting = Collecting::mark(&flag);
+            assert!(flag.load(Ordering::Acquire));
+            panic!("a collection panics");
+        });
+        assert!(unwound.is_err());
+        assert!(!flag.load(Ordering::Acquire));
     }
 
     #[test]

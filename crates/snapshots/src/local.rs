@@ -28,6 +28,11 @@ pub trait Driver: Send + Sync + 'static {
     fn commit_within(&self, _id: &str, _max_entries: usize) -> io::Result<Option<Usage>> {
         Ok(None)
     }
+    /// Whether `commit_within` ever commits: a driver without it (the default) has every
+    /// commit go straight where it may take its time, without a try that must give up.
+    fn can_commit_within(&self) -> bool {
+        false
+    }
     /// Takes the filesystem of a snapshot being removed out of use. What it returns is
     /// deleted once the removal is durable.
     fn detach(&self, id: &str, kind: Kind, has_parent: bool) -> io::Result<Option<PathBuf>>;
@@ -95,15 +100,17 @@ impl<D: Driver> LocalSnapshotter<D> {
         // A commit walks its snapshot for the usage it records: one of at most
         // SHORT_COMMIT_ENTRIES entries (an empty layer, a container's few changes) here, a
         // bigger one on a blocking thread once this try has given up, changing nothing.
-        let tried = labels.clone();
-        let (n, k, o) = (name.clone(), key.clone(), onto.clone());
-        let done = self
-            .run_where(true, move |s| {
-                s.commit(&n, &k, &o, tried, Some(SHORT_COMMIT_ENTRIES))
-            })
-            .await?;
-        if done {
-            return Ok(());
+        if self.inner.driver.can_commit_within() {
+            let tried = labels.clone();
+            let (n, k, o) = (name.clone(), key.clone(), onto.clone());
+            let done = self
+                .run_where(true, move |s| {
+                    s.commit(&n, &k, &o, tried, Some(SHORT_COMMIT_ENTRIES))
+                })
+                .await?;
+            if done {
+                return Ok(());
+            }
         }
         self.run(move |s| s.commit(&name, &key, &onto, labels, None).map(|_| ()))
             .await

@@ -73,6 +73,10 @@ impl Driver for Native {
         disk_usage(&self.dir(id))
     }
 
+    fn can_commit_within(&self) -> bool {
+        true
+    }
+
     fn commit_within(&self, id: &str, max_entries: usize) -> io::Result<Option<Usage>> {
         disk_usage_within(&self.dir(id), max_entries)
     }

@@ -154,6 +154,10 @@ impl Driver for Overlay {
         disk_usage(&self.upper(id))
     }
 
+    fn can_commit_within(&self) -> bool {
+        true
+    }
+
     fn commit_within(&self, id: &str, max_entries: usize) -> io::Result<Option<Usage>> {
         disk_usage_within(&self.upper(id), max_entries)
     }
