@@ -120,7 +120,7 @@ impl MetadataStore {
             updated_at: now,
             ..container.clone()
         };
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         insert_new(&tx, "containers", ns, &container.id, &container, || {
             format!("container {:?}", container.id)
         })?;
@@ -142,7 +142,7 @@ impl MetadataStore {
                 "must specify a container id".into(),
             ));
         }
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         let updated = {
             let mut t = tx.open_table(table("containers"))?;
             let k = key(ns, &given.id);
@@ -207,7 +207,7 @@ impl MetadataStore {
     }
 
     pub fn container_delete(&self, ns: &str, id: &str) -> Result<(), MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         {
             let mut t = tx.open_table(table("containers"))?;
             if t.remove(key(ns, id).as_str())?.is_none() {

@@ -47,7 +47,7 @@ impl MetadataStore {
         for (k, v) in &record.labels {
             validate::label(k, v)?;
         }
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         insert_new(&tx, "blobs", ns, &record.digest, record, || {
             format!("content {}", record.digest)
         })?;
@@ -73,7 +73,7 @@ impl MetadataStore {
         for (k, v) in labels {
             validate::label(k, v)?;
         }
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         let record = {
             let mut t = tx.open_table(table("blobs"))?;
             let k = key(ns, digest);
@@ -96,7 +96,7 @@ impl MetadataStore {
     }
 
     pub fn content_delete(&self, ns: &str, digest: &str) -> Result<(), MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         {
             let mut t = tx.open_table(table("blobs"))?;
             if t.remove(key(ns, digest).as_str())?.is_none() {

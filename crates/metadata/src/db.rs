@@ -118,6 +118,48 @@ impl Mutation {
     }
 }
 
+/// A write transaction of the [`MetadataStore`], counted as open while it lives.
+pub(crate) struct Write<'a> {
+    tx: redb::WriteTransaction,
+    _open: Writer<'a>,
+}
+
+impl Write<'_> {
+    pub(crate) fn commit(self) -> Result<(), redb::CommitError> {
+        self.tx.commit()
+    }
+}
+
+impl std::ops::Deref for Write<'_> {
+    type Target = redb::WriteTransaction;
+
+    fn deref(&self) -> &redb::WriteTransaction {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Write<'_> {
+    fn deref_mut(&mut self) -> &mut redb::WriteTransaction {
+        &mut self.tx
+    }
+}
+
+/// One count of a store's open writers, given back however the write ends, a panic included.
+struct Writer<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Writer<'a> {
+    fn enter(writers: &'a std::sync::atomic::AtomicUsize) -> Self {
+        writers.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Writer(writers)
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 type MutationHook = Box<dyn Fn(Mutation) + Send + Sync>;
 
 /// The metadata database. Cheap to share behind an `Arc`; redb serialises writers.
@@ -125,8 +167,8 @@ pub struct MetadataStore {
     pub(crate) db: Database,
     /// The journal shared with the snapshotters' stores, if any.
     journal: Option<crated_wal::Journal>,
-    /// A collection holds the write transaction, for as long as its mark takes.
-    pub(crate) collecting: std::sync::atomic::AtomicBool,
+    /// Write transactions open or waiting to open (redb runs one at a time).
+    writers: std::sync::atomic::AtomicUsize,
     shared_content: std::sync::atomic::AtomicBool,
     on_mutation: std::sync::OnceLock<MutationHook>,
     /// Held shared by anything that puts data in a backend and then records it (a commit, an
@@ -183,7 +225,7 @@ impl MetadataStore {
         Ok(MetadataStore {
             db,
             journal: journal.cloned(),
-            collecting: std::sync::atomic::AtomicBool::new(false),
+            writers: std::sync::atomic::AtomicUsize::new(0),
             shared_content: std::sync::atomic::AtomicBool::new(true),
             on_mutation: std::sync::OnceLock::new(),
             gc_lock: tokio::sync::RwLock::new(()),
@@ -191,13 +233,20 @@ impl MetadataStore {
         })
     }
 
-    /// Whether a write now starts without waiting long and commits with no more than an
-    /// append to the shared journal and its flush: false during a collection (the one write
-    /// transaction that lasts as long as the records are many), near a restart of the journal,
-    /// and for a store with a journal of its own.
+    /// Whether a write now starts at once and commits with no more than an append to the
+    /// shared journal and its flush: false while another write transaction is open or waits to
+    /// open (it may be a long one: a collection lasts as long as the records are many), near a
+    /// restart of the journal, and for a store with a journal of its own.
     pub fn commits_are_short(&self) -> bool {
-        !self.collecting.load(std::sync::atomic::Ordering::Acquire)
+        self.writers.load(std::sync::atomic::Ordering::Acquire) == 0
             && self.journal.as_ref().is_some_and(|j| !j.restart_near())
+    }
+
+    /// Opens a write transaction, counted as open from before the wait for it until it ends.
+    pub(crate) fn write(&self) -> Result<Write<'_>, MetadataError> {
+        let open = Writer::enter(&self.writers);
+        let tx = self.db.begin_write()?;
+        Ok(Write { tx, _open: open })
     }
 
     /// Registers the one listener told of every committed change (the GC scheduler).
@@ -208,11 +257,7 @@ impl MetadataStore {
     }
 
     /// Commits a write transaction, then tells the listener.
-    pub(crate) fn commit(
-        &self,
-        tx: redb::WriteTransaction,
-        mutation: Mutation,
-    ) -> Result<(), MetadataError> {
+    pub(crate) fn commit(&self, tx: Write<'_>, mutation: Mutation) -> Result<(), MetadataError> {
         tx.commit()?;
         if let Some(hook) = self.on_mutation.get() {
             hook(mutation);

@@ -163,33 +163,10 @@ fn split_ns(key: &str) -> (&str, &str) {
     key.split_once('/').unwrap_or(("", key))
 }
 
-/// Marks a collection under way while it lives.
-struct Collecting<'a>(&'a std::sync::atomic::AtomicBool);
-
-impl<'a> Collecting<'a> {
-    fn mark(flag: &'a std::sync::atomic::AtomicBool) -> Self {
-        flag.store(true, std::sync::atomic::Ordering::Release);
-        Collecting(flag)
-    }
-}
-
-impl Drop for Collecting<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, std::sync::atomic::Ordering::Release);
-    }
-}
-
 impl MetadataStore {
     /// One mark and sweep at time `now` (ns since the epoch). See the module documentation.
     pub fn collect_garbage(&self, now: u64) -> Result<Collection, MetadataError> {
-        // Set before the wait for the write transaction, so writers that would wait behind
-        // this one know it; cleared however the collection ends, a panic included.
-        let _collecting = Collecting::mark(&self.collecting);
-        self.collect_garbage_in(now)
-    }
-
-    fn collect_garbage_in(&self, now: u64) -> Result<Collection, MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         let mut out = Collection::default();
         let mut next_expiry = |at: u64| earliest(&mut out.next_expiry, at);
         let mut roots: Vec<(Node, bool)> = Vec::new();
@@ -440,17 +417,22 @@ mod tests {
         assert!(s.commits_are_short());
     }
 
+    /// Any write counts as open until it ends, however it ends: a panic included.
     #[test]
-    fn a_collection_that_panics_is_no_longer_marked() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let flag = AtomicBool::new(false);
-        let unwound = std::panic::catch_unwind(|| {
-            let _collecting = Collecting::mark(&flag);
-            assert!(flag.load(Ordering::Acquire));
-            panic!("a collection panics");
-        });
+    fn commits_are_not_short_while_a_write_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crated_wal::Journal::open(&dir.path().join("stores.wal")).unwrap();
+        let s = MetadataStore::open_in(&dir.path().join("meta.db"), Some(&journal)).unwrap();
+        let tx = s.write().unwrap();
+        assert!(!s.commits_are_short());
+        tx.commit().unwrap();
+        assert!(s.commits_are_short());
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _tx = s.write().unwrap();
+            panic!("a write panics");
+        }));
         assert!(unwound.is_err());
-        assert!(!flag.load(Ordering::Acquire));
+        assert!(s.commits_are_short());
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl MetadataStore {
             updated_at: now,
             ..image.clone()
         };
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         insert_new(&tx, "images", ns, &image.name, &image, || {
             format!("image {:?}", image.name)
         })?;
@@ -110,7 +110,7 @@ impl MetadataStore {
                 "image name is required for update".into(),
             ));
         }
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         let updated = {
             let mut t = tx.open_table(table("images"))?;
             let k = key(ns, &image.name);
@@ -165,7 +165,7 @@ impl MetadataStore {
         name: &str,
         target: Option<&str>,
     ) -> Result<(), MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         {
             let mut t = tx.open_table(table("images"))?;
             let k = key(ns, name);

@@ -55,7 +55,7 @@ impl MetadataStore {
         lease: Option<&str>,
         expires_at: Option<u64>,
     ) -> Result<(IngestRecord, bool), MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         ensure_namespace(&tx, ns)?;
         let k = key(ns, reference);
         let existing: Option<IngestRecord> = {
@@ -104,7 +104,7 @@ impl MetadataStore {
 
     /// Drops the record of an aborted ingest; the caller aborts the backend write.
     pub fn ingest_remove(&self, ns: &str, reference: &str) -> Result<IngestRecord, MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         let record = remove_ingest_in(&tx, ns, reference)?
             .ok_or_else(|| MetadataError::NotFound(format!("ingest {reference:?}")))?;
         self.commit(tx, Mutation::default())?;

@@ -77,7 +77,7 @@ impl MetadataStore {
         for (k, v) in &lease.labels {
             validate::label(k, v)?;
         }
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         insert_new(&tx, "leases", ns, &lease.id, lease, || {
             format!("lease {:?}", lease.id)
         })?;
@@ -95,7 +95,7 @@ impl MetadataStore {
 
     /// Removes the lease and its resource list (the resources themselves stay until GC).
     pub fn lease_delete(&self, ns: &str, id: &str) -> Result<(), MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         self.lease_delete_in(&tx, ns, id)?;
         self.commit(tx, Mutation::DELETION)?;
         Ok(())
@@ -133,7 +133,7 @@ impl MetadataStore {
         lease: &str,
         resource: &LeaseResource,
     ) -> Result<(), MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         add_resource_in(&tx, ns, lease, &resource.resource_type, &resource.id)?;
         self.commit(tx, Default::default())?;
         Ok(())
@@ -145,7 +145,7 @@ impl MetadataStore {
         lease: &str,
         resource: &LeaseResource,
     ) -> Result<(), MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         {
             require_lease(&tx.open_table(table("leases"))?, ns, lease)?;
             let mut t = tx.open_table(LEASE_RESOURCES)?;

@@ -23,7 +23,7 @@ impl MetadataStore {
         for (k, v) in &ns.labels {
             validate::label(k, v)?;
         }
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         {
             let mut table = tx.open_table(NAMESPACES)?;
             if table.get(ns.name.as_str())?.is_some() {
@@ -76,7 +76,7 @@ impl MetadataStore {
         for (k, v) in changes {
             validate::label(k, v)?;
         }
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         let labels = {
             let mut table = tx.open_table(NAMESPACES)?;
             let mut labels: BTreeMap<String, String> = match table.get(name)? {
@@ -103,7 +103,7 @@ impl MetadataStore {
     /// Deletes an empty namespace; one that still holds resources is a failed precondition
     /// naming what it holds.
     pub fn delete_namespace(&self, name: &str) -> Result<(), MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         {
             let mut table = tx.open_table(NAMESPACES)?;
             if table.get(name)?.is_none() {

@@ -146,7 +146,7 @@ impl MetadataStore {
         record: &SnapshotRecord,
         lease: Option<&str>,
     ) -> Result<(), MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         ensure_namespace(&tx, ns)?;
         {
             let mut t = tx.open_table(table("snapshots"))?;
@@ -202,7 +202,7 @@ impl MetadataStore {
         committed: SnapshotRecord,
         lease: Option<&str>,
     ) -> Result<SnapshotRecord, MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         let record = {
             let mut t = tx.open_table(table("snapshots"))?;
             let full_name = key(ns, snapshotter, name);
@@ -260,7 +260,7 @@ impl MetadataStore {
         snapshotter: &str,
         k: &str,
     ) -> Result<(), MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         {
             let mut t = tx.open_table(table("snapshots"))?;
             let full = key(ns, snapshotter, k);
@@ -296,7 +296,7 @@ impl MetadataStore {
         labels: &BTreeMap<String, String>,
         paths: &[String],
     ) -> Result<SnapshotRecord, MetadataError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write()?;
         let record = {
             let mut t = tx.open_table(table("snapshots"))?;
             let full = key(ns, snapshotter, k);

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -69,16 +69,23 @@ pub struct MetaStore {
     db: Database,
     /// The shared journal its commits are deferred to, if any.
     journal: Option<crated_wal::Journal>,
-    /// A write transaction is open (redb allows one at a time).
-    writing: Arc<AtomicBool>,
+    /// Write transactions open or waiting to open (redb runs one at a time).
+    writers: Arc<AtomicUsize>,
 }
 
-/// Marks its store's write transaction open while it lives.
-struct Writing(Arc<AtomicBool>);
+/// One count of its store's open writers, given back however the write ends.
+struct Writer(Arc<AtomicUsize>);
 
-impl Drop for Writing {
+impl Writer {
+    fn enter(writers: &Arc<AtomicUsize>) -> Self {
+        writers.fetch_add(1, Ordering::AcqRel);
+        Writer(writers.clone())
+    }
+}
+
+impl Drop for Writer {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -180,16 +187,16 @@ impl MetaStore {
         Ok(MetaStore {
             db,
             journal: journal.cloned(),
-            writing: Arc::new(AtomicBool::new(false)),
+            writers: Arc::new(AtomicUsize::new(0)),
         })
     }
 
     /// Whether a write now starts at once and commits with no more than an append to the
-    /// shared journal: false while another write transaction is open (it may be a long one:
-    /// a copy, a big walk, a cleanup), near a restart of the journal, and for a store with a
-    /// journal of its own.
+    /// shared journal: false while another write transaction is open or waits to open (it may
+    /// be a long one: a copy, a big walk, a cleanup), near a restart of the journal, and for a
+    /// store with a journal of its own.
     pub fn commits_are_short(&self) -> bool {
-        !self.writing.load(Ordering::Acquire)
+        self.writers.load(Ordering::Acquire) == 0
             && self.journal.as_ref().is_some_and(|j| !j.restart_near())
     }
 
@@ -211,12 +218,9 @@ impl MetaStore {
 
     /// A write transaction; nothing is kept unless [`WriteTxn::commit`] is called.
     pub fn write(&self) -> Result<WriteTxn, SnapshotError> {
+        let open = Writer::enter(&self.writers);
         let tx = self.db.begin_write()?;
-        self.writing.store(true, Ordering::Release);
-        Ok(WriteTxn {
-            tx,
-            _writing: Writing(self.writing.clone()),
-        })
+        Ok(WriteTxn { tx, _open: open })
     }
 }
 
@@ -244,7 +248,7 @@ impl ReadTxn {
 pub struct WriteTxn {
     tx: redb::WriteTransaction,
     /// Dropped after `tx`, which ends the transaction.
-    _writing: Writing,
+    _open: Writer,
 }
 
 impl WriteTxn {
@@ -482,6 +486,29 @@ mod tests {
         assert!(s.commits_are_short(), "committed");
         drop(s.write().unwrap());
         assert!(s.commits_are_short(), "dropped");
+
+        // A write that waited for another is counted from its wait to its end.
+        let first = s.write().unwrap();
+        let (opened, open) = std::sync::mpsc::channel();
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let s = &s;
+            let second = scope.spawn(move || {
+                let tx = s.write().unwrap();
+                opened.send(()).unwrap();
+                finished.recv().unwrap();
+                tx.commit().unwrap();
+            });
+            while s.writers.load(Ordering::Acquire) < 2 {
+                std::thread::yield_now();
+            }
+            first.commit().unwrap();
+            open.recv().unwrap();
+            assert!(!s.commits_are_short(), "the second write is open");
+            finish.send(()).unwrap();
+            second.join().unwrap();
+        });
+        assert!(s.commits_are_short(), "both ended");
     }
 
     #[test]

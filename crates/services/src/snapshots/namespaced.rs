@@ -79,8 +79,8 @@ impl NamespacedSnapshotter {
     }
 
     /// Runs record work on a few records of this snapshotter in namespace `ns`: short store
-    /// work, done on this thread unless the store's commits are not short now (a collection
-    /// holds its write transaction, or the journal is near a restart; see
+    /// work, done on this thread unless the store's commits are not short now (another write
+    /// transaction, a collection's say, is open or waits, or the journal is near a restart; see
     /// [`MetadataStore::commits_are_short`] and [`crated_snapshots::run_store_work`]).
     async fn records<T: Send + 'static>(
         &self,
