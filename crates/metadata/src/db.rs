@@ -119,18 +119,18 @@ impl Mutation {
 }
 
 /// A write transaction of the [`MetadataStore`], counted as open while it lives.
-pub(crate) struct Write<'a> {
+pub(crate) struct Write {
     tx: redb::WriteTransaction,
-    _open: Writer<'a>,
+    _open: crated_wal::Writer,
 }
 
-impl Write<'_> {
+impl Write {
     pub(crate) fn commit(self) -> Result<(), redb::CommitError> {
         self.tx.commit()
     }
 }
 
-impl std::ops::Deref for Write<'_> {
+impl std::ops::Deref for Write {
     type Target = redb::WriteTransaction;
 
     fn deref(&self) -> &redb::WriteTransaction {
@@ -138,25 +138,9 @@ impl std::ops::Deref for Write<'_> {
     }
 }
 
-impl std::ops::DerefMut for Write<'_> {
+impl std::ops::DerefMut for Write {
     fn deref_mut(&mut self) -> &mut redb::WriteTransaction {
         &mut self.tx
-    }
-}
-
-/// One count of a store's open writers, given back however the write ends, a panic included.
-struct Writer<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Writer<'a> {
-    fn enter(writers: &'a std::sync::atomic::AtomicUsize) -> Self {
-        writers.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Writer(writers)
-    }
-}
-
-impl Drop for Writer<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -167,8 +151,7 @@ pub struct MetadataStore {
     pub(crate) db: Database,
     /// The journal shared with the snapshotters' stores, if any.
     journal: Option<crated_wal::Journal>,
-    /// Write transactions open or waiting to open (redb runs one at a time).
-    writers: std::sync::atomic::AtomicUsize,
+    writers: crated_wal::Writers,
     shared_content: std::sync::atomic::AtomicBool,
     on_mutation: std::sync::OnceLock<MutationHook>,
     /// Held shared by anything that puts data in a backend and then records it (a commit, an
@@ -225,7 +208,7 @@ impl MetadataStore {
         Ok(MetadataStore {
             db,
             journal: journal.cloned(),
-            writers: std::sync::atomic::AtomicUsize::new(0),
+            writers: Default::default(),
             shared_content: std::sync::atomic::AtomicBool::new(true),
             on_mutation: std::sync::OnceLock::new(),
             gc_lock: tokio::sync::RwLock::new(()),
@@ -234,17 +217,14 @@ impl MetadataStore {
     }
 
     /// Whether a write now starts at once and commits with no more than an append to the
-    /// shared journal and its flush: false while another write transaction is open or waits to
-    /// open (it may be a long one: a collection lasts as long as the records are many), near a
-    /// restart of the journal, and for a store with a journal of its own.
+    /// shared journal and its flush ([`crated_wal::Writers::commits_are_short`]).
     pub fn commits_are_short(&self) -> bool {
-        self.writers.load(std::sync::atomic::Ordering::Acquire) == 0
-            && self.journal.as_ref().is_some_and(|j| !j.restart_near())
+        self.writers.commits_are_short(self.journal.as_ref())
     }
 
     /// Opens a write transaction, counted as open from before the wait for it until it ends.
-    pub(crate) fn write(&self) -> Result<Write<'_>, MetadataError> {
-        let open = Writer::enter(&self.writers);
+    pub(crate) fn write(&self) -> Result<Write, MetadataError> {
+        let open = self.writers.enter();
         let tx = self.db.begin_write()?;
         Ok(Write { tx, _open: open })
     }
@@ -257,7 +237,7 @@ impl MetadataStore {
     }
 
     /// Commits a write transaction, then tells the listener.
-    pub(crate) fn commit(&self, tx: Write<'_>, mutation: Mutation) -> Result<(), MetadataError> {
+    pub(crate) fn commit(&self, tx: Write, mutation: Mutation) -> Result<(), MetadataError> {
         tx.commit()?;
         if let Some(hook) = self.on_mutation.get() {
             hook(mutation);

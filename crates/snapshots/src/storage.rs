@@ -5,8 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -69,24 +67,7 @@ pub struct MetaStore {
     db: Database,
     /// The shared journal its commits are deferred to, if any.
     journal: Option<crated_wal::Journal>,
-    /// Write transactions open or waiting to open (redb runs one at a time).
-    writers: Arc<AtomicUsize>,
-}
-
-/// One count of its store's open writers, given back however the write ends.
-struct Writer(Arc<AtomicUsize>);
-
-impl Writer {
-    fn enter(writers: &Arc<AtomicUsize>) -> Self {
-        writers.fetch_add(1, Ordering::AcqRel);
-        Writer(writers.clone())
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    writers: crated_wal::Writers,
 }
 
 /// Labels with empty values are not kept: containerd treats an empty value as no label.
@@ -187,17 +168,14 @@ impl MetaStore {
         Ok(MetaStore {
             db,
             journal: journal.cloned(),
-            writers: Arc::new(AtomicUsize::new(0)),
+            writers: Default::default(),
         })
     }
 
     /// Whether a write now starts at once and commits with no more than an append to the
-    /// shared journal: false while another write transaction is open or waits to open (it may
-    /// be a long one: a copy, a big walk, a cleanup), near a restart of the journal, and for a
-    /// store with a journal of its own.
+    /// shared journal ([`crated_wal::Writers::commits_are_short`]).
     pub fn commits_are_short(&self) -> bool {
-        self.writers.load(Ordering::Acquire) == 0
-            && self.journal.as_ref().is_some_and(|j| !j.restart_near())
+        self.writers.commits_are_short(self.journal.as_ref())
     }
 
     /// Makes every commit so far durable (they already are without a shared journal).
@@ -218,7 +196,7 @@ impl MetaStore {
 
     /// A write transaction; nothing is kept unless [`WriteTxn::commit`] is called.
     pub fn write(&self) -> Result<WriteTxn, SnapshotError> {
-        let open = Writer::enter(&self.writers);
+        let open = self.writers.enter();
         let tx = self.db.begin_write()?;
         Ok(WriteTxn { tx, _open: open })
     }
@@ -248,7 +226,7 @@ impl ReadTxn {
 pub struct WriteTxn {
     tx: redb::WriteTransaction,
     /// Dropped after `tx`, which ends the transaction.
-    _open: Writer,
+    _open: crated_wal::Writer,
 }
 
 impl WriteTxn {
@@ -499,7 +477,7 @@ mod tests {
                 finished.recv().unwrap();
                 tx.commit().unwrap();
             });
-            while s.writers.load(Ordering::Acquire) < 2 {
+            while s.writers.count() < 2 {
                 std::thread::yield_now();
             }
             first.commit().unwrap();

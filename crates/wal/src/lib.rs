@@ -843,5 +843,41 @@ impl StorageBackend for JournalBackend {
     }
 }
 
+/// The write transactions of one database that are open or waiting to open (redb runs one at
+/// a time), each counted from before its wait to its end, however it ends. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Writers(Arc<std::sync::atomic::AtomicUsize>);
+
+/// One writer counted in [`Writers`], counted out when dropped.
+#[derive(Debug)]
+pub struct Writer(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Writers {
+    /// Counts a writer in: call it before waiting for the write transaction.
+    pub fn enter(&self) -> Writer {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Writer(self.0.clone())
+    }
+
+    /// Writers open or waiting now.
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether a write of this database would start at once and commit with no more than an
+    /// append to `journal`, shared, and its flush: no writer is open or waiting (one may be
+    /// long: a copy, a big walk, a collection), and the journal is not near a restart. False
+    /// for a database with a journal of its own (`None`).
+    pub fn commits_are_short(&self, journal: Option<&Journal>) -> bool {
+        self.count() == 0 && journal.is_some_and(|j| !j.restart_near())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -600,3 +600,28 @@ fn a_restart_is_seen_coming() {
     let small = Journal::open_with_capacity(&dir.path().join("small.wal"), 32 << 10).unwrap();
     assert!(small.restart_near(), "a log smaller than a look ahead");
 }
+
+/// Writers are counted until they end, however they end; commits are short only with none
+/// and a shared journal not near its restart.
+#[test]
+fn writers_are_counted_until_they_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&dir.path().join("stores.wal")).unwrap();
+    let writers = Writers::default();
+    assert!(writers.commits_are_short(Some(&journal)));
+    assert!(!writers.commits_are_short(None), "a journal of its own");
+    let first = writers.enter();
+    let second = writers.clone().enter();
+    assert_eq!(writers.count(), 2);
+    assert!(!writers.commits_are_short(Some(&journal)));
+    drop(first);
+    assert!(!writers.commits_are_short(Some(&journal)), "one is left");
+    drop(second);
+    assert!(writers.commits_are_short(Some(&journal)));
+    let unwound = std::panic::catch_unwind(|| {
+        let _writer = writers.enter();
+        panic!("a write panics");
+    });
+    assert!(unwound.is_err());
+    assert_eq!(writers.count(), 0);
+}
