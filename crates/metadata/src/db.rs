@@ -118,32 +118,6 @@ impl Mutation {
     }
 }
 
-/// A write transaction of the [`MetadataStore`], counted as open while it lives.
-pub(crate) struct Write {
-    tx: redb::WriteTransaction,
-    _open: crated_wal::Writer,
-}
-
-impl Write {
-    pub(crate) fn commit(self) -> Result<(), redb::CommitError> {
-        self.tx.commit()
-    }
-}
-
-impl std::ops::Deref for Write {
-    type Target = redb::WriteTransaction;
-
-    fn deref(&self) -> &redb::WriteTransaction {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for Write {
-    fn deref_mut(&mut self) -> &mut redb::WriteTransaction {
-        &mut self.tx
-    }
-}
-
 type MutationHook = Box<dyn Fn(Mutation) + Send + Sync>;
 
 /// The metadata database. Cheap to share behind an `Arc`; redb serialises writers.
@@ -223,10 +197,8 @@ impl MetadataStore {
     }
 
     /// Opens a write transaction, counted as open from before the wait for it until it ends.
-    pub(crate) fn write(&self) -> Result<Write, MetadataError> {
-        let open = self.writers.enter();
-        let tx = self.db.begin_write()?;
-        Ok(Write { tx, _open: open })
+    pub(crate) fn write(&self) -> Result<crated_wal::Write, MetadataError> {
+        Ok(self.writers.begin(&self.db)?)
     }
 
     /// Registers the one listener told of every committed change (the GC scheduler).
@@ -237,7 +209,11 @@ impl MetadataStore {
     }
 
     /// Commits a write transaction, then tells the listener.
-    pub(crate) fn commit(&self, tx: Write, mutation: Mutation) -> Result<(), MetadataError> {
+    pub(crate) fn commit(
+        &self,
+        tx: crated_wal::Write,
+        mutation: Mutation,
+    ) -> Result<(), MetadataError> {
         tx.commit()?;
         if let Some(hook) = self.on_mutation.get() {
             hook(mutation);

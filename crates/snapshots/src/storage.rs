@@ -196,9 +196,9 @@ impl MetaStore {
 
     /// A write transaction; nothing is kept unless [`WriteTxn::commit`] is called.
     pub fn write(&self) -> Result<WriteTxn, SnapshotError> {
-        let open = self.writers.enter();
-        let tx = self.db.begin_write()?;
-        Ok(WriteTxn { tx, _open: open })
+        Ok(WriteTxn {
+            tx: self.writers.begin(&self.db)?,
+        })
     }
 }
 
@@ -224,9 +224,7 @@ impl ReadTxn {
 }
 
 pub struct WriteTxn {
-    tx: redb::WriteTransaction,
-    /// Dropped after `tx`, which ends the transaction.
-    _open: crated_wal::Writer,
+    tx: crated_wal::Write,
 }
 
 impl WriteTxn {

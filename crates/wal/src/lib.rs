@@ -879,5 +879,42 @@ impl Drop for Writer {
     }
 }
 
+/// A write transaction counted in its database's [`Writers`] from before the wait for it
+/// until it ends ([`Writers::begin`]).
+pub struct Write {
+    tx: redb::WriteTransaction,
+    /// Dropped after `tx`, which ends the transaction.
+    _open: Writer,
+}
+
+impl Writers {
+    /// Opens a write transaction of `db`, whose writers these are.
+    pub fn begin(&self, db: &Database) -> Result<Write, redb::TransactionError> {
+        let open = self.enter();
+        let tx = db.begin_write()?;
+        Ok(Write { tx, _open: open })
+    }
+}
+
+impl Write {
+    pub fn commit(self) -> Result<(), redb::CommitError> {
+        self.tx.commit()
+    }
+}
+
+impl std::ops::Deref for Write {
+    type Target = redb::WriteTransaction;
+
+    fn deref(&self) -> &redb::WriteTransaction {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Write {
+    fn deref_mut(&mut self) -> &mut redb::WriteTransaction {
+        &mut self.tx
+    }
+}
+
 #[cfg(test)]
 mod tests;
