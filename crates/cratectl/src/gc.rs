@@ -42,10 +42,11 @@ pub async fn run(conn: &Connection, show: Show) -> anyhow::Result<()> {
                 println!("failed {f}");
             }
             println!(
-                "{} removed, {} failed; writers held for {:?}, collection took {:?}",
+                "{} removed, {} failed; writers held for {:?}, pause (mark and sweep) {:?}, collection took {:?}",
                 stats.removed.len(),
                 stats.failed.len(),
                 stats.lock_held,
+                stats.pause,
                 stats.elapsed
             );
         }

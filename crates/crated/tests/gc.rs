@@ -133,13 +133,14 @@ fn references_roots_and_flat_leases_decide_what_stays() {
     assert_eq!(pruned, chain);
     assert_eq!(daemon.blob_files(), [hex(&flat_held)]);
 
-    // `cratectl gc` reports removals and how long writers were held.
+    // `cratectl gc` reports removals, the pause and how long writers were held.
     ok(daemon.client(&ctr, &["leases", "rm", "flat"]));
     let report = ok(daemon.client(&cratectl, &["gc"]));
     assert!(
         report.contains(&format!("removed content default/{flat_held}"))
             && report.contains(&format!("removed blob {flat_held}"))
-            && report.contains("writers held for"),
+            && report.contains("writers held for")
+            && report.contains("pause (mark and sweep)"),
         "{report}"
     );
     assert!(daemon.blob_files().is_empty());

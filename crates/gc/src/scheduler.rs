@@ -1,6 +1,7 @@
 //! When to collect, with containerd's rules: a first collection `startup_delay` after start;
 //! then a collection at the next tick (every `interval`, which `pause_threshold` stretches so
-//! collections take at most that share of the time) once anything was deleted or
+//! that collections' pauses, their mark and sweep of the metadata store, take at most that
+//! share of the time) once anything was deleted or
 //! `mutation_threshold` changes were made; `deletion_threshold` deletions, or an explicit
 //! request, schedule one `schedule_delay` from now. Beyond containerd: the earliest expiry of a
 //! lease or ingest schedules one too, so an idle daemon cleans up.
@@ -202,8 +203,8 @@ impl Loop {
             let finished = Instant::now();
             match result {
                 Ok(stats) => {
-                    tracing::debug!(elapsed = ?stats.elapsed, lock_held = ?stats.lock_held, removed = stats.removed.len(), "garbage collected");
-                    gc_time_sum += stats.elapsed;
+                    tracing::debug!(pause = ?stats.pause, elapsed = ?stats.elapsed, lock_held = ?stats.lock_held, removed = stats.removed.len(), "garbage collected");
+                    gc_time_sum += stats.pause;
                     collections += 1;
                     (triggered, deletions, mutations) = (false, 0, 0);
                     if self.pause_threshold > 0.0 {
