@@ -62,7 +62,7 @@ pub fn validate_topic(topic: &str) -> Result<(), EventError> {
 }
 
 /// The fields subscriber filters see: `topic`, `namespace`, and `event.<field>` of the decoded
-/// event ([`fields::event_field`]).
+/// event (`fields::event_field`).
 pub fn field<'a>(e: &'a Envelope) -> impl Fn(&[String]) -> Option<String> + 'a {
     move |path: &[String]| match path.first().map(String::as_str) {
         Some("topic") if path.len() == 1 => Some(e.topic.clone()),

@@ -1,6 +1,6 @@
 //! The `native` snapshotter: each snapshot is a full directory tree at `snapshots/<id>`, made
 //! by copying its parent's. It works on any filesystem, at the cost of copies. A snapshot a
-//! layer is unpacked into links its parent's files instead (see [`link_tree`]).
+//! layer is unpacked into links its parent's files instead (see `fsutil::link_tree`).
 
 use std::collections::HashMap;
 use std::io;

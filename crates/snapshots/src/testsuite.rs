@@ -1,6 +1,6 @@
 //! containerd's snapshotter test suite (`snapshots/testsuite`) in our words: each case takes a
 //! fresh snapshotter and a scratch directory and panics on the first broken expectation. Every
-//! snapshotter, local or proxied, runs it through [`snapshotter_suite!`]. Cases that mount need
+//! snapshotter, local or proxied, runs it through [`crate::snapshotter_suite!`]. Cases that mount need
 //! root; elsewhere they say they are skipped.
 
 use std::collections::HashMap;
