@@ -225,7 +225,7 @@ pub fn shown_by_a_mount(dirs: &[PathBuf]) -> bool {
                 .map(|m| (m.dev(), m.ino()))
         })
         .collect();
-    let (Some(ids), Ok(table)) = (ids, std::fs::read("/proc/self/mountinfo")) else {
+    let (Some(ids), Ok(table)) = (ids, mount_table()) else {
         return true;
     };
     let names: Vec<&[u8]> = dirs
@@ -261,6 +261,56 @@ pub fn shown_by_a_mount(dirs: &[PathBuf]) -> bool {
             && std::fs::metadata(std::ffi::OsStr::from_bytes(&unescape(point)))
                 .is_ok_and(|m| ids.contains(&(m.dev(), m.ino())))
     })
+}
+
+/// This process's mount table, as last read, and a watch on it.
+struct KnownTable {
+    /// `/proc/self/mountinfo`, opened before `text` was read through it: the kernel makes it
+    /// poll with POLLPRI once a mount or unmount happened since its last poll. It stays on
+    /// the namespace it was opened in: the daemon never moves to another.
+    watch: std::fs::File,
+    text: std::sync::Arc<[u8]>,
+}
+
+static MOUNT_TABLE: std::sync::Mutex<Option<KnownTable>> = std::sync::Mutex::new(None);
+
+/// The text of `/proc/self/mountinfo`, read again only when the kernel tells of a change
+/// since the last read. A snapshot's removal asks for it once per entry: a read costs about
+/// 20 µs with this machine's 21 mounts, and a busy node's table holds hundreds.
+fn mount_table() -> io::Result<std::sync::Arc<[u8]>> {
+    use std::io::Read;
+    let mut known = MOUNT_TABLE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(k) = known.as_ref() {
+        if !changed(&k.watch) {
+            return Ok(k.text.clone());
+        }
+    }
+    *known = None;
+    let mut watch = std::fs::File::open("/proc/self/mountinfo")?;
+    let mut text = Vec::new();
+    watch.read_to_end(&mut text)?;
+    let text: std::sync::Arc<[u8]> = text.into();
+    *known = Some(KnownTable {
+        watch,
+        text: text.clone(),
+    });
+    Ok(text)
+}
+
+/// Whether the mount table changed since `watch` was last polled (or opened); true when the
+/// poll fails, so that the table is read again.
+fn changed(watch: &std::fs::File) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(watch.as_fd(), PollFlags::POLLPRI)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_none_or(|r| r.intersects(PollFlags::POLLPRI | PollFlags::POLLERR)),
+        Err(_) => true,
+    }
 }
 
 /// A path of the mount table, whose space, tab, newline and backslash are octal escapes.
@@ -341,6 +391,20 @@ mod tests {
         assert!(!shown_by_a_mount(&[moved.clone(), moved.join("sub")]));
         // What cannot be looked at counts as shown.
         assert!(shown_by_a_mount(&[dir.path().join("missing")]));
+    }
+
+    /// An unchanged mount table is not read again, and what is kept is what a read gives (a
+    /// mount made meanwhile by another test of this process is a change: tried a few times).
+    /// `a_bind_mount_shows_its_source` checks that a change is seen.
+    #[test]
+    fn an_unchanged_mount_table_is_kept() {
+        let kept = (0..10).any(|_| {
+            let first = mount_table().unwrap();
+            let read = std::fs::read("/proc/self/mountinfo").unwrap();
+            let second = mount_table().unwrap();
+            std::sync::Arc::ptr_eq(&first, &second) && *second == *read
+        });
+        assert!(kept);
     }
 
     #[test]
