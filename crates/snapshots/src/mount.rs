@@ -287,6 +287,8 @@ fn mount_table() -> io::Result<std::sync::Arc<[u8]>> {
             return Ok(k.text.clone());
         }
     }
+    // Forgotten before the read: should it fail, the next call must read again, which a
+    // watch whose change was already reported would not ask for.
     *known = None;
     let mut watch = std::fs::File::open("/proc/self/mountinfo")?;
     let mut text = Vec::new();

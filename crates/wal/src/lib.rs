@@ -850,11 +850,11 @@ pub struct Writers(Arc<std::sync::atomic::AtomicUsize>);
 
 /// One writer counted in [`Writers`], counted out when dropped.
 #[derive(Debug)]
-pub struct Writer(Arc<std::sync::atomic::AtomicUsize>);
+struct Writer(Arc<std::sync::atomic::AtomicUsize>);
 
 impl Writers {
-    /// Counts a writer in: call it before waiting for the write transaction.
-    pub fn enter(&self) -> Writer {
+    /// Counts a writer in: called before waiting for the write transaction.
+    fn enter(&self) -> Writer {
         self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Writer(self.0.clone())
     }
@@ -871,6 +871,13 @@ impl Writers {
     pub fn commits_are_short(&self, journal: Option<&Journal>) -> bool {
         self.count() == 0 && journal.is_some_and(|j| !j.restart_near())
     }
+
+    /// Opens a write transaction of `db`, whose writers these are.
+    pub fn begin(&self, db: &Database) -> Result<Write, redb::TransactionError> {
+        let open = self.enter();
+        let tx = db.begin_write()?;
+        Ok(Write { tx, _open: open })
+    }
 }
 
 impl Drop for Writer {
@@ -885,15 +892,6 @@ pub struct Write {
     tx: redb::WriteTransaction,
     /// Dropped after `tx`, which ends the transaction.
     _open: Writer,
-}
-
-impl Writers {
-    /// Opens a write transaction of `db`, whose writers these are.
-    pub fn begin(&self, db: &Database) -> Result<Write, redb::TransactionError> {
-        let open = self.enter();
-        let tx = db.begin_write()?;
-        Ok(Write { tx, _open: open })
-    }
 }
 
 impl Write {
