@@ -42,7 +42,7 @@ pub async fn run(conn: &Connection, show: Show) -> anyhow::Result<()> {
                 println!("failed {f}");
             }
             println!(
-                "{} removed, {} failed; writers held for {:?}, pause (mark and sweep) {:?}, collection took {:?}",
+                "{} removed, {} failed; all writers held for {:?}, pause (mark and sweep) {:?}, collection took {:?}",
                 stats.removed.len(),
                 stats.failed.len(),
                 stats.lock_held,

@@ -1,6 +1,7 @@
 //! One collection: mark and sweep in the metadata store, then the backends drop what no record
-//! keeps. The metadata store's GC lock is held exclusively from the mark to the end of the
-//! backend sweep, so nothing committed meanwhile can be taken for garbage.
+//! keeps. The metadata store's GC lock is held exclusively through its mark and sweep; each
+//! backend's lock from then to the end of that backend's sweep, so nothing written into a
+//! backend meanwhile can be taken for garbage, and writers into the others go on.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crated_content::{ContentError, ContentStore};
 use crated_errdefs::{HasKind, Kind};
-use crated_metadata::MetadataStore;
+use crated_metadata::{Backend, MetadataStore};
 use crated_snapshots::Snapshotter;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +38,8 @@ pub struct Stats {
     pub removed: Vec<String>,
     /// Removals that failed; the pass went on.
     pub failed: Vec<String>,
-    /// How long writers were held off.
+    /// How long every writer into a backend was held off: the mark and sweep of the metadata
+    /// store. A writer into one backend then waits for that backend's sweep only.
     pub lock_held: Duration,
     /// Marking and sweeping the metadata store, the wait for its lock left out: containerd's
     /// pause (its `MetaD`), by which `pause_threshold` spaces collections. The backends'
@@ -76,10 +78,10 @@ impl Collector {
 
     pub async fn collect(&self) -> Result<Stats, GcError> {
         let started = Instant::now();
-        let _writers_held = self.db.gc_lock().write().await;
+        let writers_held = self.db.gc_lock().write().await;
         let locked = Instant::now();
         let db = self.db.clone();
-        let collection =
+        let mut collection =
             tokio::task::spawn_blocking(move || db.collect_garbage(crated_metadata::now_nanos()))
                 .await
                 .map_err(|e| GcError::Task(e.to_string()))??;
@@ -95,16 +97,60 @@ impl Collector {
         // The backends are swept once after start (whatever a crash left), and whenever
         // records went: in this collection, or by a delete or abort since the last one.
         let records_removed = !collection.removed.is_empty();
-        if self.db.take_backends_dirty() || records_removed {
-            self.sweep_content(&collection.live_blobs, &collection.live_ingests, &mut stats)
-                .await;
-            self.sweep_snapshots(&collection.live_snapshots, &mut stats)
-                .await;
-            if !stats.failed.is_empty() {
-                self.db.mark_backends_dirty();
-            }
+        if !(self.db.take_backends_dirty() || records_removed) {
+            stats.lock_held = locked.elapsed();
+            stats.elapsed = started.elapsed();
+            return Ok(stats);
+        }
+        // Every backend's lock is taken before writers are let back in (none can hold one
+        // now: a writer takes the collection's lock first), so what the mark found live holds
+        // through each backend's sweep, and writers into other backends go on meanwhile.
+        let content_lock = self.db.backend_lock(&Backend::Content).write_owned().await;
+        let mut snapshotter_locks = Vec::with_capacity(self.snapshotters.len());
+        for (name, _) in &self.snapshotters {
+            let lock = self.db.backend_lock(&Backend::Snapshotter(name.clone()));
+            snapshotter_locks.push(lock.write_owned().await);
         }
         stats.lock_held = locked.elapsed();
+        drop(writers_held);
+        let content = async {
+            let mut swept = Swept::default();
+            self.sweep_content(&collection.live_blobs, &collection.live_ingests, &mut swept)
+                .await;
+            drop(content_lock);
+            swept
+        };
+        let live_snapshots = std::mem::take(&mut collection.live_snapshots);
+        let snapshotters =
+            self.snapshotters
+                .iter()
+                .zip(snapshotter_locks)
+                .map(|((name, snapshotter), lock)| {
+                    let live = live_snapshots.get(name);
+                    async move {
+                        let mut swept = Swept::default();
+                        let nothing = HashSet::new();
+                        Self::sweep_snapshotter(
+                            name,
+                            snapshotter.as_ref(),
+                            live.unwrap_or(&nothing),
+                            &mut swept,
+                        )
+                        .await;
+                        drop(lock);
+                        swept
+                    }
+                });
+        let (content, snapshots) = tokio::join!(content, futures::future::join_all(snapshotters));
+        let mut failed = false;
+        for swept in std::iter::once(content).chain(snapshots) {
+            failed |= !swept.failed.is_empty();
+            stats.removed.extend(swept.removed);
+            stats.failed.extend(swept.failed);
+        }
+        if failed {
+            self.db.mark_backends_dirty();
+        }
         stats.elapsed = started.elapsed();
         Ok(stats)
     }
@@ -115,7 +161,7 @@ impl Collector {
         &self,
         live_blobs: &HashSet<String>,
         live_ingests: &HashSet<String>,
-        stats: &mut Stats,
+        stats: &mut Swept,
     ) {
         match self.content.walk().await {
             Ok(blobs) => {
@@ -172,77 +218,85 @@ impl Collector {
 }
 
 impl Collector {
-    /// Removes from each snapshotter every snapshot no record keeps, children before their
+    /// Removes from `snapshotter` every snapshot no record keeps, children before their
     /// parents, then lets it clean up. One failing removal is logged and the sweep goes on.
-    async fn sweep_snapshots(&self, live: &HashMap<String, HashSet<String>>, stats: &mut Stats) {
-        let nothing = HashSet::new();
-        for (name, snapshotter) in &self.snapshotters {
-            let live = live.get(name).unwrap_or(&nothing);
-            let infos = match snapshotter.walk(&[]).await {
-                Ok(infos) => infos,
-                Err(e) => {
-                    tracing::warn!("gc: listing snapshots of {name}: {e}");
-                    stats
-                        .failed
-                        .push(format!("listing snapshots of {name}: {e}"));
-                    continue;
-                }
-            };
-            let mut children: HashMap<String, usize> = HashMap::new();
-            for info in &infos {
-                *children.entry(info.parent.clone()).or_default() += 1;
+    async fn sweep_snapshotter(
+        name: &str,
+        snapshotter: &dyn Snapshotter,
+        live: &HashSet<String>,
+        stats: &mut Swept,
+    ) {
+        let infos = match snapshotter.walk(&[]).await {
+            Ok(infos) => infos,
+            Err(e) => {
+                tracing::warn!("gc: listing snapshots of {name}: {e}");
+                stats
+                    .failed
+                    .push(format!("listing snapshots of {name}: {e}"));
+                return;
             }
-            let mut garbage: Vec<_> = infos
+        };
+        let mut children: HashMap<String, usize> = HashMap::new();
+        for info in &infos {
+            *children.entry(info.parent.clone()).or_default() += 1;
+        }
+        let mut garbage: Vec<_> = infos
+            .into_iter()
+            .filter(|i| !live.contains(&i.name))
+            .collect();
+        // Leaves first: each round removes what has no children left.
+        let mut removed_any = false;
+        loop {
+            let (leaves, rest): (Vec<_>, Vec<_>) = garbage
                 .into_iter()
-                .filter(|i| !live.contains(&i.name))
-                .collect();
-            // Leaves first: each round removes what has no children left.
-            let mut removed_any = false;
-            loop {
-                let (leaves, rest): (Vec<_>, Vec<_>) = garbage
-                    .into_iter()
-                    .partition(|i| children.get(&i.name).copied().unwrap_or(0) == 0);
-                garbage = rest;
-                if leaves.is_empty() {
-                    break;
-                }
-                let mut progress = false;
-                let names: Vec<String> = leaves.iter().map(|i| i.name.clone()).collect();
-                let results = snapshotter.remove_each(&names).await;
-                for (info, result) in leaves.into_iter().zip(results) {
-                    match result {
-                        Ok(()) => {
-                            removed_any = true;
-                            progress = true;
-                            if let Some(n) = children.get_mut(&info.parent) {
-                                *n -= 1;
-                            }
-                            stats.removed.push(format!("snapshot {name}/{}", info.name));
+                .partition(|i| children.get(&i.name).copied().unwrap_or(0) == 0);
+            garbage = rest;
+            if leaves.is_empty() {
+                break;
+            }
+            let mut progress = false;
+            let names: Vec<String> = leaves.iter().map(|i| i.name.clone()).collect();
+            let results = snapshotter.remove_each(&names).await;
+            for (info, result) in leaves.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        removed_any = true;
+                        progress = true;
+                        if let Some(n) = children.get_mut(&info.parent) {
+                            *n -= 1;
                         }
-                        Err(e) => {
-                            tracing::warn!("gc: removing snapshot {name}/{}: {e}", info.name);
-                            stats
-                                .failed
-                                .push(format!("snapshot {name}/{}: {e}", info.name));
-                        }
+                        stats.removed.push(format!("snapshot {name}/{}", info.name));
                     }
-                }
-                if !progress {
-                    break;
+                    Err(e) => {
+                        tracing::warn!("gc: removing snapshot {name}/{}: {e}", info.name);
+                        stats
+                            .failed
+                            .push(format!("snapshot {name}/{}: {e}", info.name));
+                    }
                 }
             }
-            if removed_any {
-                match snapshotter.cleanup().await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == Kind::NotImplemented => {}
-                    Err(e) => {
-                        tracing::warn!("gc: cleaning up {name}: {e}");
-                        stats.failed.push(format!("cleanup of {name}: {e}"));
-                    }
+            if !progress {
+                break;
+            }
+        }
+        if removed_any {
+            match snapshotter.cleanup().await {
+                Ok(()) => {}
+                Err(e) if e.kind() == Kind::NotImplemented => {}
+                Err(e) => {
+                    tracing::warn!("gc: cleaning up {name}: {e}");
+                    stats.failed.push(format!("cleanup of {name}: {e}"));
                 }
             }
         }
     }
+}
+
+/// What one backend's sweep removed, and what it failed to.
+#[derive(Default)]
+struct Swept {
+    removed: Vec<String>,
+    failed: Vec<String>,
 }
 
 /// A store that does not answer: the rest of the sweep waits for the next collection rather
@@ -268,6 +322,8 @@ mod tests {
     #[derive(Default)]
     struct SlowCleanup {
         names: Mutex<Vec<String>>,
+        /// Told when a cleanup starts.
+        cleaning: tokio::sync::Notify,
     }
 
     fn refused(what: &str) -> SnapshotError {
@@ -336,6 +392,7 @@ mod tests {
                 .collect())
         }
         async fn cleanup(&self) -> Result<(), SnapshotError> {
+            self.cleaning.notify_one();
             tokio::time::sleep(CLEANUP).await;
             Ok(())
         }
@@ -360,11 +417,56 @@ mod tests {
 
         assert_eq!(stats.removed, vec!["snapshot slow/orphan".to_string()]);
         assert!(slow.names.lock().unwrap().is_empty());
-        // The backend's sweep, slow cleanup included, is in the collection's time and in how
-        // long writers were held off, but not in the pause that spaces collections.
+        // The backend's sweep, slow cleanup included, is in the collection's time, but
+        // neither in the pause that spaces collections nor in how long every writer was held.
         assert!(stats.elapsed >= CLEANUP, "{stats:?}");
-        assert!(stats.lock_held >= CLEANUP, "{stats:?}");
+        assert!(stats.lock_held < CLEANUP, "{stats:?}");
         assert!(stats.pause < CLEANUP, "{stats:?}");
         assert!(stats.pause <= stats.lock_held, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn a_backends_sweep_holds_off_only_its_own_writers() {
+        use crated_metadata::Backend;
+        let dir = tempfile::tempdir().unwrap();
+        let db =
+            Arc::new(crated_metadata::MetadataStore::open(&dir.path().join("meta.db")).unwrap());
+        let content =
+            Arc::new(crated_content::LocalStore::open(&dir.path().join("content")).unwrap());
+        let slow = Arc::new(SlowCleanup::default());
+        slow.names.lock().unwrap().push("orphan".into());
+        let idle = Arc::new(SlowCleanup::default());
+        db.mark_backends_dirty();
+        let collector = Collector::new(
+            db.clone(),
+            content,
+            vec![("slow".into(), slow.clone()), ("idle".into(), idle)],
+        );
+        let collection = tokio::spawn(async move { collector.collect().await });
+        slow.cleaning.notified().await;
+
+        // While the slow snapshotter is swept, writers into the content store and into the
+        // other snapshotter start at once; its own wait for the sweep to end.
+        let prompt = Duration::from_millis(100);
+        for other in [Backend::Content, Backend::Snapshotter("idle".into())] {
+            let writing = tokio::time::timeout(prompt, db.writing_to(&other)).await;
+            assert!(
+                writing.is_ok(),
+                "{other:?} waited for another backend's sweep"
+            );
+        }
+        let slow_backend = Backend::Snapshotter("slow".into());
+        let waited = tokio::time::timeout(prompt, db.writing_to(&slow_backend)).await;
+        assert!(
+            waited.is_err(),
+            "a writer went on during its backend's sweep"
+        );
+        let stats = collection.await.unwrap().unwrap();
+        assert_eq!(stats.removed, vec!["snapshot slow/orphan".to_string()]);
+        let writing = tokio::time::timeout(prompt, db.writing_to(&slow_backend)).await;
+        assert!(
+            writing.is_ok(),
+            "the sweep ended but its writers still wait"
+        );
     }
 }

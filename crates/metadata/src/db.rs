@@ -120,6 +120,23 @@ impl Mutation {
 
 type MutationHook = Box<dyn Fn(Mutation) + Send + Sync>;
 
+/// A store a collection sweeps after the metadata store: what no record keeps goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Content,
+    /// A snapshotter, by the name records use.
+    Snapshotter(String),
+}
+
+/// See [`MetadataStore::backend_lock`].
+pub type SweepLock = std::sync::Arc<tokio::sync::RwLock<()>>;
+
+/// What [`MetadataStore::writing_to`] holds until dropped.
+pub struct BackendWrite<'a> {
+    _sweep: tokio::sync::OwnedRwLockReadGuard<()>,
+    _collection: tokio::sync::RwLockReadGuard<'a, ()>,
+}
+
 /// The metadata database. Cheap to share behind an `Arc`; redb serialises writers.
 pub struct MetadataStore {
     pub(crate) db: Database,
@@ -129,9 +146,11 @@ pub struct MetadataStore {
     shared_content: std::sync::atomic::AtomicBool,
     on_mutation: std::sync::OnceLock<MutationHook>,
     /// Held shared by anything that puts data in a backend and then records it (a commit, an
-    /// ingest's start), and exclusively by a collection from its mark to the end of its backend
-    /// sweep, so the sweep never removes data whose record is about to be written.
+    /// ingest's start), and exclusively by a collection through its mark and sweep of this
+    /// store, until it holds the backends' locks ([`MetadataStore::writing_to`]).
     gc_lock: tokio::sync::RwLock<()>,
+    /// One lock per backend a collection sweeps, made on first use.
+    backend_locks: std::sync::Mutex<std::collections::HashMap<Backend, SweepLock>>,
     /// A record went without a collection (a content delete, an aborted ingest): the next
     /// collection must sweep the backends even if it removes no record itself.
     backends_dirty: std::sync::atomic::AtomicBool,
@@ -186,6 +205,7 @@ impl MetadataStore {
             shared_content: std::sync::atomic::AtomicBool::new(true),
             on_mutation: std::sync::OnceLock::new(),
             gc_lock: tokio::sync::RwLock::new(()),
+            backend_locks: Default::default(),
             backends_dirty: std::sync::atomic::AtomicBool::new(true),
         })
     }
@@ -234,9 +254,34 @@ impl MetadataStore {
             .swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// See the field: shared by writers into a backend, exclusive for a collection.
+    /// Exclusive for a collection's mark and sweep of this store; writers into a backend
+    /// hold it shared through [`MetadataStore::writing_to`].
     pub fn gc_lock(&self) -> &tokio::sync::RwLock<()> {
         &self.gc_lock
+    }
+
+    /// The lock a collection holds exclusively while it sweeps `backend`.
+    pub fn backend_lock(&self, backend: &Backend) -> SweepLock {
+        let mut locks = self
+            .backend_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(backend.clone()).or_default().clone()
+    }
+
+    /// Held by whatever puts data in `backend` and then records it, from before the first to
+    /// after the second: the collection's lock shared, then the backend's. A collection takes
+    /// every backend's lock before it lets writers back in after its mark and sweep, so no
+    /// write is then midway and what it found live holds for the backends' sweep; after that a
+    /// writer waits only for the sweep of the backend it writes to, as in containerd (its
+    /// per-snapshotter and content locks).
+    pub async fn writing_to(&self, backend: &Backend) -> BackendWrite<'_> {
+        let collection = self.gc_lock.read().await;
+        let sweep = self.backend_lock(backend).read_owned().await;
+        BackendWrite {
+            _sweep: sweep,
+            _collection: collection,
+        }
     }
 
     /// containerd's `content_sharing_policy`: `shared` (true) lets a namespace claim a blob

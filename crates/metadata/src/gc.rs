@@ -8,7 +8,8 @@
 //!
 //! The sweep is one write transaction. What the backends must then delete (blobs no namespace
 //! records any more, aborted ingests, removed snapshots) is returned for the caller to do,
-//! holding [`MetadataStore::gc_lock`] exclusively from before this call to the end of that.
+//! holding [`MetadataStore::gc_lock`] exclusively from before this call, and then each
+//! backend's lock until that backend is swept ([`MetadataStore::writing_to`]).
 //!
 //! Images, containers and snapshots take part through these JSON fields of their records:
 //! image `target.digest` and `labels`; container `snapshotter`, `snapshot_key` and `labels`;

@@ -17,7 +17,7 @@ pub mod validate;
 
 pub use containers::{AnyValue, ContainerRecord, RuntimeInfo};
 pub use content::ContentRecord;
-pub use db::{MetadataStore, Mutation, SCHEMA_VERSION};
+pub use db::{Backend, BackendWrite, MetadataStore, Mutation, SweepLock, SCHEMA_VERSION};
 pub use error::MetadataError;
 pub use gc::{format_expire, Collection, Resource, LABEL_EXPIRE};
 pub use images::{Descriptor, ImageRecord};

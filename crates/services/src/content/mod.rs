@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crated_api::containerd::services::content::v1 as api;
 use crated_api::containerd::services::content::v1::content_server::{Content, ContentServer};
 use crated_content::{ContentError, ContentStore, ContentWriter, IngestStatus, LocalStore};
-use crated_metadata::{ContentRecord, MetadataStore};
+use crated_metadata::{Backend, ContentRecord, MetadataStore};
 use crated_plugin::{types, InitContext, Instance, PluginError, Registration};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -198,7 +198,7 @@ impl ContentService {
             return Ok(None);
         }
         // Held until the claim is recorded, so GC cannot take the blob in between.
-        let _claim = self.db.gc_lock().read().await;
+        let _claim = self.db.writing_to(&Backend::Content).await;
         let Ok(info) = self.store.info(&req.expected).await else {
             return Ok(None);
         };
@@ -256,7 +256,7 @@ impl write::Ingest for NamespacedIngest {
             .get(crated_metadata::gc::LABEL_EXPIRE)
             .and_then(|v| crated_metadata::gc::parse_expire(v));
         // Held from the record to the writer's start, so GC sees the ingest or none of it.
-        let _start = self.service.db.gc_lock().read().await;
+        let _start = self.service.db.writing_to(&Backend::Content).await;
         let (db, ns, r, lease) = (
             self.service.db.clone(),
             self.ns.clone(),
@@ -314,7 +314,7 @@ impl write::Ingest for NamespacedIngest {
         let size = writer.offset();
         let expected = (!req.expected.is_empty()).then(|| req.expected.clone());
         // Held from the backend's commit to the record, so GC never sees the blob unrecorded.
-        let _commit = self.service.db.gc_lock().read().await;
+        let _commit = self.service.db.writing_to(&Backend::Content).await;
         let digest = match writer.commit(req.total.max(0) as u64, expected).await {
             Ok(d) => d,
             // Same bytes already in the store (checked against the digest): this namespace

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::Target;
 use crated_errdefs::{HasKind, Kind as ErrKind};
 use crated_metadata::{
-    LeaseResource, MetadataError, MetadataStore, NewSnapshotCheck, SnapshotRecord,
+    Backend, LeaseResource, MetadataError, MetadataStore, NewSnapshotCheck, SnapshotRecord,
 };
 use crated_snapshots::{
     filter_infos, Info, Kind, Mount, SnapshotError, Snapshotter, Usage, INHERITED_LABEL_PREFIX,
@@ -43,6 +43,8 @@ type Result<T> = std::result::Result<T, NamespacedError>;
 pub struct NamespacedSnapshotter {
     db: Arc<MetadataStore>,
     name: String,
+    /// This snapshotter as the collector sweeps it.
+    sweep: Backend,
     backend: Arc<dyn Snapshotter>,
     /// Makes backend keys unique: started from the clock, so a restart does not reuse one.
     seq: AtomicU64,
@@ -69,6 +71,7 @@ impl NamespacedSnapshotter {
         NamespacedSnapshotter {
             db,
             name: name.to_owned(),
+            sweep: Backend::Snapshotter(name.to_owned()),
             backend,
             seq: AtomicU64::new(crated_metadata::now_nanos()),
         }
@@ -251,7 +254,7 @@ impl Target for NamespacedSnapshotter {
         let backend_key = self.backend_key(ns, key);
         // Held from the backend's create until the record exists, so a collection in between
         // cannot take the new snapshot for garbage.
-        let _writing = self.db.gc_lock().read().await;
+        let _writing = self.db.writing_to(&self.sweep).await;
         let backend_labels = inherited(&labels);
         let made = if view {
             self.backend
@@ -333,7 +336,7 @@ impl Target for NamespacedSnapshotter {
         } else {
             Some(self.record(ns, onto).await?.name)
         };
-        let _writing = self.db.gc_lock().read().await;
+        let _writing = self.db.writing_to(&self.sweep).await;
         match &backend_onto {
             None => {
                 self.backend
