@@ -81,7 +81,7 @@ impl Collector {
         let writers_held = self.db.gc_lock().write().await;
         let locked = Instant::now();
         let db = self.db.clone();
-        let mut collection =
+        let collection =
             tokio::task::spawn_blocking(move || db.collect_garbage(crated_metadata::now_nanos()))
                 .await
                 .map_err(|e| GcError::Task(e.to_string()))??;
@@ -120,13 +120,12 @@ impl Collector {
             drop(content_lock);
             swept
         };
-        let live_snapshots = std::mem::take(&mut collection.live_snapshots);
         let snapshotters =
             self.snapshotters
                 .iter()
                 .zip(snapshotter_locks)
                 .map(|((name, snapshotter), lock)| {
-                    let live = live_snapshots.get(name);
+                    let live = collection.live_snapshots.get(name);
                     async move {
                         let mut swept = Swept::default();
                         let nothing = HashSet::new();
@@ -401,16 +400,27 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_pause_leaves_the_backends_sweep_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let db =
-            Arc::new(crated_metadata::MetadataStore::open(&dir.path().join("meta.db")).unwrap());
-        let content =
-            Arc::new(crated_content::LocalStore::open(&dir.path().join("content")).unwrap());
+    /// A metadata store and a content store in `dir`, both empty, and a slow snapshotter
+    /// holding one snapshot, `orphan`, that no record keeps.
+    fn stores(
+        dir: &std::path::Path,
+    ) -> (
+        Arc<crated_metadata::MetadataStore>,
+        Arc<crated_content::LocalStore>,
+        Arc<SlowCleanup>,
+    ) {
+        let db = Arc::new(crated_metadata::MetadataStore::open(&dir.join("meta.db")).unwrap());
+        let content = Arc::new(crated_content::LocalStore::open(&dir.join("content")).unwrap());
         let slow = Arc::new(SlowCleanup::default());
         slow.names.lock().unwrap().push("orphan".into());
         db.mark_backends_dirty();
+        (db, content, slow)
+    }
+
+    #[tokio::test]
+    async fn the_pause_leaves_the_backends_sweep_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, content, slow) = stores(dir.path());
         let collector = Collector::new(db, content, vec![("slow".into(), slow.clone())]);
 
         let stats = collector.collect().await.unwrap();
@@ -429,14 +439,8 @@ mod tests {
     async fn a_backends_sweep_holds_off_only_its_own_writers() {
         use crated_metadata::Backend;
         let dir = tempfile::tempdir().unwrap();
-        let db =
-            Arc::new(crated_metadata::MetadataStore::open(&dir.path().join("meta.db")).unwrap());
-        let content =
-            Arc::new(crated_content::LocalStore::open(&dir.path().join("content")).unwrap());
-        let slow = Arc::new(SlowCleanup::default());
-        slow.names.lock().unwrap().push("orphan".into());
+        let (db, content, slow) = stores(dir.path());
         let idle = Arc::new(SlowCleanup::default());
-        db.mark_backends_dirty();
         let collector = Collector::new(
             db.clone(),
             content,
