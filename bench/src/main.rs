@@ -485,7 +485,6 @@ fn snapshots(
     let mut latency_notes = Vec::new();
     // The least a cycle can cost crated, measured each run: its stores' commits alone, and
     // three no-op calls.
-    let mut ceiling = Vec::new();
     let (mut noop_rpcs, mut store_floors) = (Vec::new(), Vec::new());
     for snapshotter in ["native", "overlayfs"] {
         let mut row = Row {
@@ -504,7 +503,6 @@ fn snapshots(
             let rpc = runtime.block_on(noop_rpc_micros(&d.socket, CYCLES))?;
             drop(d);
             let stores = store_floor(scratch.path(), CYCLES)?;
-            ceiling.push(1.0 / (1.0 / stores + 3.0 * rpc / 1e6));
             noop_rpcs.push(rpc);
             store_floors.push(stores);
             if let Some(c) = containerd {
@@ -539,6 +537,11 @@ fn snapshots(
         median(&rows[1].crated) / floor.max(f64::EPSILON),
         median(&rows[1].containerd) / floor.max(f64::EPSILON),
     );
+    let ceiling: Vec<f64> = store_floors
+        .iter()
+        .zip(&noop_rpcs)
+        .map(|(stores, rpc)| 1.0 / (1.0 / stores + 3.0 * rpc / 1e6))
+        .collect();
     let ceiling = stats(&ceiling).map_or(0.0, |(m, ..)| m);
     let stores = stats(&store_floors).map_or(0.0, |(m, ..)| m);
     let rpc = stats(&noop_rpcs).map_or(0.0, |(m, ..)| m);

@@ -120,22 +120,16 @@ impl Collector {
             drop(content_lock);
             swept
         };
+        let nothing = HashSet::new();
         let snapshotters =
             self.snapshotters
                 .iter()
                 .zip(snapshotter_locks)
                 .map(|((name, snapshotter), lock)| {
-                    let live = collection.live_snapshots.get(name);
+                    let live = collection.live_snapshots.get(name).unwrap_or(&nothing);
                     async move {
                         let mut swept = Swept::default();
-                        let nothing = HashSet::new();
-                        Self::sweep_snapshotter(
-                            name,
-                            snapshotter.as_ref(),
-                            live.unwrap_or(&nothing),
-                            &mut swept,
-                        )
-                        .await;
+                        Self::sweep_snapshotter(name, snapshotter.as_ref(), live, &mut swept).await;
                         drop(lock);
                         swept
                     }

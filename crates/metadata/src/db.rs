@@ -266,6 +266,11 @@ impl MetadataStore {
             .backend_locks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Looked up first: every snapshot prepare and commit asks, and only the first of a
+        // backend needs its name copied.
+        if let Some(lock) = locks.get(backend) {
+            return lock.clone();
+        }
         locks.entry(backend.clone()).or_default().clone()
     }
 
