@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(build-essential pkg-config git containerd runc btrfs-progs busybox-static docker-registry skopeo umoci openssl
-    dmsetup e2fsprogs qemu-system-x86)
+    dmsetup e2fsprogs qemu-system-x86 docker.io)
 # `--bench`: also what the benchmarks alone need (pigz: the unpack floor of the pull row).
 if [ "${1:-}" = "--bench" ]; then
     packages+=(pigz)

@@ -38,13 +38,18 @@ impl MetadataStore {
         Ok(())
     }
 
+    /// A namespace's labels; one that does not exist yet answers with none, as containerd's
+    /// store does (clients read a default namespace's labels before anything creates it).
     pub fn get_namespace(&self, name: &str) -> Result<Namespace, MetadataError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(NAMESPACES)?;
-        let labels = table.get(name)?.ok_or_else(|| not_found(name))?;
+        let labels = match table.get(name)? {
+            Some(labels) => serde_json::from_slice(labels.value())?,
+            None => BTreeMap::new(),
+        };
         Ok(Namespace {
             name: name.to_owned(),
-            labels: serde_json::from_slice(labels.value())?,
+            labels,
         })
     }
 
@@ -148,6 +153,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = MetadataStore::open(&dir.path().join("meta.db")).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn an_absent_namespace_reads_as_one_without_labels_and_is_not_listed() {
+        let (_d, s) = store();
+        let ns = s.get_namespace("moby").unwrap();
+        assert_eq!(ns.name, "moby");
+        assert!(ns.labels.is_empty());
+        assert!(s.list_namespaces().unwrap().is_empty());
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct OciImage {
     pub blobs: Vec<(String, Vec<u8>)>,
     /// The digest of the manifest the index points at.
     pub manifest: String,
+    /// The digests of the config and of the layer blobs, in order.
+    pub config: String,
+    pub layers: Vec<String>,
 }
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -64,6 +67,30 @@ impl OciImage {
         for (digest, bytes) in &self.blobs {
             let path = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
             append(&mut archive, &path, bytes);
+        }
+        std::fs::write(out, archive.into_inner().unwrap()).unwrap();
+    }
+
+    /// The image as an archive that `docker load` reads: the OCI layout plus Docker's
+    /// `manifest.json` naming the config and layers by path, tagged `repo_tag`.
+    pub fn write_docker_archive(&self, out: &Path, repo_tag: &str) {
+        let path = |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+        let layers: Vec<String> = self
+            .layers
+            .iter()
+            .map(|d| format!("\"{}\"", path(d)))
+            .collect();
+        let manifest = format!(
+            r#"[{{"Config":"{}","RepoTags":["{repo_tag}"],"Layers":[{}]}}]"#,
+            path(&self.config),
+            layers.join(",")
+        );
+        let mut archive = tar::Builder::new(Vec::new());
+        append(&mut archive, "oci-layout", OCI_LAYOUT);
+        append(&mut archive, "index.json", &self.index);
+        append(&mut archive, "manifest.json", manifest.as_bytes());
+        for (digest, bytes) in &self.blobs {
+            append(&mut archive, &path(digest), bytes);
         }
         std::fs::write(out, archive.into_inner().unwrap()).unwrap();
     }
@@ -113,8 +140,10 @@ pub fn image_with_config(
     let config_digest = sha256(config.as_bytes());
     let mut blobs = Vec::new();
     let mut layer_descs = Vec::new();
+    let mut layer_digests = Vec::new();
     for (_, blob, media_type) in layers {
         let digest = sha256(blob);
+        layer_digests.push(digest.clone());
         layer_descs.push(format!(
             r#"{{"mediaType":"{media_type}","digest":"{digest}","size":{}}}"#,
             blob.len()
@@ -131,12 +160,14 @@ pub fn image_with_config(
         r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{},"annotations":{{"io.containerd.image.name":"{name}","org.opencontainers.image.ref.name":"latest"}},"platform":{{"architecture":"{arch}","os":"linux"}}}}]}}"#,
         manifest.len()
     );
-    blobs.push((config_digest, config.into_bytes()));
+    blobs.push((config_digest.clone(), config.into_bytes()));
     blobs.push((manifest_digest.clone(), manifest.into_bytes()));
     OciImage {
         index: index.into_bytes(),
         blobs,
         manifest: manifest_digest,
+        config: config_digest,
+        layers: layer_digests,
     }
 }
 
