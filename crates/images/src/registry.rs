@@ -23,6 +23,8 @@ use crate::{Descriptor, ImageError, Reference};
 
 /// A manifest larger than this is refused, as containerd refuses one over its limit.
 const MANIFEST_LIMIT: usize = 8 << 20;
+/// A token server's answer is a small JSON object; a larger one is refused, not buffered.
+const TOKEN_LIMIT: usize = 1 << 20;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -217,6 +219,13 @@ impl Registry {
 
     /// A small blob (an image config) in memory, checked against its digest and size.
     pub async fn fetch_small_blob(&self, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
+        // The declared size is the registry's word: it bounds nothing we allocate.
+        if desc.size > MANIFEST_LIMIT as i64 {
+            return Err(ImageError::FailedPrecondition(format!(
+                "blob {} declares {} bytes, more than the {MANIFEST_LIMIT} read into memory",
+                desc.digest, desc.size
+            )));
+        }
         let mut body = self.open_blob(&desc.digest, 0).await?;
         let mut data = Vec::with_capacity(desc.size.max(0) as usize);
         while let Some(chunk) = body.chunk().await? {
@@ -454,10 +463,7 @@ impl Registry {
                 response.status()
             )));
         }
-        let raw = response
-            .bytes()
-            .await
-            .map_err(ImageError::http(format!("reading the token from {realm}")))?;
+        let raw = read_limited(response, TOKEN_LIMIT, &format!("the token from {realm}")).await?;
         let body: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| {
             ImageError::Unauthorized(format!("token server {realm} answered no JSON: {e}"))
         })?;

@@ -4,6 +4,7 @@
 
 pub mod blobs;
 pub mod gate;
+pub mod hostile;
 pub mod layered;
 pub mod oci;
 pub mod rebase;
