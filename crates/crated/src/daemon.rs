@@ -135,20 +135,11 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Keys containerd has that this version reads but does not act on yet: said, not ignored silently.
 fn warn_unapplied(config: &Config) {
-    let defaults = Config::default();
     let unapplied = [
         ("oom_score", config.oom_score != 0),
         ("debug.format", !config.debug.format.is_empty()),
         ("debug.address", !config.debug.address.is_empty()),
         ("grpc.tcp_address", !config.grpc.tcp_address.is_empty()),
-        (
-            "grpc.max_recv_message_size",
-            config.grpc.max_recv_message_size != defaults.grpc.max_recv_message_size,
-        ),
-        (
-            "grpc.max_send_message_size",
-            config.grpc.max_send_message_size != defaults.grpc.max_send_message_size,
-        ),
         ("cgroup.path", !config.cgroup.path.is_empty()),
     ];
     for (key, set) in unapplied {
@@ -215,8 +206,12 @@ async fn serve(
     let notify = signalled.clone();
     let services = set.instances::<GrpcService>(types::GRPC);
     let mut routes = tonic::service::RoutesBuilder::default();
+    let limits = crated_services::message_limits::MessageLimits::from_config(
+        config.grpc.max_recv_message_size,
+        config.grpc.max_send_message_size,
+    );
     for (_, service) in &services {
-        service.register(&mut routes);
+        service.register(&mut routes, limits);
     }
     let listener =
         match crated_services::socket::bind_unix(&address, config.grpc.uid, config.grpc.gid) {

@@ -15,6 +15,7 @@ use crated_plugin::{types as plugin_types, Instance, Registration};
 use tonic::{Request, Response, Status};
 
 use crate::edge::{blocking, filters, namespace, timestamp, BoxStream};
+use crate::message_limits::limited;
 use crate::GrpcService;
 
 pub struct ContainersService {
@@ -37,8 +38,11 @@ pub fn registrations() -> Vec<Registration> {
         Registration::new(plugin_types::GRPC, "containers", |ctx| async move {
             let service =
                 ctx.get_by_id::<ContainersService>(plugin_types::SERVICE, "containers-service")?;
-            Ok(Instance::new(GrpcService::new(move |routes| {
-                routes.add_service(ContainersServer::from_arc(service.clone()));
+            Ok(Instance::new(GrpcService::new(move |routes, limits| {
+                routes.add_service(limited!(
+                    ContainersServer::from_arc(service.clone()),
+                    limits
+                ));
             })))
         })
         .requires(&[plugin_types::SERVICE]),

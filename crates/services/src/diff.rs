@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::content::ContentService;
 use crate::edge::{lease, namespace, status};
+use crate::message_limits::limited;
 use crate::GrpcService;
 
 /// containerd's keys for the diff service.
@@ -65,8 +66,8 @@ pub fn registrations() -> Vec<Registration> {
         .with_config::<DiffServiceConfig>(),
         Registration::new(types::GRPC, "diff", |ctx| async move {
             let service = ctx.get_by_id::<DiffService>(types::SERVICE, "diff-service")?;
-            Ok(Instance::new(GrpcService::new(move |routes| {
-                routes.add_service(DiffServer::from_arc(service.clone()));
+            Ok(Instance::new(GrpcService::new(move |routes, limits| {
+                routes.add_service(limited!(DiffServer::from_arc(service.clone()), limits));
             })))
         })
         .requires(&[types::SERVICE]),

@@ -16,6 +16,7 @@ use crated_runtime::wire::{any_from_shim, time_from_shim};
 use tonic::{Request, Response, Status};
 
 use crate::edge::{filters, namespace, status, timestamp, BoxStream};
+use crate::message_limits::limited;
 use crate::GrpcService;
 
 pub fn registrations() -> Vec<Registration> {
@@ -28,8 +29,8 @@ pub fn registrations() -> Vec<Registration> {
             });
             let forwarder = Arc::new(ShimForwarder { exchange });
             Ok(Instance::new(GrpcService::with_ttrpc(
-                move |routes| {
-                    routes.add_service(EventsServer::from_arc(grpc.clone()));
+                move |routes, limits| {
+                    routes.add_service(limited!(EventsServer::from_arc(grpc.clone()), limits));
                 },
                 move || create_events(forwarder.clone()),
             )))

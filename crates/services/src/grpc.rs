@@ -2,7 +2,10 @@ use std::sync::Arc;
 
 use tonic::service::RoutesBuilder;
 
-type Register = Box<dyn Fn(&mut RoutesBuilder) + Send + Sync>;
+pub use crate::message_limits::MessageLimits;
+
+type Register = Box<dyn Fn(&mut RoutesBuilder, MessageLimits) + Send + Sync>;
+
 type Hook = Box<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 /// ttrpc services by name, as `ttrpc`'s generated `create_*` functions make them.
 pub type TtrpcServices = std::collections::HashMap<String, ttrpc::asynchronous::Service>;
@@ -18,7 +21,9 @@ pub struct GrpcService {
 }
 
 impl GrpcService {
-    pub fn new(register: impl Fn(&mut RoutesBuilder) + Send + Sync + 'static) -> Arc<Self> {
+    pub fn new(
+        register: impl Fn(&mut RoutesBuilder, MessageLimits) + Send + Sync + 'static,
+    ) -> Arc<Self> {
         Arc::new(GrpcService {
             register: Box::new(register),
             on_serving: None,
@@ -28,7 +33,7 @@ impl GrpcService {
 
     /// A front-end that serves on both sockets: gRPC for clients, ttrpc for shims.
     pub fn with_ttrpc(
-        register: impl Fn(&mut RoutesBuilder) + Send + Sync + 'static,
+        register: impl Fn(&mut RoutesBuilder, MessageLimits) + Send + Sync + 'static,
         ttrpc: impl Fn() -> TtrpcServices + Send + Sync + 'static,
     ) -> Arc<Self> {
         Arc::new(GrpcService {
@@ -39,7 +44,7 @@ impl GrpcService {
     }
 
     pub fn with_on_serving<F, Fut>(
-        register: impl Fn(&mut RoutesBuilder) + Send + Sync + 'static,
+        register: impl Fn(&mut RoutesBuilder, MessageLimits) + Send + Sync + 'static,
         hook: F,
     ) -> Arc<Self>
     where
@@ -53,8 +58,8 @@ impl GrpcService {
         })
     }
 
-    pub fn register(&self, routes: &mut RoutesBuilder) {
-        (self.register)(routes)
+    pub fn register(&self, routes: &mut RoutesBuilder, limits: MessageLimits) {
+        (self.register)(routes, limits)
     }
 
     /// The ttrpc services this front-end adds to the daemon's ttrpc socket, if any.

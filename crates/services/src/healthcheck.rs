@@ -4,6 +4,7 @@
 use crated_plugin::{types, Instance, Registration};
 use tonic_health::ServingStatus;
 
+use crate::message_limits::limited;
 use crate::GrpcService;
 
 pub fn registration() -> Registration {
@@ -14,8 +15,8 @@ pub fn registration() -> Registration {
             .await;
         let serving = reporter.clone();
         Ok(Instance::new(GrpcService::with_on_serving(
-            move |routes| {
-                routes.add_service(server.clone());
+            move |routes, limits| {
+                routes.add_service(limited!(server.clone(), limits));
             },
             move || {
                 let reporter = serving.clone();

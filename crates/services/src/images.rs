@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::edge::{blocking, filters, namespace, timestamp};
 use crate::leases::collect_now;
+use crate::message_limits::limited;
 use crate::GrpcService;
 
 pub struct ImagesService {
@@ -40,8 +41,8 @@ pub fn registrations() -> Vec<Registration> {
         Registration::new(plugin_types::GRPC, "images", |ctx| async move {
             let service =
                 ctx.get_by_id::<ImagesService>(plugin_types::SERVICE, "images-service")?;
-            Ok(Instance::new(GrpcService::new(move |routes| {
-                routes.add_service(ImagesServer::from_arc(service.clone()));
+            Ok(Instance::new(GrpcService::new(move |routes, limits| {
+                routes.add_service(limited!(ImagesServer::from_arc(service.clone()), limits));
             })))
         })
         .requires(&[plugin_types::SERVICE]),

@@ -17,6 +17,7 @@ use crated_plugin::{
 use tonic::{Request, Response, Status};
 
 use crate::edge::{code, filter_status};
+use crate::message_limits::limited;
 use crate::GrpcService;
 
 pub struct IntrospectionService {
@@ -134,8 +135,11 @@ pub fn registrations() -> Vec<Registration> {
         Registration::new(types::GRPC, "introspection", |ctx| async move {
             let service =
                 ctx.get_by_id::<IntrospectionService>(types::SERVICE, "introspection-service")?;
-            Ok(Instance::new(GrpcService::new(move |routes| {
-                routes.add_service(IntrospectionServer::from_arc(service.clone()));
+            Ok(Instance::new(GrpcService::new(move |routes, limits| {
+                routes.add_service(limited!(
+                    IntrospectionServer::from_arc(service.clone()),
+                    limits
+                ));
             })))
         })
         .requires(&[types::SERVICE]),

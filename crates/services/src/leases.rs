@@ -9,6 +9,7 @@ use crated_plugin::{types, Instance, Registration};
 use tonic::{Request, Response, Status};
 
 use crate::edge::{blocking, filters, namespace, status, timestamp};
+use crate::message_limits::limited;
 use crate::GrpcService;
 use crated_gc::Scheduler;
 
@@ -57,8 +58,8 @@ pub fn registrations() -> Vec<Registration> {
         .requires(&[types::METADATA, types::GC]),
         Registration::new(types::GRPC, "leases", |ctx| async move {
             let service = ctx.get_by_id::<LeasesService>(types::SERVICE, "leases-service")?;
-            Ok(Instance::new(GrpcService::new(move |routes| {
-                routes.add_service(LeasesServer::from_arc(service.clone()));
+            Ok(Instance::new(GrpcService::new(move |routes, limits| {
+                routes.add_service(limited!(LeasesServer::from_arc(service.clone()), limits));
             })))
         })
         .requires(&[types::SERVICE]),

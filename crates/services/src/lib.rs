@@ -12,6 +12,7 @@ pub mod healthcheck;
 pub mod images;
 pub mod introspection;
 pub mod leases;
+pub mod message_limits;
 pub mod metadata;
 pub mod namespaces;
 pub mod restart;

@@ -13,6 +13,7 @@ use crated_plugin::{types, Instance, Registration};
 use tonic::{Request, Response, Status};
 
 use crate::edge::{blocking, filter_status, namespace, status};
+use crate::message_limits::limited;
 use crate::GrpcService;
 
 /// The namespaces service: containerd's semantics over the metadata store.
@@ -44,8 +45,11 @@ pub fn registrations() -> Vec<Registration> {
         Registration::new(types::GRPC, "namespaces", |ctx| async move {
             let service =
                 ctx.get_by_id::<NamespacesService>(types::SERVICE, "namespaces-service")?;
-            Ok(Instance::new(GrpcService::new(move |routes| {
-                routes.add_service(NamespacesServer::from_arc(service.clone()));
+            Ok(Instance::new(GrpcService::new(move |routes, limits| {
+                routes.add_service(limited!(
+                    NamespacesServer::from_arc(service.clone()),
+                    limits
+                ));
             })))
         })
         .requires(&[types::SERVICE]),

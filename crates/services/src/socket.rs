@@ -7,13 +7,22 @@ use std::path::Path;
 
 use tokio::net::UnixListener;
 
+use crate::message_limits::GrpcGoLimitStatus;
+
+type Layers = tower::layer::util::Stack<GrpcGoLimitStatus, tower::layer::util::Identity>;
+/// The gRPC server every socket of ours is served by.
+pub type Server = tonic::transport::Server<Layers>;
+pub type Router = tonic::transport::server::Router<Layers>;
+
 /// A gRPC server for bulk streams (content writes and reads move megabytes per message):
-/// wide windows and large frames keep HTTP/2 bookkeeping off the hot path.
-pub fn bulk_server() -> tonic::transport::Server {
+/// wide windows and large frames keep HTTP/2 bookkeeping off the hot path. A message over a
+/// limit is answered as grpc-go answers it.
+pub fn bulk_server() -> Server {
     tonic::transport::Server::builder()
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
         .max_frame_size(1 << 20)
+        .layer(GrpcGoLimitStatus)
 }
 
 fn context(what: String) -> impl FnOnce(io::Error) -> io::Error {
@@ -82,7 +91,7 @@ pub fn shutdown_signal() -> io::Result<impl std::future::Future<Output = ()>> {
 
 /// Serves `router` on the unix socket `socket` (see [`bind_unix`]) until SIGTERM or SIGINT,
 /// then removes the socket: the standalone plugin servers' whole life.
-pub async fn serve(router: tonic::transport::server::Router, socket: &Path) -> io::Result<()> {
+pub async fn serve(router: Router, socket: &Path) -> io::Result<()> {
     let listener = bind_unix(socket, 0, 0)?;
     let stop = shutdown_signal()?;
     let result = router

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::containers::any_to_api;
 use crate::edge::{blocking, filters, namespace, status};
+use crate::message_limits::limited;
 use crate::GrpcService;
 
 pub struct TasksService {
@@ -41,8 +42,8 @@ pub fn registrations() -> Vec<Registration> {
         .requires(&[plugin_types::RUNTIME_V2, plugin_types::METADATA]),
         Registration::new(plugin_types::GRPC, "tasks", |ctx| async move {
             let service = ctx.get_by_id::<TasksService>(plugin_types::SERVICE, "tasks-service")?;
-            Ok(Instance::new(GrpcService::new(move |routes| {
-                routes.add_service(TasksServer::from_arc(service.clone()));
+            Ok(Instance::new(GrpcService::new(move |routes, limits| {
+                routes.add_service(limited!(TasksServer::from_arc(service.clone()), limits));
             })))
         })
         .requires(&[plugin_types::SERVICE]),

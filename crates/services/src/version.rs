@@ -5,7 +5,7 @@ use crated_api::containerd::services::version::v1::VersionResponse;
 use crated_plugin::{types, Instance, Registration};
 use tonic::{Request, Response, Status};
 
-use crate::grpc::limited;
+use crate::message_limits::limited;
 use crate::GrpcService;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -58,7 +58,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         snapshotter = ?cli.snapshotter,
         "serving snapshots"
     );
-    let router = tonic::transport::Server::builder()
+    let router = crated_services::socket::bulk_server()
         .add_service(SnapshotsService::bare(snapshotter.clone()).into_service());
     let result = serve_unix(router, &cli.socket).await;
     let _ = snapshotter.close().await;

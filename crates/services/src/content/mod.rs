@@ -14,6 +14,7 @@ use crated_plugin::{types, InitContext, Instance, PluginError, Registration};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::edge::{blocking, filters, lease, namespace, status, timestamp};
+use crate::message_limits::limited;
 use crate::GrpcService;
 
 use crate::edge::BoxStream;
@@ -51,12 +52,8 @@ pub fn registrations() -> Vec<Registration> {
         .requires(&[types::EVENT, types::METADATA, types::CONTENT]),
         Registration::new(types::GRPC, "content", |ctx| async move {
             let service = ctx.get_by_id::<ContentService>(types::SERVICE, "content-service")?;
-            Ok(Instance::new(GrpcService::new(move |routes| {
-                routes.add_service(
-                    ContentServer::from_arc(service.clone())
-                        .max_decoding_message_size(usize::MAX)
-                        .max_encoding_message_size(usize::MAX),
-                );
+            Ok(Instance::new(GrpcService::new(move |routes, limits| {
+                routes.add_service(limited!(ContentServer::from_arc(service.clone()), limits));
             })))
         })
         .requires(&[types::SERVICE]),

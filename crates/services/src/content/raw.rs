@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{list_stream, read_stream, status_to_api, write, BoxStream};
 use crate::edge::{filters, status};
+use crate::message_limits::{limited, MessageLimits};
 
 #[derive(Clone)]
 pub struct BareContentServer {
@@ -22,12 +23,9 @@ impl BareContentServer {
         BareContentServer { store }
     }
 
-    /// The tonic service, without message size limits (blobs stream in 1 MiB chunks, but
-    /// clients may send larger ones).
+    /// The tonic service, with containerd's default message limits.
     pub fn into_service(self) -> ContentServer<BareContentServer> {
-        ContentServer::new(self)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX)
+        limited!(ContentServer::new(self), MessageLimits::default())
     }
 }
 

@@ -20,6 +20,7 @@ use crated_snapshots::{Info, Mount, SnapshotError, Snapshotter, Usage};
 use tonic::{Request, Response, Status};
 
 use crate::edge::{lease, namespace, status};
+use crate::message_limits::limited;
 use crate::GrpcService;
 use namespaced::{NamespacedError, NamespacedSnapshotter};
 
@@ -170,8 +171,12 @@ impl SnapshotsService {
         }
     }
 
+    /// The tonic service, with containerd's default message limits.
     pub fn into_service(self) -> SnapshotsServer<SnapshotsService> {
-        SnapshotsServer::new(self)
+        limited!(
+            SnapshotsServer::new(self),
+            crate::message_limits::MessageLimits::default()
+        )
     }
 
     /// Snapshotter `name` as other services reach it (namespaced), with [`Self::target`]'s
@@ -221,8 +226,8 @@ pub fn registrations() -> Vec<Registration> {
         .requires(&[types::EVENT, types::METADATA, types::SNAPSHOTTER]),
         Registration::new(types::GRPC, "snapshots", |ctx| async move {
             let service = ctx.get_by_id::<SnapshotsService>(types::SERVICE, "snapshots-service")?;
-            Ok(Instance::new(GrpcService::new(move |routes| {
-                routes.add_service(SnapshotsServer::from_arc(service.clone()));
+            Ok(Instance::new(GrpcService::new(move |routes, limits| {
+                routes.add_service(limited!(SnapshotsServer::from_arc(service.clone()), limits));
             })))
         })
         .requires(&[types::SERVICE]),

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::content::ContentService;
 use crate::edge::{lease, namespace, status};
+use crate::message_limits::limited;
 use crate::snapshots::SnapshotsService;
 use crate::GrpcService;
 use progress::Progress;
@@ -64,8 +65,8 @@ pub fn registrations() -> Vec<Registration> {
             let puller = ctx.get_by_id::<Puller>(plugin_types::TRANSFER, "local")?;
             let streams = ctx.get_by_id::<StreamManager>(plugin_types::STREAMING, "manager")?;
             let service = Arc::new(TransferService { puller, streams });
-            Ok(Instance::new(GrpcService::new(move |routes| {
-                routes.add_service(TransferServer::from_arc(service.clone()));
+            Ok(Instance::new(GrpcService::new(move |routes, limits| {
+                routes.add_service(limited!(TransferServer::from_arc(service.clone()), limits));
             })))
         })
         .requires(&[plugin_types::TRANSFER, plugin_types::STREAMING]),

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::edge::namespace;
+use crate::message_limits::limited;
 use crate::GrpcService;
 
 const STREAM_INIT: &str = "containerd.services.streaming.v1.StreamInit";
@@ -107,8 +108,8 @@ pub fn registrations() -> Vec<Registration> {
         .requires(&[types::METADATA]),
         Registration::new(types::GRPC, "streaming", |ctx| async move {
             let manager = ctx.get_by_id::<StreamManager>(types::STREAMING, "manager")?;
-            Ok(Instance::new(GrpcService::new(move |routes| {
-                routes.add_service(StreamingServer::from_arc(manager.clone()));
+            Ok(Instance::new(GrpcService::new(move |routes, limits| {
+                routes.add_service(limited!(StreamingServer::from_arc(manager.clone()), limits));
             })))
         })
         .requires(&[types::STREAMING]),

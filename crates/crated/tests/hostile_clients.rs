@@ -1,0 +1,152 @@
+//! A local client that sends what containerd refuses: messages over the gRPC limits (and a frame
+//! header claiming 4 GiB), answered RESOURCE_EXHAUSTED as grpc-go answers them without the
+//! daemon reserving the memory.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crated_api::containerd::services::content::v1::content_client::ContentClient;
+use crated_api::containerd::services::content::v1::{WriteAction, WriteContentRequest};
+use crated_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
+use crated_api::containerd::services::namespaces::v1::{CreateNamespaceRequest, Namespace};
+use crated_testsupport::{channel, in_namespace, peak_rss_kib, Daemon};
+use tonic::Code;
+
+fn crated(config: Option<&str>) -> Daemon {
+    Daemon::crated(Path::new(env!("CARGO_BIN_EXE_crated")), config, &[]).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A namespace create whose message is about `size` bytes (one label that long).
+async fn create_namespace_of(daemon: &Daemon, size: usize) -> tonic::Status {
+    let mut client = NamespacesClient::new(channel(&daemon.socket).await.unwrap())
+        .max_encoding_message_size(usize::MAX);
+    let request = CreateNamespaceRequest {
+        namespace: Some(Namespace {
+            name: "big".into(),
+            labels: [("big".to_string(), "x".repeat(size))].into(),
+        }),
+    };
+    client.create(request).await.unwrap_err()
+}
+
+/// A content write of one `size`-byte message; the status it ends with, or None when the
+/// write was accepted.
+async fn write_of(daemon: &Daemon, size: usize) -> Option<tonic::Status> {
+    let mut client = ContentClient::new(channel(&daemon.socket).await.unwrap())
+        .max_encoding_message_size(usize::MAX);
+    let message = WriteContentRequest {
+        action: WriteAction::Write as i32,
+        r#ref: format!("big-{size}"),
+        data: vec![7; size],
+        ..Default::default()
+    };
+    let request = in_namespace(tokio_stream::iter(vec![message]), "default", None);
+    match client.write(request).await {
+        Err(status) => Some(status),
+        Ok(answers) => {
+            let mut answers = answers.into_inner();
+            loop {
+                match answers.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return None,
+                    Err(status) => return Some(status),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn messages_over_16_mib_are_refused_with_resource_exhausted_as_containerd_does() {
+    let daemon = crated(None);
+    runtime().block_on(async {
+        let over = create_namespace_of(&daemon, 17 << 20).await;
+        assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+        assert!(
+            over.message()
+                .starts_with("grpc: received message larger than max ("),
+            "{over:?}"
+        );
+        // Under the limit the message is read, and refused for what it says.
+        let under = create_namespace_of(&daemon, 15 << 20).await;
+        assert_eq!(under.code(), Code::InvalidArgument, "{under:?}");
+
+        let over = write_of(&daemon, 17 << 20).await.unwrap();
+        assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+        assert!(write_of(&daemon, 15 << 20).await.is_none());
+    });
+}
+
+#[test]
+fn the_grpc_config_sets_the_limits() {
+    let daemon = crated(Some(
+        "version = 2\n[grpc]\nmax_recv_message_size = 1048576\n",
+    ));
+    runtime().block_on(async {
+        let over = write_of(&daemon, 2 << 20).await.unwrap();
+        assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+        assert!(over.message().ends_with("vs. 1048576)"), "{over:?}");
+        assert!(write_of(&daemon, 1 << 19).await.is_none());
+    });
+}
+
+/// A content write whose first frame's header claims 4 GiB, its body never sent: the daemon
+/// answers at once and reserves nothing.
+#[test]
+fn a_frame_header_claiming_4_gib_is_refused_before_anything_is_reserved() {
+    let daemon = crated(None);
+    let before = peak_rss_kib(daemon.pid()).unwrap();
+    runtime().block_on(async {
+        let io = tokio::net::UnixStream::connect(&daemon.socket)
+            .await
+            .unwrap();
+        let (mut client, connection) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        let request =
+            http::Request::post("http://localhost/containerd.services.content.v1.Content/Write")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("containerd-namespace", "default")
+                .body(())
+                .unwrap();
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            let (answer, mut body) = client.send_request(request.clone(), false).unwrap();
+            body.send_data(
+                bytes::Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+                false,
+            )
+            .unwrap();
+            streams.push((answer, body));
+        }
+        for (answer, _body) in streams {
+            let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+                .await
+                .expect("an answer without the rest of the message")
+                .unwrap();
+            let (parts, mut body) = answer.into_parts();
+            let mut status = parts.headers.get("grpc-status").cloned();
+            if status.is_none() {
+                while body.data().await.is_some() {}
+                status = body
+                    .trailers()
+                    .await
+                    .unwrap()
+                    .and_then(|t| t.get("grpc-status").cloned());
+            }
+            assert_eq!(status.unwrap(), "8");
+        }
+    });
+    let after = peak_rss_kib(daemon.pid()).unwrap();
+    assert!(
+        after < before + (64 << 10),
+        "peak RSS {before} -> {after} KiB"
+    );
+}
