@@ -120,14 +120,23 @@ fn async_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
-/// Creates a daemon directory (0711, as containerd) when missing; an existing one keeps its mode.
-fn make_dir(path: &Path) -> anyhow::Result<()> {
+/// Creates a daemon directory with `mode` when missing; an existing one keeps its mode.
+fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o711)
+        .mode(mode)
         .create(path)
         .with_context(|| format!("creating {}", path.display()))
+}
+
+/// The root is 0700, as the reference containerd's: nothing under it is any other user's
+/// business. Set at every start, since earlier versions made it 0711.
+fn make_root(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    make_dir(path, 0o700)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
 /// How long open calls (streams) may run on after SIGTERM before they are cut.
@@ -162,9 +171,10 @@ async fn serve(
     warn_unapplied(&config);
     let root = PathBuf::from(&config.root);
     let state = PathBuf::from(&config.state);
-    make_dir(&root)?;
+    make_root(&root)?;
     let _lock = lock::lock_root(&root)?;
-    make_dir(&state)?;
+    // 0711, as containerd's: remapped container roots reach their bundles through it.
+    make_dir(&state, 0o711)?;
     let address = PathBuf::from(&config.grpc.address);
     let ttrpc_address = if config.ttrpc.address.is_empty() {
         format!("{}.ttrpc", config.grpc.address)

@@ -73,6 +73,21 @@ impl InitContext {
         make_dir(&self.state, 0o700)
     }
 
+    /// [`Self::root`] and [`Self::state`] with `mode`, set also on directories an earlier
+    /// start made with another (a runtime's must be traversable by remapped container roots).
+    pub fn dirs_with_mode(&self, mode: u32) -> Result<(PathBuf, PathBuf), PluginError> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut dirs = [self.root.clone(), self.state.clone()];
+        for dir in &mut dirs {
+            make_dir(dir, mode)?;
+            std::fs::set_permissions(&*dir, std::fs::Permissions::from_mode(mode)).map_err(
+                |e| PluginError::failed(format!("setting the mode of {}: {e}", dir.display())),
+            )?;
+        }
+        let [root, state] = dirs;
+        Ok((root, state))
+    }
+
     /// The log the daemon's stores share (see [`crated_wal::Journal`]), when there is one. A
     /// store that defers its commits to it must be followed by a store that flushes them
     /// before the caller is answered.

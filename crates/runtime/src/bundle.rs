@@ -9,6 +9,47 @@ use std::path::{Path, PathBuf};
 
 use crate::RuntimeError;
 
+/// The host gid that a spec's user namespace maps its root group to, if it remaps it.
+fn remapped_root_gid(spec: &[u8]) -> Result<Option<u32>, RuntimeError> {
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        linux: Option<Linux>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Linux {
+        #[serde(rename = "gidMappings", default)]
+        gid_mappings: Vec<Mapping>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Mapping {
+        #[serde(rename = "containerID")]
+        container_id: u32,
+        #[serde(rename = "hostID")]
+        host_id: u32,
+    }
+    let spec: Spec = serde_json::from_slice(spec)
+        .map_err(|e| RuntimeError::InvalidArgument(format!("reading the spec: {e}")))?;
+    Ok(spec
+        .linux
+        .into_iter()
+        .flat_map(|l| l.gid_mappings)
+        .find(|m| m.container_id == 0)
+        .map(|m| m.host_id)
+        .filter(|&gid| gid != 0))
+}
+
+/// A container whose root group is remapped must reach its rootfs through the bundle, as
+/// containerd lets it: the bundle's group becomes that gid, with search permission (0710).
+fn open_to_remapped_root(bundle: &Path, spec: &[u8]) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(gid) = remapped_root_gid(spec)? else {
+        return Ok(());
+    };
+    let what = || format!("opening {} to gid {gid}", bundle.display());
+    std::os::unix::fs::chown(bundle, None, Some(gid)).map_err(RuntimeError::io(what()))?;
+    fs::set_permissions(bundle, fs::Permissions::from_mode(0o710)).map_err(RuntimeError::io(what()))
+}
+
 #[derive(Debug, Clone)]
 pub struct Bundle {
     pub id: String,
@@ -64,6 +105,7 @@ impl Bundle {
             }
         }
         let made = (|| {
+            open_to_remapped_root(&b.path, spec)?;
             mkdir(&b.path.join("rootfs"), 0o711)?;
             mkdir(&root.join(namespace), 0o711)?;
             if b.work.exists() {
@@ -145,5 +187,16 @@ mod tests {
             0,
             "no hidden leftovers"
         );
+    }
+
+    #[test]
+    fn the_remapped_root_gid_is_the_host_id_of_container_gid_0() {
+        let spec = br#"{"linux":{"gidMappings":[{"containerID":1,"hostID":7,"size":1},{"containerID":0,"hostID":100000,"size":65536}]}}"#;
+        assert_eq!(remapped_root_gid(spec).unwrap(), Some(100000));
+        assert_eq!(remapped_root_gid(br#"{"linux":{}}"#).unwrap(), None);
+        assert_eq!(remapped_root_gid(br#"{}"#).unwrap(), None);
+        let identity = br#"{"linux":{"gidMappings":[{"containerID":0,"hostID":0,"size":1}]}}"#;
+        assert_eq!(remapped_root_gid(identity).unwrap(), None);
+        assert!(remapped_root_gid(b"not json").is_err());
     }
 }

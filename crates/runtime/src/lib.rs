@@ -473,7 +473,9 @@ pub fn registration() -> Registration {
             sched_core: config.sched_core,
             opt: ctx.get_by_id::<opt::OptDirs>(types::INTERNAL, "opt").ok(),
         };
-        let manager = TaskManager::new(ctx.state()?, ctx.root()?, daemon, exchange);
+        // 0711 as containerd's: a container whose root is remapped reaches its bundle.
+        let (root, state) = ctx.dirs_with_mode(0o711)?;
+        let manager = TaskManager::new(state, root, daemon, exchange);
         manager.load_existing(&db).await;
         Ok(Instance::new(manager))
     })

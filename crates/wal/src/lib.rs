@@ -414,13 +414,16 @@ impl Journal {
     }
 }
 
-/// Opens `path` for reading and writing, creating it empty when missing.
+/// Opens `path` for reading and writing, creating it empty when missing, readable by its
+/// owner alone: a journal holds what its stores commit (container specs among it).
 fn open_or_create(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(path)
 }
 
