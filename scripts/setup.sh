@@ -5,7 +5,8 @@
 set -euo pipefail
 
 packages=(build-essential pkg-config git containerd runc btrfs-progs busybox-static docker-registry skopeo umoci openssl
-    dmsetup e2fsprogs qemu-system-x86 docker.io)
+    dmsetup e2fsprogs qemu-system-x86 docker.io
+    python3-venv)
 # `--bench`: also what the benchmarks alone need (pigz: the unpack floor of the pull row).
 if [ "${1:-}" = "--bench" ]; then
     packages+=(pigz)
@@ -34,6 +35,15 @@ if [ "$(dpkg --print-architecture)" = amd64 ] && ! compgen -G "$vm_dir/boot/vmli
     $sudo mkdir -p "$vm_dir"
     $sudo dpkg-deb -x "$download"/*.deb "$vm_dir"
     rm -rf "$download"
+fi
+# gRPC's C core as a client (PyPI's grpcio, in its own environment): it sends a unix socket's
+# path as :authority.
+grpcio_dir="${CRATED_GRPCIO_DIR:-/var/cache/crated-test/grpcio}"
+if ! "$grpcio_dir/bin/python3" -c 'import grpc' 2>/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo /usr/bin/python3 -m venv "$grpcio_dir"
+    $sudo "$grpcio_dir/bin/pip" install -q --disable-pip-version-check grpcio
 fi
 # Debian's containerd package starts a system containerd; the tests start their own daemons on
 # private roots and never use it.

@@ -9,7 +9,6 @@ use anyhow::{bail, Context};
 use crated_config::Config;
 use crated_plugin::{graph, init_all, types, Environment, Registration, Status};
 use crated_services::GrpcService;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::{lock, plugins, Cli, DEFAULT_CONFIG};
 
@@ -278,7 +277,7 @@ async fn serve(
     };
     let server = crated_services::socket::bulk_server()
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(crated_services::socket::incoming(listener), async move {
             shutdown.await;
             notify.notify_one();
         });

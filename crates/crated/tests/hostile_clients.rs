@@ -150,3 +150,54 @@ fn a_frame_header_claiming_4_gib_is_refused_before_anything_is_reserved() {
         "peak RSS {before} -> {after} KiB"
     );
 }
+
+/// PyPI's grpcio, installed by `scripts/setup.sh` in its own environment.
+fn grpcio_python() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("CRATED_GRPCIO_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/crated-test/grpcio".into());
+    let python = dir.join("bin/python3");
+    let has_grpc = std::process::Command::new(&python)
+        .args(["-c", "import grpc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_grpc {
+        assert!(
+            !crated_testsupport::on_ci(),
+            "grpcio is not installed in {}: scripts/setup.sh installs it",
+            dir.display()
+        );
+        eprintln!(
+            "SKIPPED: grpcio not installed in {} (scripts/setup.sh)",
+            dir.display()
+        );
+        return None;
+    }
+    Some(python)
+}
+
+/// gRPC's C core with default settings sends the socket's path as `:authority`, which h2
+/// resets as malformed; and it accepts 8 KiB of metadata, which a synchronous delete's GC
+/// statistics must stay within. Both target forms (`unix:` and `unix://`) are served.
+#[test]
+fn grpcio_with_default_settings_is_served() {
+    let Some(python) = grpcio_python() else {
+        return;
+    };
+    let daemon = crated(None);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/grpcio_client.py");
+    for form in ["unix:", "unix://"] {
+        let out = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(&daemon.socket)
+            .arg(form)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stdout == b"ok\n",
+            "{form}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

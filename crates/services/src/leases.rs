@@ -19,11 +19,43 @@ pub struct LeasesService {
     gc: Option<Arc<Scheduler>>,
 }
 
-/// Removals listed in [`crated_gc::STATS_HEADER`] at most, so the header stays small.
-const GC_STATS_LISTED: usize = 200;
+/// What [`crated_gc::STATS_HEADER`] may hold of the removed and failed lists, in bytes of
+/// JSON: once base64-encoded, well inside the 8 KiB of metadata that gRPC's C core (Python,
+/// C++) accepts by default and the 16 KiB of Go's and hyper's.
+const GC_STATS_BUDGET: usize = 4096;
+/// One listed item at most, in bytes (a snapshot key may be long).
+const GC_STATS_ITEM: usize = 256;
+
+/// Keeps the leading items of `items` that fit in `budget` bytes (each cut to
+/// [`GC_STATS_ITEM`]), then a line counting the rest.
+fn bounded(items: &mut Vec<String>, budget: &mut usize) {
+    let total = items.len();
+    let mut kept = 0;
+    for item in items.iter_mut() {
+        if item.len() > GC_STATS_ITEM {
+            let mut cut = GC_STATS_ITEM;
+            while !item.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            item.truncate(cut);
+            item.push('…');
+        }
+        // The item, its quotes and comma.
+        let cost = item.len() + 3;
+        if cost > *budget {
+            break;
+        }
+        *budget -= cost;
+        kept += 1;
+    }
+    items.truncate(kept);
+    if kept < total {
+        items.push(format!("... and {} more", total - kept));
+    }
+}
 
 /// A synchronous delete's collection (leases, images): runs one and reports what it removed
-/// in the response's [`crated_gc::STATS_HEADER`].
+/// in the response's [`crated_gc::STATS_HEADER`], bounded in size.
 pub(crate) async fn collect_now(
     gc: Option<&Scheduler>,
     metadata: &mut tonic::metadata::MetadataMap,
@@ -34,11 +66,9 @@ pub(crate) async fn collect_now(
         )
     })?;
     let mut stats = gc.schedule_and_wait().await.map_err(|e| status(&e))?;
-    let more = stats.removed.len().saturating_sub(GC_STATS_LISTED);
-    stats.removed.truncate(GC_STATS_LISTED);
-    if more > 0 {
-        stats.removed.push(format!("... and {more} more"));
-    }
+    let mut budget = GC_STATS_BUDGET;
+    bounded(&mut stats.failed, &mut budget);
+    bounded(&mut stats.removed, &mut budget);
     if let Ok(json) = serde_json::to_vec(&stats) {
         metadata.insert_bin(
             crated_gc::STATS_HEADER,
@@ -182,5 +212,33 @@ impl Leases for LeasesService {
             })
             .collect();
         Ok(Response::new(api::ListResourcesResponse { resources }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_stats_keep_what_fits_and_count_the_rest() {
+        let mut items: Vec<String> = (0..100).map(|i| format!("snapshot {i:0>500}")).collect();
+        let mut budget = GC_STATS_BUDGET;
+        bounded(&mut items, &mut budget);
+        let listed = items.len() - 1;
+        assert!(listed > 0 && listed < 100, "{listed}");
+        assert_eq!(
+            items.last().unwrap(),
+            &format!("... and {} more", 100 - listed)
+        );
+        assert!(items[..listed]
+            .iter()
+            .all(|i| i.len() <= GC_STATS_ITEM + '…'.len_utf8()));
+        let json = serde_json::to_vec(&items).unwrap();
+        assert!(json.len() <= GC_STATS_BUDGET + 64, "{}", json.len());
+
+        let mut few = vec!["a".to_string(), "b".to_string()];
+        let mut budget = GC_STATS_BUDGET;
+        bounded(&mut few, &mut budget);
+        assert_eq!(few, ["a", "b"]);
     }
 }

@@ -20,6 +20,7 @@ pub mod snapshots;
 pub mod socket;
 pub mod tasks;
 pub mod transfer;
+pub mod uds_authority;
 pub mod version;
 
 pub use grpc::GrpcService;

@@ -8,6 +8,7 @@ use std::path::Path;
 use tokio::net::UnixListener;
 
 use crate::message_limits::GrpcGoLimitStatus;
+use crate::uds_authority::AuthorityRewriter;
 
 type Layers = tower::layer::util::Stack<GrpcGoLimitStatus, tower::layer::util::Identity>;
 /// The gRPC server every socket of ours is served by.
@@ -89,16 +90,25 @@ pub fn shutdown_signal() -> io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// The connections of `listener`, each read through [`AuthorityRewriter`] so that clients
+/// sending their socket's path as `:authority` (gRPC's C core) are served, as grpc-go serves
+/// them.
+pub fn incoming(
+    listener: UnixListener,
+) -> impl tokio_stream::Stream<Item = io::Result<AuthorityRewriter<tokio::net::UnixStream>>> {
+    tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        |accepted| accepted.map(AuthorityRewriter::new),
+    )
+}
+
 /// Serves `router` on the unix socket `socket` (see [`bind_unix`]) until SIGTERM or SIGINT,
 /// then removes the socket: the standalone plugin servers' whole life.
 pub async fn serve(router: Router, socket: &Path) -> io::Result<()> {
     let listener = bind_unix(socket, 0, 0)?;
     let stop = shutdown_signal()?;
     let result = router
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            stop,
-        )
+        .serve_with_incoming_shutdown(incoming(listener), stop)
         .await;
     let _ = std::fs::remove_file(socket);
     result.map_err(|e| io::Error::other(format!("serving gRPC: {e}")))
