@@ -201,3 +201,147 @@ fn grpcio_with_default_settings_is_served() {
         );
     }
 }
+
+/// What containerd's services refuse, a raw client sends: each is refused with containerd's
+/// code and nothing is stored.
+#[test]
+fn what_containerd_refuses_is_refused() {
+    use crated_api::containerd::services::events::v1::events_client::EventsClient;
+    use crated_api::containerd::services::events::v1::ForwardRequest;
+    use crated_api::containerd::services::images::v1::images_client::ImagesClient;
+    use crated_api::containerd::services::images::v1::{CreateImageRequest, Image};
+    use crated_api::containerd::services::leases::v1::leases_client::LeasesClient;
+    use crated_api::containerd::services::leases::v1::{
+        AddResourceRequest, CreateRequest, Resource,
+    };
+    use crated_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
+    use crated_api::containerd::services::snapshots::v1::PrepareSnapshotRequest;
+    use crated_api::containerd::types::{Descriptor, Envelope};
+
+    let daemon = crated(None);
+    runtime().block_on(async {
+        let channel = channel(&daemon.socket).await.unwrap();
+
+        let mut images = ImagesClient::new(channel.clone());
+        for digest in [
+            "md5:0123",
+            &format!("sha256:{}", "Z".repeat(64)),
+            "sha256:abc",
+        ] {
+            let image = Image {
+                name: "docker.io/library/x:1".into(),
+                target: Some(Descriptor {
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                    digest: digest.into(),
+                    size: 10,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let request = CreateImageRequest {
+                image: Some(image),
+                ..Default::default()
+            };
+            let err = images
+                .create(in_namespace(request, "default", None))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{digest}: {err:?}");
+            assert!(err.message().starts_with("Target.Digest"), "{err:?}");
+        }
+
+        let mut leases = LeasesClient::new(channel.clone());
+        let create = CreateRequest {
+            id: "l".into(),
+            ..Default::default()
+        };
+        leases
+            .create(in_namespace(create, "default", None))
+            .await
+            .unwrap();
+        for (kind, id, code) in [
+            ("bogus", "x", Code::Unimplemented),
+            ("content", "sha256:nothex", Code::InvalidArgument),
+            ("snapshots", "k", Code::InvalidArgument),
+        ] {
+            let request = AddResourceRequest {
+                id: "l".into(),
+                resource: Some(Resource {
+                    id: id.into(),
+                    r#type: kind.into(),
+                }),
+            };
+            let err = leases
+                .add_resource(in_namespace(request, "default", None))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), code, "{kind}: {err:?}");
+        }
+
+        let mut events = EventsClient::new(channel.clone());
+        let forward = ForwardRequest {
+            envelope: Some(Envelope {
+                timestamp: Some(prost_types::Timestamp {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                namespace: "../x".into(),
+                topic: "/x".into(),
+                event: Some(Default::default()),
+            }),
+        };
+        let err = events.forward(forward).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message()
+                .starts_with("event envelope has invalid namespace"),
+            "{err:?}"
+        );
+
+        let mut snapshots = SnapshotsClient::new(channel.clone());
+        let prepare = PrepareSnapshotRequest {
+            snapshotter: "native".into(),
+            key: String::new(),
+            ..Default::default()
+        };
+        let err = snapshots
+            .prepare(in_namespace(prepare, "default", None))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+        // A negative total stands, and the commit fails its size check.
+        let mut content = ContentClient::new(channel);
+        let messages = vec![
+            WriteContentRequest {
+                action: WriteAction::Write as i32,
+                r#ref: "negative".into(),
+                total: -1,
+                data: b"abc".to_vec(),
+                ..Default::default()
+            },
+            WriteContentRequest {
+                action: WriteAction::Commit as i32,
+                r#ref: "negative".into(),
+                offset: 3,
+                ..Default::default()
+            },
+        ];
+        let request = in_namespace(tokio_stream::iter(messages), "default", None);
+        let mut answers = content.write(request).await.unwrap().into_inner();
+        let err = loop {
+            match answers.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the commit succeeded"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(
+            err.message()
+                .contains("\"negative\" failed size validation: 3 != -1"),
+            "{err:?}"
+        );
+    });
+    assert!(daemon.blob_files().is_empty());
+}

@@ -30,8 +30,10 @@ pub struct Envelope {
 pub enum EventError {
     #[error("envelope topic {topic:?}: {reason}")]
     InvalidTopic { topic: String, reason: String },
-    #[error("namespace is required")]
-    NoNamespace,
+    #[error("event envelope has invalid namespace: {0}")]
+    InvalidNamespace(String),
+    #[error("timestamp must be set on forwarded event: invalid argument")]
+    NoTimestamp,
     #[error("event must be set")]
     NoEvent,
 }
@@ -48,11 +50,16 @@ pub fn validate_topic(topic: &str) -> Result<(), EventError> {
         topic: topic.to_owned(),
         reason,
     };
+    if topic.is_empty() {
+        return Err(invalid("must not be empty: invalid argument".into()));
+    }
     let Some(rest) = topic.strip_prefix('/') else {
-        return Err(invalid("must start with '/'".into()));
+        return Err(invalid("must start with '/': invalid argument".into()));
     };
     if rest.is_empty() {
-        return Err(invalid("must have at least one component".into()));
+        return Err(invalid(
+            "must have at least one component: invalid argument".into(),
+        ));
     }
     for component in rest.split('/') {
         crated_metadata::validate::identifier(component)
@@ -145,12 +152,15 @@ impl Exchange {
         }
     }
 
-    /// Passes on an envelope made elsewhere (a shim, a client's Forward), as it is.
+    /// Passes on an envelope made elsewhere (a shim, a client's Forward), as it is, once it
+    /// passes containerd's checks: a valid namespace and topic, and a time.
     pub fn forward(&self, envelope: Envelope) -> Result<(), EventError> {
-        if envelope.namespace.is_empty() {
-            return Err(EventError::NoNamespace);
-        }
+        crated_metadata::validate::identifier(&envelope.namespace)
+            .map_err(|e| EventError::InvalidNamespace(e.to_string()))?;
         validate_topic(&envelope.topic)?;
+        if envelope.timestamp == 0 {
+            return Err(EventError::NoTimestamp);
+        }
         tracing::debug!(topic = %envelope.topic, namespace = %envelope.namespace, "event");
         // No subscriber is not an error.
         let _ = self.sender.send(Arc::new(envelope));
@@ -190,6 +200,40 @@ mod tests {
         for bad in ["tasks/exit", "/", "/tasks//exit", "/tasks/bad topic"] {
             let err = validate_topic(bad).unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn forwarded_envelopes_are_checked_as_containerd_checks_them() {
+        let exchange = Exchange::new();
+        let envelope = |namespace: &str, topic: &str, timestamp: u64| Envelope {
+            timestamp,
+            namespace: namespace.into(),
+            topic: topic.into(),
+            event: prost_types::Any::default(),
+        };
+        assert!(exchange.forward(envelope("ns", "/a/b", 1)).is_ok());
+        for (bad, message) in [
+            (
+                envelope("../x", "/a", 1),
+                "event envelope has invalid namespace: identifier \"../x\" must match",
+            ),
+            (
+                envelope("", "/a", 1),
+                "event envelope has invalid namespace: identifier must not be empty",
+            ),
+            (
+                envelope("ns", "", 1),
+                "envelope topic \"\": must not be empty: invalid argument",
+            ),
+            (
+                envelope("ns", "/a", 0),
+                "timestamp must be set on forwarded event: invalid argument",
+            ),
+        ] {
+            let err = exchange.forward(bad).unwrap_err();
+            assert_eq!(err.kind(), Kind::InvalidArgument);
+            assert!(err.to_string().starts_with(message), "{err}");
         }
     }
 

@@ -10,6 +10,8 @@ pub enum MetadataError {
     InvalidArgument(String),
     #[error("{0}: failed precondition")]
     FailedPrecondition(String),
+    #[error("{0}: not implemented")]
+    NotImplemented(String),
     #[error("metadata database: {0}")]
     Database(String),
 }
@@ -21,6 +23,7 @@ impl HasKind for MetadataError {
             MetadataError::AlreadyExists(_) => Kind::AlreadyExists,
             MetadataError::InvalidArgument(_) => Kind::InvalidArgument,
             MetadataError::FailedPrecondition(_) => Kind::FailedPrecondition,
+            MetadataError::NotImplemented(_) => Kind::NotImplemented,
             MetadataError::Database(_) => Kind::Unknown,
         }
     }

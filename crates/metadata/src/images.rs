@@ -45,23 +45,17 @@ fn validate_image(image: &ImageRecord) -> Result<(), MetadataError> {
         validate::label(k, v)?;
     }
     let t = &image.target;
-    let valid_digest = t.digest.split_once(':').is_some_and(|(alg, hex)| {
-        !alg.is_empty() && !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_alphanumeric())
-    });
-    if !valid_digest {
-        return Err(MetadataError::InvalidArgument(format!(
-            "target.Digest {:?} invalid",
-            t.digest
-        )));
-    }
+    validate::digest(&t.digest).map_err(|why| {
+        MetadataError::InvalidArgument(format!("Target.Digest {:?} invalid: {why}", t.digest))
+    })?;
     if t.size <= 0 {
         return Err(MetadataError::InvalidArgument(
-            "target.Size must be greater than zero".into(),
+            "Target.Size must be greater than zero".into(),
         ));
     }
     if t.media_type.is_empty() {
         return Err(MetadataError::InvalidArgument(
-            "target.MediaType must be set".into(),
+            "Target.MediaType must be set".into(),
         ));
     }
     Ok(())
@@ -246,19 +240,27 @@ mod tests {
         bad.target.size = 0;
         let err = s.image_create("ns", &bad).unwrap_err().to_string();
         assert!(
-            err.contains("target.Size must be greater than zero"),
+            err.contains("Target.Size must be greater than zero"),
             "{err}"
         );
         bad.target.size = 1;
         bad.target.media_type.clear();
         let err = s.image_create("ns", &bad).unwrap_err().to_string();
-        assert!(err.contains("target.MediaType must be set"), "{err}");
+        assert!(err.contains("Target.MediaType must be set"), "{err}");
         bad.target.media_type = "m".into();
-        bad.target.digest = "nodigest".into();
-        assert!(matches!(
-            s.image_create("ns", &bad),
-            Err(MetadataError::InvalidArgument(_))
-        ));
+        for (digest, why) in [
+            ("nodigest", "invalid checksum digest format"),
+            ("md5:0123", "unsupported digest algorithm"),
+            ("sha256:zz", "invalid checksum digest length"),
+        ] {
+            bad.target.digest = digest.into();
+            let err = s.image_create("ns", &bad).unwrap_err();
+            assert!(matches!(err, MetadataError::InvalidArgument(_)));
+            assert_eq!(
+                err.to_string(),
+                format!("Target.Digest {digest:?} invalid: {why}: invalid argument")
+            );
+        }
     }
 
     #[test]

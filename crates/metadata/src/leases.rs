@@ -133,6 +133,7 @@ impl MetadataStore {
         lease: &str,
         resource: &LeaseResource,
     ) -> Result<(), MetadataError> {
+        validate::lease_resource(&resource.resource_type, &resource.id)?;
         let tx = self.write()?;
         add_resource_in(&tx, ns, lease, &resource.resource_type, &resource.id)?;
         self.commit(tx, Default::default())?;
@@ -145,6 +146,7 @@ impl MetadataStore {
         lease: &str,
         resource: &LeaseResource,
     ) -> Result<(), MetadataError> {
+        validate::lease_resource(&resource.resource_type, &resource.id)?;
         let tx = self.write()?;
         {
             require_lease(&tx.open_table(table("leases"))?, ns, lease)?;

@@ -43,9 +43,13 @@ pub struct EventsService {
     exchange: Arc<Exchange>,
 }
 
+/// Nanoseconds since the epoch; 0 for none or a time before it, the largest for one past
+/// what that holds.
 fn nanos_of(t: Option<prost_types::Timestamp>) -> u64 {
     t.map_or(0, |t| {
-        (t.seconds.max(0) as u64) * 1_000_000_000 + t.nanos.max(0) as u64
+        (t.seconds.max(0) as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(t.nanos.max(0) as u64)
     })
 }
 

@@ -94,6 +94,7 @@ pub(crate) async fn run(
     // The first message was checked above; every later one with an expected digest is.
     let mut checked = true;
     let mut pending: Option<PendingWrite> = None;
+    let mut total: Option<i64> = None;
     loop {
         if let Some(write) = pending.take() {
             writer = Some(finish(write).await?);
@@ -116,14 +117,21 @@ pub(crate) async fn run(
             }
             w.set_expected(&req.expected).map_err(|e| status(&e))?;
         }
-        w.set_total(req.total.max(0) as u64);
+        // containerd: the first message's total stands, even a negative one (a commit then
+        // fails its size check); a later one replaces it only when positive.
+        total = match total {
+            Some(t) if req.total <= 0 => Some(t),
+            _ => Some(req.total),
+        };
+        let total = total.unwrap_or_default();
+        w.set_total(total.max(0) as u64);
         match WriteAction::try_from(req.action) {
             Ok(WriteAction::Stat) => {
                 let (st, digest) = w.stat().await.map_err(|e| status(&e))?;
                 msg.digest = digest;
                 msg.started_at = Some(st.started_at.into());
                 msg.updated_at = Some(st.updated_at.into());
-                msg.total = st.total as i64;
+                msg.total = if total < 0 { total } else { st.total as i64 };
                 writer = Some(w);
             }
             Ok(action @ (WriteAction::Write | WriteAction::Commit)) => {
@@ -148,6 +156,13 @@ pub(crate) async fn run(
                     msg.offset = accepted as i64;
                 } else {
                     let mut w = work.await.map_err(|e: ContentError| status(&e))?;
+                    if total < 0 {
+                        return Err(Status::failed_precondition(format!(
+                            "{:?} failed size validation: {} != {total}: failed precondition",
+                            req.r#ref,
+                            w.offset()
+                        )));
+                    }
                     let (_, digest) = w.stat().await.map_err(|e| status(&e))?;
                     msg.offset = w.offset() as i64;
                     msg.digest = ingest.commit(w, digest, &req).await?;

@@ -59,6 +59,16 @@ fn inherited(labels: &HashMap<String, String>) -> HashMap<String, String> {
         .collect()
 }
 
+/// A key or name a snapshot is made under: containerd's store refuses an empty one.
+fn require_key(what: &str, key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(
+            MetadataError::InvalidArgument(format!("snapshot {what} must not be empty")).into(),
+        );
+    }
+    Ok(())
+}
+
 fn validate_labels(labels: &HashMap<String, String>) -> Result<()> {
     for (k, v) in labels {
         crated_metadata::validate::label(k, v)?;
@@ -221,6 +231,7 @@ impl Target for NamespacedSnapshotter {
         lease: Option<String>,
         view: bool,
     ) -> Result<Vec<Mount>> {
+        require_key("key", key)?;
         validate_labels(&labels)?;
         let target = labels.get(LABEL_SNAPSHOT_REF).cloned().unwrap_or_default();
         let (k, p, t) = (key.to_owned(), parent.to_owned(), target.clone());
@@ -318,6 +329,7 @@ impl Target for NamespacedSnapshotter {
         labels: HashMap<String, String>,
         lease: Option<String>,
     ) -> Result<()> {
+        require_key("name", name)?;
         validate_labels(&labels)?;
         let (nm, k) = (name.to_owned(), key.to_owned());
         let active = self
