@@ -17,10 +17,7 @@ pub(crate) fn load_with_imports(path: &Path, lenient: bool) -> Result<Config, Co
         if !seen.insert(canonical) {
             continue;
         }
-        let text = std::fs::read_to_string(&next).map_err(|source| ConfigError::Read {
-            path: next.clone(),
-            source,
-        })?;
+        let text = read_config_file(&next)?;
         let parsed = parse_file(Source::new(next.clone(), text), lenient)?;
         let imports = resolve_imports(&next, &parsed.config.imports)?;
         merge(&mut config, parsed, loaded.is_empty());
@@ -33,6 +30,50 @@ pub(crate) fn load_with_imports(path: &Path, lenient: bool) -> Result<Config, Co
         .map(|p| p.display().to_string())
         .collect();
     Ok(config)
+}
+
+/// A config file is at most this large; a larger one is refused, not read.
+const MAX_CONFIG_FILE: u64 = 4 << 20;
+
+/// Reads a config file or import: a regular file only (a FIFO or a device such as `/dev/zero`
+/// would hang or never end the read; opened without blocking, then refused), of at most
+/// [`MAX_CONFIG_FILE`] bytes.
+fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let refused = |message: String| ConfigError::File {
+        file: path.to_path_buf(),
+        message,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if !meta.is_file() {
+        return Err(refused("not a regular file".into()));
+    }
+    if meta.len() > MAX_CONFIG_FILE {
+        return Err(refused(format!(
+            "{} bytes, more than a config file may have ({MAX_CONFIG_FILE})",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_CONFIG_FILE {
+        return Err(refused(format!(
+            "more than a config file may have ({MAX_CONFIG_FILE} bytes)"
+        )));
+    }
+    Ok(text)
 }
 
 fn resolve_imports(file: &Path, imports: &[String]) -> Result<Vec<PathBuf>, ConfigError> {

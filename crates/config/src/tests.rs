@@ -287,3 +287,29 @@ fn lenient_plugin_section_drops_unknown_keys_and_keeps_the_rest() {
         .decode::<OverlayConfig>()
         .is_err());
 }
+
+#[test]
+fn imports_of_devices_fifos_and_huge_files_are_refused_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    mkfifo(&fifo);
+    let big = dir.path().join("big.toml");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(5 << 20).unwrap();
+    for import in ["/dev/zero", fifo.to_str().unwrap(), big.to_str().unwrap()] {
+        let main = dir.path().join("config.toml");
+        std::fs::write(&main, format!("version = 2\nimports = [{import:?}]\n")).unwrap();
+        let err = load(&main, false).unwrap_err().to_string();
+        assert!(err.contains(import), "{err}");
+        assert!(
+            err.contains("not a regular file") || err.contains("more than a config file may have"),
+            "{err}"
+        );
+    }
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
