@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use tar::EntryType;
 
 use crate::root::{clean, empty_dir_except, remove_at, resolve_error, Root};
 use crate::stream::Digesting;
-use crate::DiffError;
+use crate::{sparse, DiffError};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
@@ -52,6 +52,7 @@ pub struct Applied {
 
 /// Extracts the tar read from `layer` (already decompressed) onto `root`.
 pub fn apply(root: &Path, layer: impl Read, options: &ApplyOptions) -> Result<Applied, DiffError> {
+    let root_path = root;
     let root = Root::open(root)?;
     let parents = options
         .parents
@@ -69,6 +70,7 @@ pub fn apply(root: &Path, layer: impl Read, options: &ApplyOptions) -> Result<Ap
             unpacked: HashSet::new(),
             dir_times: Vec::new(),
             buffer: vec![0; 1 << 20],
+            budget: free_space(root_path),
         };
         for entry in archive
             .entries()
@@ -97,6 +99,35 @@ struct Extract<'a> {
     /// Directories' times, set last: creating their entries would move them.
     dir_times: Vec<(PathBuf, Timestamps)>,
     buffer: Vec<u8>,
+    /// What the layer's files may still add up to: the space free on the filesystem when the
+    /// apply began. Sizes are declared before the data, so a layer claiming more is refused
+    /// before it is written (a sparse file of a few bytes in the tar can claim terabytes).
+    budget: u64,
+}
+
+/// The bytes free to an unprivileged writer on `path`'s filesystem; no bound when it cannot
+/// be told.
+fn free_space(path: &Path) -> u64 {
+    rustix::fs::statvfs(path).map_or(u64::MAX, |st| st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The GNU.sparse.* PAX records of an entry.
+fn sparse_records<R: Read>(entry: &mut tar::Entry<R>) -> Result<Vec<(String, String)>, DiffError> {
+    let mut out = Vec::new();
+    if let Some(pax) = entry
+        .pax_extensions()
+        .map_err(DiffError::io("reading PAX records"))?
+    {
+        for record in pax {
+            let record = record.map_err(DiffError::io("reading PAX records"))?;
+            if let (Ok(key), Ok(value)) = (record.key(), record.value()) {
+                if key.starts_with("GNU.sparse.") {
+                    out.push((key.to_owned(), value.to_owned()));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The metadata of one entry, as the tar header (and its PAX records) give it.
@@ -114,7 +145,15 @@ impl Extract<'_> {
         if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
             return Ok(());
         }
-        let raw = entry.path().map_err(DiffError::io("reading a tar path"))?;
+        let records = sparse_records(entry)?;
+        let (layout, sparse_name) = sparse::layout(&records, kind == EntryType::GNUSparse)
+            .map_err(|why| {
+                DiffError::invalid(&String::from_utf8_lossy(&entry.path_bytes()), &why)
+            })?;
+        let raw = match sparse_name {
+            Some(name) => std::borrow::Cow::Owned(PathBuf::from(name)),
+            None => entry.path().map_err(DiffError::io("reading a tar path"))?,
+        };
         let display = raw.display().to_string();
         let Some(rel) = clean(&raw, &display)? else {
             return Ok(()); // the root itself keeps its own metadata, as in containerd
@@ -136,6 +175,13 @@ impl Extract<'_> {
         };
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let size = sparse::declared_size(&layout, entry.size());
+                self.budget = self.budget.checked_sub(size).ok_or_else(|| {
+                    DiffError::invalid(
+                        &display,
+                        "the layer unpacks to more than its filesystem has free",
+                    )
+                })?;
                 let fd = self.create(dir, &name, |dir| {
                     rustix::fs::openat(
                         dir,
@@ -148,17 +194,8 @@ impl Extract<'_> {
                         Mode::from_raw_mode(0o600),
                     )
                 })?;
-                let mut file = std::fs::File::from(fd);
-                loop {
-                    let n = entry
-                        .read(&mut self.buffer)
-                        .map_err(DiffError::io(format!("reading {display:?} from the layer")))?;
-                    if n == 0 {
-                        break;
-                    }
-                    file.write_all(&self.buffer[..n])
-                        .map_err(DiffError::io(format!("writing {display:?}")))?;
-                }
+                let file = std::fs::File::from(fd);
+                sparse::write(&file, entry, &layout, &mut self.buffer, &display)?;
                 set_fd_meta(file.as_fd(), &meta).map_err(fail)?;
             }
             EntryType::Directory => {

@@ -10,6 +10,7 @@ pub mod media;
 mod mounts;
 mod plugin;
 mod root;
+mod sparse;
 mod stream;
 
 pub use apply::{apply, Applied, ApplyOptions, Whiteouts};

@@ -528,3 +528,103 @@ fn a_computed_layer_turns_the_lower_tree_into_the_upper_one() {
         std::fs::metadata(t.join("same/deep/added")).unwrap().ino()
     );
 }
+
+/// A tar of one sparse file made by GNU tar in `format` (`gnu`, or `posix` with a sparse
+/// version): `size` bytes, "head" at 0 and "tail" at `size - 4`, holes between.
+fn gnu_tar_sparse(format: &[&str], size: u64) -> Option<Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::fs::File::create(dir.path().join("big")).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(b"head", 0).unwrap();
+    file.write_all_at(b"tail", size - 4).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir.path())
+        .args(["-c", "--sparse", "-f", "-"])
+        .args(format)
+        .arg("big")
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(out.stdout)
+}
+
+/// GNU and PAX (0.0, 0.1, 1.0) sparse files unpack to their size with their data at its
+/// offsets, as sparse files: a few kilobytes of tar do not become gigabytes on disk.
+#[test]
+fn sparse_files_unpack_as_sparse_files() {
+    let size = 16u64 << 30;
+    for format in [
+        &["--format=gnu"][..],
+        &["--format=posix", "--sparse-version=0.0"],
+        &["--format=posix", "--sparse-version=0.1"],
+        &["--format=posix", "--sparse-version=1.0"],
+    ] {
+        let Some(layer) = gnu_tar_sparse(format, size) else {
+            assert!(std::env::var_os("CI").is_none(), "GNU tar is missing");
+            eprintln!("SKIPPED: GNU tar not found");
+            return;
+        };
+        assert!(layer.len() < 64 << 10, "{format:?}: {} bytes", layer.len());
+        let root = tempfile::tempdir().unwrap();
+        apply(root.path(), &layer[..], &delete()).unwrap();
+        let big = root.path().join("big");
+        let meta = std::fs::metadata(&big).unwrap();
+        assert_eq!(meta.len(), size, "{format:?}");
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "{format:?}: {} blocks",
+            meta.blocks()
+        );
+        let file = std::fs::File::open(&big).unwrap();
+        use std::os::unix::fs::FileExt;
+        let mut four = [0u8; 4];
+        file.read_exact_at(&mut four, 0).unwrap();
+        assert_eq!(&four, b"head", "{format:?}");
+        file.read_exact_at(&mut four, size - 4).unwrap();
+        assert_eq!(&four, b"tail", "{format:?}");
+        file.read_exact_at(&mut four, size / 2).unwrap();
+        assert_eq!(four, [0; 4], "{format:?}");
+        // No stray entry (the PAX name, GNUSparseFile.*) is left.
+        let names: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["big"], "{format:?}");
+    }
+}
+
+/// A sparse entry claiming more than the filesystem has free is refused before anything is
+/// written.
+#[test]
+fn a_sparse_file_larger_than_the_free_space_is_refused() {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    header.set_size(1);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    builder
+        .append_pax_extensions([
+            ("GNU.sparse.size", &b"1152921504606846976"[..]),
+            ("GNU.sparse.map", b"0,1"),
+            ("GNU.sparse.name", b"huge"),
+        ])
+        .unwrap();
+    builder
+        .append_data(&mut header, "GNUSparseFile.0/huge", &b"x"[..])
+        .unwrap();
+    let layer = builder.into_inner().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let err = apply(root.path(), &layer[..], &delete()).unwrap_err();
+    assert_eq!(err.kind(), Kind::InvalidArgument);
+    assert!(
+        err.to_string()
+            .contains("more than its filesystem has free"),
+        "{err}"
+    );
+    assert!(!root.path().join("huge").exists());
+}
