@@ -243,6 +243,34 @@ fn layered_matches_umoci(snapshotter: &str) {
     assert_same_tree(&expected, &rootfs, 400);
     let view = s.mounted(snapshotter, &reference, false, tree_listing);
     assert_same_view(snapshotter, &expected, &view, 400);
+    if snapshotter == "native" {
+        // crated's own unpack shares what a layer leaves alone with the layer below.
+        let snapshots = s
+            .daemon
+            .root
+            .join("io.containerd.snapshotter.v1.native/snapshots");
+        let shared = walk_files(&snapshots)
+            .iter()
+            .filter(|p| std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(p).unwrap()) > 1)
+            .count();
+        assert!(
+            shared > 0,
+            "no file of the pulled image is shared between its snapshots"
+        );
+    }
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let t = entry.file_type().unwrap();
+        if t.is_dir() {
+            out.extend(walk_files(&entry.path()));
+        } else if t.is_file() {
+            out.push(entry.path());
+        }
+    }
+    out
 }
 
 #[test]

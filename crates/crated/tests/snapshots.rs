@@ -467,3 +467,93 @@ fn devmapper_through_ctr_in_the_guest() {
     unmount(&at);
     ok(run(&daemon, &["rm", "m", "image-view", "image-view-2"]));
 }
+
+/// A client writing through a native snapshot it prepared as containerd 1.6's unpackers name
+/// them (`extract-<n> <chain ID>`), or labelled as crated's own unpack labels its snapshots
+/// (a label clients cannot set), changes that snapshot alone: the committed parent, which
+/// every image and container on it shares, stays as it was.
+#[test]
+fn writing_through_a_clients_extract_snapshot_leaves_the_parent_as_it_was() {
+    use crated_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
+    use crated_api::containerd::services::snapshots::v1::PrepareSnapshotRequest;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    if !is_root() {
+        eprintln!("skipped: mounting snapshots needs root");
+        return;
+    }
+    let Some(ctr) = tool("ctr", "containerd") else {
+        return;
+    };
+    let daemon = Daemon::crated(&crated(), None, &[]).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let chain = crated_testsupport::oci::import_busybox(
+        &daemon,
+        &ctr,
+        "docker.io/library/busybox:parent",
+        "native",
+        work.path(),
+    )
+    .unwrap()
+    .layer;
+    let snapshots = |args: &[&str]| {
+        let all: Vec<&str> = ["snapshots", "--snapshotter", "native"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        daemon.client(&ctr, &all)
+    };
+    let by_ctr = format!("extract-1 {chain}");
+    ok(snapshots(&["prepare", &by_ctr, &chain]));
+    let labelled = "extract-2-labelled";
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let mut client =
+                SnapshotsClient::new(crated_testsupport::channel(&daemon.socket).await.unwrap());
+            let request = PrepareSnapshotRequest {
+                snapshotter: "native".into(),
+                key: labelled.into(),
+                parent: chain.clone(),
+                labels: [(
+                    crated_snapshots::LABEL_DIFFER_ONLY.to_string(),
+                    "true".to_string(),
+                )]
+                .into(),
+            };
+            client
+                .prepare(crated_testsupport::in_namespace(request, "default", None))
+                .await
+                .unwrap();
+        });
+    for key in [by_ctr.as_str(), labelled] {
+        let at = work.path().join("through");
+        mount_snapshot(&ctr, &daemon, "native", key, &at);
+        let busybox = at.join("bin/busybox");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&busybox)
+            .unwrap()
+            .write_all(b"appended")
+            .unwrap();
+        std::fs::set_permissions(&busybox, std::fs::Permissions::from_mode(0o700)).unwrap();
+        unmount(&at);
+    }
+    ok(snapshots(&["view", "check", &chain]));
+    let at = work.path().join("parent");
+    mount_snapshot(&ctr, &daemon, "native", "check", &at);
+    let parent = std::fs::read(at.join("bin/busybox")).unwrap();
+    let mode = std::fs::metadata(at.join("bin/busybox"))
+        .unwrap()
+        .permissions()
+        .mode();
+    unmount(&at);
+    assert!(
+        parent == std::fs::read("/bin/busybox").unwrap(),
+        "the parent changed"
+    );
+    assert_eq!(mode & 0o777, 0o755);
+}

@@ -27,38 +27,17 @@ pub use plugins::{open_snapshotter, registrations, SnapshotterKind};
 /// Labels a snapshotter itself keeps and reports; the metadata layer hands it only these.
 pub const INHERITED_LABEL_PREFIX: &str = "containerd.io/snapshot/";
 pub const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
-/// How containerd's unpackers (and crated's pull) begin the key of a snapshot a layer is
-/// unpacked into.
-pub const UNPACK_KEY_PREFIX: &str = "extract-";
+/// Set (to `true`) on an active snapshot by crated's own pull, the only writer of the snapshot
+/// being crated's differ, which replaces entries rather than writing into them: a native
+/// snapshot may then share its parent's files (hard links) instead of copying them. Clients
+/// cannot set it (the snapshots service drops it from their labels): a client writing through
+/// a snapshot it prepared would otherwise change the committed parent.
+pub const LABEL_DIFFER_ONLY: &str = "crated.io/unpack.differ-only";
 
-/// Whether the active snapshot `key`, labelled `target` (its `containerd.io/snapshot.ref`), is
-/// one a layer is being unpacked into. containerd's unpackers and crated's pull name it
-/// `extract-<unique> <chain ID>` (after the metadata layer's namespace prefix, `ns/n/`); newer
-/// ones also label it with the chain ID it will be committed as, and then any `extract-` key
-/// counts. Only a differ writes into such a snapshot, and a differ replaces an entry rather
-/// than writing into it.
-pub fn is_extraction(key: &str, target: Option<&String>) -> bool {
-    let labelled = target.is_some_and(|t| !t.is_empty());
-    key.split('/').any(|part| {
-        part.strip_prefix(UNPACK_KEY_PREFIX).is_some_and(|rest| {
-            labelled
-                || rest
-                    .rsplit_once(' ')
-                    .is_some_and(|(_, chain)| is_digest(chain))
-        })
-    })
-}
-
-/// `algorithm:hex`, as a chain ID is written.
-fn is_digest(s: &str) -> bool {
-    s.split_once(':').is_some_and(|(algorithm, hex)| {
-        !algorithm.is_empty()
-            && algorithm
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && hex.len() >= 32
-            && hex.bytes().all(|b| b.is_ascii_hexdigit())
-    })
+/// Whether labels mark an active snapshot as written by crated's differ alone
+/// ([`LABEL_DIFFER_ONLY`]).
+pub fn is_differ_only<'a>(mut labels: impl Iterator<Item = (&'a String, &'a String)>) -> bool {
+    labels.any(|(k, v)| k == LABEL_DIFFER_ONLY && v == "true")
 }
 
 /// What a snapshot is: a read-only `View`, a writable `Active` one, or a `Committed` one that

@@ -41,9 +41,10 @@ impl Driver for Native {
         }
         self.snapshots
             .build(&s.id, LAYOUT, |entry| match s.parent_ids.first() {
-                // A layer's unpack shares the parent's files: only the differ writes here,
+                // crated's own unpack shares the parent's files: only its differ writes here,
                 // and it replaces files rather than writing into them, so the committed
-                // parent stays as it was; its copies would be most of a native pull.
+                // parent stays as it was; its copies would be most of a native pull. Any
+                // other snapshot, a client's unpack included, gets copies.
                 Some(parent) if s.extraction => link_tree(&self.dir(parent), entry),
                 Some(parent) => copy_tree(&self.dir(parent), entry),
                 None => Ok(()),
@@ -115,32 +116,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_a_snapshot_a_layer_is_unpacked_into_links_its_parents_files() {
+    async fn only_crateds_own_unpack_links_its_parents_files() {
         let d = tempfile::tempdir().unwrap();
         let driver = crate::native::Native::new(d.path()).unwrap();
         let sn = crate::LocalSnapshotter::open(d.path(), driver).unwrap();
         let base = source(&sn.prepare("a", "", HashMap::new()).await.unwrap());
         std::fs::write(base.join("f"), "data").unwrap();
         sn.commit("base", "a", HashMap::new()).await.unwrap();
-        let target =
-            |name: &str| HashMap::from([(crate::LABEL_SNAPSHOT_REF.to_owned(), name.to_owned())]);
+        let differ_only =
+            || HashMap::from([(crate::LABEL_DIFFER_ONLY.to_owned(), "true".to_owned())]);
         let ino = |dir: &std::path::Path| std::fs::metadata(dir.join("f")).unwrap().ino();
         let base_ino = ino(&base);
-        // As the metadata layer names an unpack's snapshot in the backend: labelled with its
-        // target (crated's pull, newer containerd), or only named so (containerd 1.6's ctr).
         let chain = format!("sha256:{}", "ab".repeat(32));
         let unpack = format!("default/7/extract-1-abc {chain}");
-        let linked = source(&sn.prepare(&unpack, "base", target(&chain)).await.unwrap());
+        let linked = source(&sn.prepare(&unpack, "base", differ_only()).await.unwrap());
         assert_eq!(ino(&linked), base_ino);
-        let named = format!("default/8/extract-123-xyz {chain}");
-        let also_linked = source(&sn.prepare(&named, "base", HashMap::new()).await.unwrap());
-        assert_eq!(ino(&also_linked), base_ino);
-        // Any other key, an extract- key without label or chain ID, the label on another key:
-        // copies.
+        // A client's unpack (containerd's key and target label, as ctr makes them), any other
+        // key, and the label set to anything but true: copies, which a client may write into.
+        let target = HashMap::from([(crate::LABEL_SNAPSHOT_REF.to_owned(), chain.clone())]);
         for (key, labels) in [
-            ("extract-2 chain".to_owned(), HashMap::new()),
-            (format!("my-extract-3 {chain}"), HashMap::new()),
-            ("container".to_owned(), target(&chain)),
+            (format!("default/8/extract-123-xyz {chain}"), HashMap::new()),
+            (format!("default/9/extract-124-xyz {chain}"), target),
+            (
+                "container".to_owned(),
+                HashMap::from([(crate::LABEL_DIFFER_ONLY.to_owned(), "yes".to_owned())]),
+            ),
         ] {
             let copied = source(&sn.prepare(&key, "base", labels).await.unwrap());
             assert_ne!(ino(&copied), base_ino, "{key}");

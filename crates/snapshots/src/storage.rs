@@ -33,11 +33,10 @@ struct Record {
 }
 
 impl Record {
-    /// Whether the snapshot `key` of this record is an active one a layer is being unpacked
-    /// into ([`crate::is_extraction`]).
-    fn extraction(&self, key: &str) -> bool {
-        self.kind == Kind::Active
-            && crate::is_extraction(key, self.labels.get(crate::LABEL_SNAPSHOT_REF))
+    /// Whether this record is an active snapshot only crated's differ writes into
+    /// ([`crate::LABEL_DIFFER_ONLY`]).
+    fn extraction(&self) -> bool {
+        self.kind == Kind::Active && crate::is_differ_only(self.labels.iter())
     }
 
     fn info(&self, name: &str) -> Info {
@@ -59,7 +58,7 @@ pub struct Snapshot {
     pub id: String,
     pub kind: Kind,
     pub parent_ids: Vec<String>,
-    /// An active snapshot a layer is being unpacked into ([`crate::is_extraction`]).
+    /// An active snapshot only crated's differ writes into ([`crate::LABEL_DIFFER_ONLY`]).
     pub extraction: bool,
 }
 
@@ -122,7 +121,7 @@ fn snapshot_of(
     Ok(Snapshot {
         id: r.id.to_string(),
         kind: r.kind,
-        extraction: r.extraction(key),
+        extraction: r.extraction(),
         parent_ids: parent_ids(table, r.parent)?,
     })
 }
@@ -293,7 +292,7 @@ impl WriteTxn {
                 .open_table(CHILDREN)?
                 .insert(format!("{pid}/{key}").as_str(), ())?;
         }
-        let extraction = record.extraction(key);
+        let extraction = record.extraction();
         Ok(Snapshot {
             id: id.to_string(),
             kind,

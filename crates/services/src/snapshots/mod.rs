@@ -16,7 +16,7 @@ use crated_api::containerd::services::snapshots::v1::snapshots_server::{
 use crated_metadata::MetadataStore;
 use crated_plugin::{types, Instance, Registration};
 use crated_snapshots::wire::{info_from_api, info_to_api, mounts_to_api};
-use crated_snapshots::{Info, Mount, SnapshotError, Snapshotter, Usage};
+use crated_snapshots::{Info, Mount, SnapshotError, Snapshotter, Usage, LABEL_DIFFER_ONLY};
 use tonic::{Request, Response, Status};
 
 use crate::edge::{lease, namespace, status};
@@ -120,6 +120,13 @@ impl Target for Bare {
     async fn cleanup(&self) -> Result<(), NamespacedError> {
         Ok(self.0.cleanup().await?)
     }
+}
+
+/// A client's labels, less [`LABEL_DIFFER_ONLY`]: only crated's own unpack may say that no
+/// one but its differ writes into a snapshot.
+fn from_client(mut labels: HashMap<String, String>) -> HashMap<String, String> {
+    labels.remove(LABEL_DIFFER_ONLY);
+    labels
 }
 
 pub struct SnapshotsService {
@@ -255,7 +262,7 @@ impl Snapshots for SnapshotsService {
         let r = req.into_inner();
         let mounts = self
             .target(&r.snapshotter)?
-            .create(&ns, &r.key, &r.parent, r.labels, lease, false)
+            .create(&ns, &r.key, &r.parent, from_client(r.labels), lease, false)
             .await
             .map_err(edge)?;
         self.publish(
@@ -281,7 +288,7 @@ impl Snapshots for SnapshotsService {
         let r = req.into_inner();
         let mounts = self
             .target(&r.snapshotter)?
-            .create(&ns, &r.key, &r.parent, r.labels, lease, true)
+            .create(&ns, &r.key, &r.parent, from_client(r.labels), lease, true)
             .await
             .map_err(edge)?;
         Ok(Response::new(api::ViewSnapshotResponse {
@@ -312,7 +319,14 @@ impl Snapshots for SnapshotsService {
         let (ns, lease) = (self.namespace(&req)?, lease(&req));
         let r = req.into_inner();
         self.target(&r.snapshotter)?
-            .commit(&ns, &r.name, &r.key, &r.parent, r.labels, lease)
+            .commit(
+                &ns,
+                &r.name,
+                &r.key,
+                &r.parent,
+                from_client(r.labels),
+                lease,
+            )
             .await
             .map_err(edge)?;
         self.publish(
@@ -378,9 +392,11 @@ impl Snapshots for SnapshotsService {
             ))
         })?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let mut info = info_from_api(info);
+        info.labels = from_client(info.labels);
         let info = self
             .target(&r.snapshotter)?
-            .update(&ns, info_from_api(info), &paths)
+            .update(&ns, info, &paths)
             .await
             .map_err(edge)?;
         Ok(Response::new(api::UpdateSnapshotResponse {

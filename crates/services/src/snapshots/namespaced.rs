@@ -15,7 +15,7 @@ use crated_metadata::{
 };
 use crated_snapshots::{
     filter_infos, Info, Kind, Mount, SnapshotError, Snapshotter, Usage, INHERITED_LABEL_PREFIX,
-    LABEL_SNAPSHOT_REF,
+    LABEL_DIFFER_ONLY, LABEL_SNAPSHOT_REF,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +54,11 @@ pub struct NamespacedSnapshotter {
 fn inherited(labels: &HashMap<String, String>) -> HashMap<String, String> {
     labels
         .iter()
-        .filter(|(k, _)| k.starts_with(INHERITED_LABEL_PREFIX) || k.as_str() == LABEL_SNAPSHOT_REF)
+        .filter(|(k, _)| {
+            k.starts_with(INHERITED_LABEL_PREFIX)
+                || k.as_str() == LABEL_SNAPSHOT_REF
+                || k.as_str() == LABEL_DIFFER_ONLY
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }

@@ -14,7 +14,7 @@ use crated_diff::{ChunkReader, WalkingDiffer};
 use crated_images::manifest::{self, Document, LABEL_DISTRIBUTION_SOURCE, LABEL_GC_SNAPSHOT};
 use crated_images::{chain_ids, Descriptor, Platform, Reference, Registry, RegistryOptions};
 use crated_metadata::{ImageRecord, Lease, MetadataStore};
-use crated_snapshots::LABEL_SNAPSHOT_REF;
+use crated_snapshots::{LABEL_DIFFER_ONLY, LABEL_SNAPSHOT_REF};
 use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tonic::Status;
@@ -539,6 +539,9 @@ impl Puller {
         );
         let mut labels = HashMap::from([(LABEL_SNAPSHOT_REF.to_owned(), chain.to_owned())]);
         labels.insert(LABEL_DIFF_ID.into(), diff_id.to_owned());
+        // Only this pull's differ writes into the snapshot: a native one may share its
+        // parent's files.
+        labels.insert(LABEL_DIFFER_ONLY.into(), "true".into());
         if !parent.is_empty() {
             labels.insert(LABEL_PARENT_CHAIN_ID.into(), parent.to_owned());
         }
