@@ -4,6 +4,7 @@
 use futures::Stream;
 use sha2::{Digest as _, Sha256};
 use std::pin::Pin;
+use std::time::SystemTime;
 
 use crate::{ContentError, Info, IngestStatus, LocalStore, Writer};
 
@@ -86,8 +87,20 @@ pub trait ContentWriter: Send + 'static {
     fn set_expected(&mut self, expected: &str) -> Result<(), ContentError>;
     /// The status and the digest of the data so far.
     async fn stat(&mut self) -> Result<(IngestStatus, String), ContentError>;
-    /// Appends `data`, after dropping what was written when `reset`.
-    async fn write(&mut self, data: Vec<u8>, reset: bool) -> Result<(), ContentError>;
+    /// Appends `data`, after dropping what was written when `reset`. `at` is when the write
+    /// was accepted, the ingest's `updated_at` from then on.
+    async fn write(
+        &mut self,
+        data: Vec<u8>,
+        reset: bool,
+        at: SystemTime,
+    ) -> Result<(), ContentError>;
+    /// Whether [`Self::write`] records the time it is given. A writer that cannot (a remote
+    /// store's, which keeps its own) must have its writes land before they are answered, so
+    /// that its time is before the answer.
+    fn keeps_given_time(&self) -> bool {
+        true
+    }
     /// Checks size and digest and commits; the digest committed.
     async fn commit(
         self: Box<Self>,
@@ -259,13 +272,19 @@ impl ContentWriter for LocalWriter {
         Ok((w.status(), w.digest().to_string()))
     }
 
-    async fn write(&mut self, data: Vec<u8>, reset: bool) -> Result<(), ContentError> {
+    async fn write(
+        &mut self,
+        data: Vec<u8>,
+        reset: bool,
+        at: SystemTime,
+    ) -> Result<(), ContentError> {
         let mut w = self.take()?;
         let w = blocking(move || {
             if reset {
                 w.truncate()?;
             }
             w.write(&data)?;
+            w.set_updated_at(at);
             Ok(w)
         })
         .await?;

@@ -238,10 +238,6 @@ impl DataSink {
         self.written_back = 0;
         landed.or(Ok(()))
     }
-
-    pub fn file(&self) -> &File {
-        &self.file
-    }
 }
 
 impl Drop for DataSink {

@@ -41,6 +41,10 @@ pub(crate) struct IngestMeta {
     pub expected: Option<String>,
     /// Nanoseconds since the epoch.
     pub started_at: u128,
+    /// When the last write was accepted (ns since the epoch), kept when its writer closes: a
+    /// file's mtime comes from a coarse clock, milliseconds behind what clients saw.
+    #[serde(default)]
+    pub updated_at: Option<u128>,
 }
 
 pub(crate) type Locks = Arc<Mutex<HashMap<String, SystemTime>>>;
@@ -309,7 +313,10 @@ impl LocalStore {
             total: meta.total,
             expected: meta.expected.as_deref().map(Digest::parse).transpose()?,
             started_at: from_nanos(meta.started_at),
-            updated_at: data.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            updated_at: match meta.updated_at {
+                Some(at) => from_nanos(at),
+                None => data.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            },
         })
     }
 

@@ -22,6 +22,10 @@ pub struct Writer {
     total: u64,
     expected: Option<Digest>,
     started_at: SystemTime,
+    /// When the last write was accepted.
+    updated_at: SystemTime,
+    /// Whether `updated_at` changed since meta.json was written.
+    updated: bool,
     locks: Locks,
 }
 
@@ -39,16 +43,17 @@ impl Writer {
         let resumed: Option<IngestMeta> = fs::read(&meta_path)
             .ok()
             .and_then(|raw| serde_json::from_slice(&raw).ok());
-        let (started_at, total, expected) = match &resumed {
+        let (started_at, updated_at, total, expected) = match &resumed {
             Some(meta) => (
                 from_nanos(meta.started_at),
+                meta.updated_at.map(from_nanos),
                 if total > 0 { total } else { meta.total },
                 expected.or(meta.expected.as_deref().map(Digest::parse).transpose()?),
             ),
             None => {
                 fs::create_dir_all(&dir)
                     .map_err(ContentError::io(format!("creating {}", dir.display())))?;
-                (SystemTime::now(), total, expected)
+                (SystemTime::now(), None, total, expected)
             }
         };
         let meta = IngestMeta {
@@ -56,6 +61,7 @@ impl Writer {
             total,
             expected: expected.as_ref().map(|d| d.to_string()),
             started_at: nanos(started_at),
+            updated_at: updated_at.map(nanos),
         };
         let encoded = serde_json::to_vec(&meta).map_err(|e| ContentError::Io {
             context: "encoding ingest meta".into(),
@@ -91,6 +97,8 @@ impl Writer {
             total,
             expected,
             started_at,
+            updated_at: updated_at.unwrap_or(started_at),
+            updated: false,
             locks,
         })
     }
@@ -102,13 +110,15 @@ impl Writer {
             total: self.total,
             expected: self.expected.clone(),
             started_at: self.started_at,
-            updated_at: self
-                .data
-                .file()
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or_else(|_| SystemTime::now()),
+            updated_at: self.updated_at,
         }
+    }
+
+    /// Says when the last write was accepted, if not when it ran ([`Self::write`] and
+    /// [`Self::truncate`] set now).
+    pub fn set_updated_at(&mut self, at: SystemTime) {
+        self.updated_at = at;
+        self.updated = true;
     }
 
     pub fn offset(&self) -> u64 {
@@ -146,6 +156,7 @@ impl Writer {
             self.reference
         )))?;
         self.offset += data.len() as u64;
+        self.set_updated_at(SystemTime::now());
         Ok(())
     }
 
@@ -163,6 +174,7 @@ impl Writer {
             .map_err(ContentError::io("truncating ingest"))?;
         self.hasher = Sha256::new();
         self.offset = 0;
+        self.set_updated_at(SystemTime::now());
         Ok(())
     }
 
@@ -189,6 +201,7 @@ impl Writer {
         }
         let target = self.blob_dir.join(digest.encoded());
         if target.exists() {
+            self.updated = false;
             let _ = fs::remove_dir_all(&self.dir);
             return Err(ContentError::AlreadyExists(format!("content {digest}")));
         }
@@ -197,6 +210,18 @@ impl Writer {
             .map_err(ContentError::io("syncing ingest data"))?;
         self.data.seal();
         let data_path = self.dir.join("data");
+        // A blob's times are its record's (created, updated): set to now, as containerd
+        // does, since the kernel's file times come from a coarse clock.
+        let committed_at = SystemTime::now();
+        File::open(&data_path)
+            .and_then(|f| {
+                f.set_times(
+                    fs::FileTimes::new()
+                        .set_accessed(committed_at)
+                        .set_modified(committed_at),
+                )
+            })
+            .map_err(ContentError::io("setting the blob's times"))?;
         // Blobs are immutable: read-only, as containerd leaves them.
         fs::set_permissions(&data_path, fs::Permissions::from_mode(0o444))
             .map_err(ContentError::io("making blob read-only"))?;
@@ -207,10 +232,25 @@ impl Writer {
         File::open(&self.blob_dir)
             .and_then(|d| d.sync_all())
             .map_err(ContentError::io("syncing blob directory"))?;
+        self.updated = false;
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             tracing::warn!("leaving ingest directory {}: {e}", self.dir.display());
         }
         Ok(digest)
+    }
+}
+
+impl Writer {
+    /// Records `updated_at` in meta.json for the writers and status reads that follow.
+    fn keep_updated_at(&self) -> std::io::Result<()> {
+        let path = self.dir.join("meta.json");
+        let raw = fs::read(&path)?;
+        let mut meta: IngestMeta = serde_json::from_slice(&raw).map_err(std::io::Error::other)?;
+        meta.updated_at = Some(nanos(self.updated_at));
+        let encoded = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
+        let staged = self.dir.join("meta.json.new");
+        fs::write(&staged, encoded)?;
+        fs::rename(&staged, &path)
     }
 }
 
@@ -219,6 +259,11 @@ impl Drop for Writer {
         // What was accepted goes into the file, so a later writer resumes after it.
         if let Err(e) = self.data.flush() {
             tracing::warn!("flushing ingest {}: {e}", self.reference);
+        }
+        if self.updated && self.dir.join("meta.json").exists() {
+            if let Err(e) = self.keep_updated_at() {
+                tracing::warn!("recording when ingest {} was updated: {e}", self.reference);
+            }
         }
         self.locks
             .lock()

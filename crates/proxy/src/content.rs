@@ -370,7 +370,16 @@ impl ContentWriter for ProxyWriter {
         self.status.clone().ok_or_else(|| closed(&self.reference))
     }
 
-    async fn write(&mut self, data: Vec<u8>, reset: bool) -> Result<(), ContentError> {
+    fn keeps_given_time(&self) -> bool {
+        false
+    }
+
+    async fn write(
+        &mut self,
+        data: Vec<u8>,
+        reset: bool,
+        _at: SystemTime,
+    ) -> Result<(), ContentError> {
         let at = if reset { 0 } else { self.offset };
         let want = at + data.len() as u64;
         let req = self.request(WriteAction::Write, at, data);

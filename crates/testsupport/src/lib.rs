@@ -3,6 +3,7 @@
 //! the peer tools (`ctr`, `containerd`) with a loud skip outside CI and a failure on CI.
 
 pub mod blobs;
+pub mod content_suite;
 pub mod gate;
 pub mod hostile;
 pub mod layered;

@@ -83,7 +83,7 @@ impl ContentService {
         if writer.offset() > 0 {
             // A leftover of an earlier attempt under the same name: start over.
             writer
-                .write(Vec::new(), true)
+                .write(Vec::new(), true, std::time::SystemTime::now())
                 .await
                 .map_err(|e| status(&e))?;
         }
@@ -99,7 +99,10 @@ pub(crate) struct BlobIngest {
 
 impl BlobIngest {
     pub(crate) async fn write(&mut self, data: Vec<u8>) -> Result<(), Status> {
-        self.writer.write(data, false).await.map_err(|e| status(&e))
+        self.writer
+            .write(data, false, std::time::SystemTime::now())
+            .await
+            .map_err(|e| status(&e))
     }
 
     /// Bytes written so far.

@@ -1,7 +1,8 @@
 //! Content: `io.containerd.content.v1.content` (the local store), and the namespaced service over
 //! it, `io.containerd.service.v1.content-service` + `io.containerd.grpc.v1.content`. A namespace
 //! sees a blob once it has a record of it in the metadata store; with the `shared` policy a
-//! namespace may claim a blob another namespace has without writing it again.
+//! namespace may claim a blob another namespace has without writing it again (see
+//! [`shared`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::edge::BoxStream;
 
 mod blob;
 mod raw;
+mod shared;
 mod write;
 
 pub use raw::BareContentServer;
@@ -177,47 +179,30 @@ impl ContentService {
         blocking(move || db.content_add(&ns, &record, lease.as_deref(), ingest.as_deref())).await
     }
 
-    /// When the expected blob is already in the namespace (or, with the shared policy, in the
-    /// store), a write is pointless: containerd answers AlreadyExists, after recording a
-    /// shared blob in this namespace.
+    /// When the expected blob is already in the namespace, a write is pointless: containerd
+    /// answers AlreadyExists.
     async fn already_there(
         &self,
         ns: &str,
         req: &api::WriteContentRequest,
-        lease: &Option<String>,
     ) -> Result<Option<Status>, Status> {
-        let exists =
-            || Status::already_exists(format!("blob with expected digest {} exists", req.expected));
         if self.record(ns, &req.expected).await.is_ok() {
-            return Ok(Some(exists()));
+            return Ok(Some(Status::already_exists(format!(
+                "blob with expected digest {} exists",
+                req.expected
+            ))));
         }
-        if !self.db.shared_content() {
-            return Ok(None);
+        Ok(None)
+    }
+
+    /// With the shared policy, the size of blob `digest` when the store has it (for another
+    /// namespace) and it is the size the writer declared, if any.
+    async fn shared_blob(&self, digest: &str, declared: i64) -> Option<u64> {
+        if digest.is_empty() || !self.db.shared_content() {
+            return None;
         }
-        // Held until the claim is recorded, so GC cannot take the blob in between.
-        let _claim = self.db.writing_to(&Backend::Content).await;
-        let Ok(info) = self.store.info(&req.expected).await else {
-            return Ok(None);
-        };
-        if req.total > 0 && info.size != req.total as u64 {
-            return Ok(None);
-        }
-        let labels = req.labels.clone().into_iter().collect();
-        match self
-            .add_record(
-                ns,
-                req.expected.clone(),
-                info.size,
-                labels,
-                lease.clone(),
-                None,
-            )
-            .await
-        {
-            Ok(()) => Ok(Some(exists())),
-            Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(Some(exists())),
-            Err(s) => Err(s),
-        }
+        let info = self.store.info(digest).await.ok()?;
+        (declared <= 0 || info.size == declared as u64).then_some(info.size)
     }
 
     fn drop_ingest_record(
@@ -266,6 +251,14 @@ impl write::Ingest for NamespacedIngest {
             .backend_ref
             .clone_into(&mut self.backend_ref.lock().unwrap_or_else(|p| p.into_inner()));
         let expected = (!first.expected.is_empty()).then_some(first.expected.as_str());
+        if let Some(size) = self.service.shared_blob(&first.expected, first.total).await {
+            return Ok(Box::new(shared::SharedBlobWriter::new(
+                self.service.store.clone(),
+                record.backend_ref,
+                first.expected.clone(),
+                size,
+            )));
+        }
         let opened = self
             .service
             .store
@@ -285,7 +278,7 @@ impl write::Ingest for NamespacedIngest {
         &self,
         req: &api::WriteContentRequest,
     ) -> Result<Option<Status>, Status> {
-        self.service.already_there(&self.ns, req, &self.lease).await
+        self.service.already_there(&self.ns, req).await
     }
 
     async fn discard(&self) {

@@ -92,7 +92,7 @@ pub(crate) async fn run(
     }
     let mut writer = Some(ingest.open(&req).await?);
     // The first message was checked above; every later one with an expected digest is.
-    let mut checked = true;
+    let mut checked = !req.expected.is_empty();
     let mut pending: Option<PendingWrite> = None;
     let mut total: Option<i64> = None;
     loop {
@@ -143,17 +143,24 @@ pub(crate) async fn run(
                     )));
                 }
                 let reset = req.offset == 0 && offset > 0;
+                let keeps_time = w.keeps_given_time();
                 let data = std::mem::take(&mut req.data);
                 let accepted = if reset { 0 } else { offset } + data.len() as u64;
+                // The write lands after the answer; its time is when it was accepted.
+                let at = std::time::SystemTime::now();
                 let work = async move {
                     if reset || !data.is_empty() {
-                        w.write(data, reset).await?;
+                        w.write(data, reset, at).await?;
                     }
                     Ok(w)
                 };
-                if action == WriteAction::Write {
+                if action == WriteAction::Write && keeps_time {
                     pending = Some(tokio::spawn(work));
                     msg.offset = accepted as i64;
+                } else if action == WriteAction::Write {
+                    let w = work.await.map_err(|e: ContentError| status(&e))?;
+                    msg.offset = w.offset() as i64;
+                    writer = Some(w);
                 } else {
                     let mut w = work.await.map_err(|e: ContentError| status(&e))?;
                     if total < 0 {
