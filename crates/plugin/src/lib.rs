@@ -23,6 +23,7 @@ pub mod types {
     pub const GC: &str = "io.containerd.gc.v1";
     pub const SERVICE: &str = "io.containerd.service.v1";
     pub const GRPC: &str = "io.containerd.grpc.v1";
+    pub const RUNTIME_V1: &str = "io.containerd.runtime.v1";
     pub const RUNTIME_V2: &str = "io.containerd.runtime.v2";
     pub const MONITOR: &str = "io.containerd.monitor.v1";
     pub const INTERNAL: &str = "io.containerd.internal.v1";

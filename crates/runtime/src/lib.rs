@@ -9,6 +9,7 @@ mod error;
 pub mod monitor;
 pub mod opt;
 pub mod shim;
+pub mod v1;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -55,13 +56,20 @@ fn host_arch() -> &'static str {
     }
 }
 
+/// How a task's shim is spoken to.
+enum Shim {
+    V2(ShimClient),
+    /// A runtime v1 shim, its calls turned into v1 ones.
+    V1(v1::Client),
+}
+
 /// A task: one container's shim.
 pub struct Task {
     pub namespace: String,
     pub id: String,
     pub bundle: Bundle,
     binary: PathBuf,
-    client: ShimClient,
+    client: Shim,
 }
 
 impl Task {
@@ -72,7 +80,18 @@ impl Task {
         req: &Req,
         timeout: Option<std::time::Duration>,
     ) -> Result<Resp, RuntimeError> {
-        self.client.call(method, req, timeout).await
+        match &self.client {
+            Shim::V2(client) => client.call(method, req, timeout).await,
+            Shim::V1(client) => {
+                let payload = req.write_to_bytes().map_err(|e| {
+                    RuntimeError::InvalidArgument(format!("encoding {method}: {e}"))
+                })?;
+                let answer = client.call_v2(method, &payload, timeout).await?;
+                Resp::parse_from_bytes(&answer).map_err(|e| {
+                    RuntimeError::Unavailable(format!("shim answered {method} badly: {e}"))
+                })
+            }
+        }
     }
 }
 
@@ -101,6 +120,8 @@ pub struct TaskManager {
     daemon: DaemonAddresses,
     exchange: Arc<Exchange>,
     tasks: Mutex<HashMap<(String, String), Arc<Task>>>,
+    /// Runtime v1, once its plugin started.
+    v1: std::sync::OnceLock<Arc<v1::Runtime>>,
 }
 
 /// containerd's words for a task that is not there.
@@ -133,7 +154,38 @@ impl TaskManager {
             daemon,
             exchange,
             tasks: Mutex::new(HashMap::new()),
+            v1: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Takes runtime v1's tasks from now on, and those its previous run left: live ones are
+    /// watched, dead ones buried.
+    pub async fn add_v1(self: &Arc<Self>, runtime: Arc<v1::Runtime>) {
+        let (live, dead) = runtime.load_existing().await;
+        let _ = self.v1.set(runtime);
+        for (bundle, client) in live {
+            let task = Arc::new(Task {
+                namespace: bundle.namespace.clone(),
+                id: bundle.id.clone(),
+                bundle,
+                binary: PathBuf::new(),
+                client: Shim::V1(client),
+            });
+            tracing::info!(ns = %task.namespace, id = %task.id, "reconnected to a runtime v1 shim");
+            self.lock()
+                .insert(key(&task.namespace, &task.id), task.clone());
+            self.clone().watch(task);
+        }
+        for bundle in dead {
+            tracing::warn!(ns = %bundle.namespace, id = %bundle.id, "the v1 shim of a previous run is gone; cleaning up");
+            self.bury_v1(&bundle).await;
+        }
+    }
+
+    fn v1(&self) -> Result<&Arc<v1::Runtime>, RuntimeError> {
+        self.v1
+            .get()
+            .ok_or_else(|| RuntimeError::NotFound(format!("runtime {:?}", v1::RUNTIME_NAME)))
     }
 
     pub fn get(&self, ns: &str, id: &str) -> Result<Arc<Task>, RuntimeError> {
@@ -184,6 +236,20 @@ impl TaskManager {
         if self.lock().contains_key(&key(&req.namespace, &req.id)) {
             return Err(RuntimeError::AlreadyExists(format!("task {}", req.id)));
         }
+        if req.runtime == v1::RUNTIME_NAME {
+            let started = self.v1()?.create(&req).await?;
+            let task = Arc::new(Task {
+                namespace: req.namespace.clone(),
+                id: req.id.clone(),
+                bundle: started.bundle,
+                binary: PathBuf::new(),
+                client: Shim::V1(started.client),
+            });
+            self.lock()
+                .insert(key(&task.namespace, &task.id), task.clone());
+            self.clone().watch(task.clone());
+            return Ok((task, started.pid));
+        }
         let binary = shim::resolve_binary(&req.runtime, &req.runtime_path, &self.daemon)?;
         let bundle = Bundle::create(&self.state, &self.root, &req.namespace, &req.id, &req.spec)?;
         let daemon = self.daemon.clone();
@@ -204,7 +270,7 @@ impl TaskManager {
             id: req.id.clone(),
             bundle,
             binary,
-            client,
+            client: Shim::V2(client),
         });
         let create = api::CreateTaskRequest {
             id: req.id.clone(),
@@ -270,6 +336,12 @@ impl TaskManager {
     }
 
     async fn stop_shim(&self, task: &Task) {
+        if let Shim::V1(_) = task.client {
+            if let Ok(v1) = self.v1() {
+                v1.shutdown(&task.bundle);
+            }
+            return;
+        }
         let req = api::ShutdownRequest {
             id: task.id.clone(),
             ..Default::default()
@@ -308,6 +380,9 @@ impl TaskManager {
     /// After a shim died: the shim's `delete` action, the bundle, and the exit events
     /// containerd sends (255 when the shim could not say).
     async fn bury(&self, task: &Task) -> api::DeleteResponse {
+        if let Shim::V1(_) = task.client {
+            return self.bury_v1(&task.bundle).await;
+        }
         let resp = match shim::cleanup_dead(&task.binary, &task.bundle, &self.daemon).await {
             Ok(r) => r,
             Err(e) => {
@@ -319,6 +394,30 @@ impl TaskManager {
             }
         };
         task.bundle.delete();
+        self.publish_burial(&task.bundle, resp)
+    }
+
+    /// A dead v1 shim's task: containerd's cleanup, exit status 137.
+    async fn bury_v1(&self, bundle: &Bundle) -> api::DeleteResponse {
+        let (pid, exit_status) = match self.v1() {
+            Ok(v1) => v1.bury(bundle).await,
+            Err(_) => {
+                bundle.delete();
+                (0, 137)
+            }
+        };
+        self.publish_burial(
+            bundle,
+            api::DeleteResponse {
+                pid,
+                exit_status,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The exit and delete events of a task whose shim died.
+    fn publish_burial(&self, task: &Bundle, resp: api::DeleteResponse) -> api::DeleteResponse {
         let exited_at = Some(
             resp.exited_at
                 .as_ref()
@@ -411,7 +510,7 @@ impl TaskManager {
                 id: id.to_owned(),
                 bundle: bundle.clone(),
                 binary: binary.clone(),
-                client,
+                client: Shim::V2(client),
             })
         };
         match tokio::time::timeout(shim::LOAD_TIMEOUT, connected).await {
@@ -481,4 +580,31 @@ pub fn registration() -> Registration {
     })
     .requires(&[types::EVENT, types::METADATA])
     .with_config::<RuntimeConfig>()
+}
+
+/// `io.containerd.runtime.v1.linux`: runtime v1 ([`v1`]), its tasks kept by the v2 manager.
+pub fn v1_registration() -> Registration {
+    Registration::new(types::RUNTIME_V1, "linux", |mut ctx| async move {
+        let config: v1::Config = ctx.config()?;
+        ctx.meta().platforms = vec![format!("linux/{}", host_arch())];
+        let exchange = ctx.get_single::<Exchange>(types::EVENT)?;
+        let manager = ctx.get_by_id::<TaskManager>(types::RUNTIME_V2, "task")?;
+        let daemon_binary = std::env::current_exe()
+            .map_err(|e| PluginError::failed(format!("finding the daemon's executable: {e}")))?;
+        let (root, state) = ctx.dirs_with_mode(0o711)?;
+        let runtime = v1::Runtime::new(
+            config,
+            root,
+            state,
+            ctx.grpc_address.clone(),
+            daemon_binary,
+            exchange,
+        )
+        .map_err(PluginError::failed)?;
+        let runtime = Arc::new(runtime);
+        manager.add_v1(runtime.clone()).await;
+        Ok(Instance::new(runtime))
+    })
+    .requires(&[types::EVENT, types::RUNTIME_V2])
+    .with_config::<v1::Config>()
 }

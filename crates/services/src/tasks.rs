@@ -33,6 +33,7 @@ pub fn registrations() -> Vec<Registration> {
     vec![
         crated_runtime::opt::registration(),
         crated_runtime::registration(),
+        crated_runtime::v1_registration(),
         crated_runtime::monitor::registration(),
         Registration::new(plugin_types::SERVICE, "tasks-service", |ctx| async move {
             let db = ctx.get_single::<MetadataStore>(plugin_types::METADATA)?;
