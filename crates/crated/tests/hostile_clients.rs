@@ -345,3 +345,65 @@ fn what_containerd_refuses_is_refused() {
     });
     assert!(daemon.blob_files().is_empty());
 }
+
+/// A call without a namespace, or with one that is no identifier, is refused as containerd's
+/// `NamespaceRequired` refuses it; an absent namespace and an absent container read as in
+/// containerd.
+#[test]
+fn namespaces_are_required_and_absent_ones_read_as_containerds() {
+    use crated_api::containerd::services::containers::v1::containers_client::ContainersClient;
+    use crated_api::containerd::services::containers::v1::{
+        GetContainerRequest, ListContainersRequest,
+    };
+    use crated_api::containerd::services::namespaces::v1::GetNamespaceRequest;
+
+    let daemon = crated(None);
+    runtime().block_on(async {
+        let channel = channel(&daemon.socket).await.unwrap();
+        let absent = NamespacesClient::new(channel.clone())
+            .get(GetNamespaceRequest {
+                name: "moby".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .namespace
+            .unwrap();
+        assert_eq!(absent.name, "moby");
+        assert!(absent.labels.is_empty());
+
+        let mut containers = ContainersClient::new(channel);
+        let err = containers
+            .list(ListContainersRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert_eq!(err.message(), "namespace is required: failed precondition");
+        let err = containers
+            .get(in_namespace(
+                GetContainerRequest { id: "x".into() },
+                "bad..ns",
+                None,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().starts_with("namespace validation: "),
+            "{err:?}"
+        );
+        let err = containers
+            .get(in_namespace(
+                GetContainerRequest { id: "nope".into() },
+                "default",
+                None,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        assert_eq!(
+            err.message(),
+            "container \"nope\" in namespace \"default\": not found"
+        );
+    });
+}

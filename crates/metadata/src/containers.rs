@@ -63,8 +63,8 @@ mod base64_bytes {
     }
 }
 
-fn not_found(id: &str) -> MetadataError {
-    MetadataError::NotFound(format!("container {id:?}"))
+fn not_found(ns: &str, id: &str) -> MetadataError {
+    MetadataError::NotFound(format!("container {id:?} in namespace {ns:?}"))
 }
 
 /// containerd's `validateContainer`, with its messages.
@@ -100,7 +100,7 @@ fn validate_container(c: &ContainerRecord) -> Result<(), MetadataError> {
 
 impl MetadataStore {
     pub fn container_get(&self, ns: &str, id: &str) -> Result<ContainerRecord, MetadataError> {
-        self.get_in("containers", ns, id, || not_found(id))
+        self.get_in("containers", ns, id, || not_found(ns, id))
     }
 
     pub fn container_list(&self, ns: &str) -> Result<Vec<ContainerRecord>, MetadataError> {
@@ -148,7 +148,12 @@ impl MetadataStore {
             let k = key(ns, &given.id);
             let mut current: ContainerRecord = match t.get(k.as_str())? {
                 Some(v) => serde_json::from_slice(v.value())?,
-                None => return Err(not_found(&given.id)),
+                None => {
+                    return Err(MetadataError::NotFound(format!(
+                        "cannot update container {:?} in namespace {ns:?}",
+                        given.id
+                    )))
+                }
             };
             let full = ["labels", "spec", "extensions", "image", "snapshotkey"].map(String::from);
             let paths = if paths.is_empty() {
@@ -212,7 +217,7 @@ impl MetadataStore {
             let mut t = tx.open_table(table("containers"))?;
             if t.remove(key(ns, id).as_str())?.is_none() {
                 return Err(MetadataError::NotFound(format!(
-                    "container {id:?} in namespace {ns:?}"
+                    "cannot delete container {id:?} in namespace {ns:?}"
                 )));
             }
         }

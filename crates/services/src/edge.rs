@@ -39,16 +39,27 @@ pub fn filter_status(err: &crated_filters::ParseError) -> Status {
     Status::invalid_argument(format!("filters: parse error: {err}: invalid argument"))
 }
 
-/// The namespace a call is for (`default` when the client sends none).
+/// The namespace a call is for. As containerd's `NamespaceRequired`: a call without one is
+/// FailedPrecondition, an invalid one InvalidArgument.
 pub fn namespace<T>(request: &tonic::Request<T>) -> Result<String, Status> {
+    caller_namespace(request)?
+        .ok_or_else(|| Status::failed_precondition("namespace is required: failed precondition"))
+}
+
+/// The namespace the caller sent, if any (for services that need none).
+pub fn caller_namespace<T>(request: &tonic::Request<T>) -> Result<Option<String>, Status> {
     let Some(value) = request.metadata().get(NAMESPACE_HEADER) else {
-        return Ok("default".into());
+        return Ok(None);
     };
     let ns = value.to_str().map_err(|_| {
         Status::invalid_argument("namespace header is not valid text: invalid argument")
     })?;
-    crated_metadata::validate::identifier(ns).map_err(|e| status(&e))?;
-    Ok(ns.to_owned())
+    if ns.is_empty() {
+        return Ok(None);
+    }
+    crated_metadata::validate::identifier(ns)
+        .map_err(|e| Status::invalid_argument(format!("namespace validation: {e}")))?;
+    Ok(Some(ns.to_owned()))
 }
 
 /// Runs blocking store work off the async threads.

@@ -12,7 +12,7 @@ use crated_metadata::{MetadataError, MetadataStore, Namespace};
 use crated_plugin::{types, Instance, Registration};
 use tonic::{Request, Response, Status};
 
-use crate::edge::{blocking, filter_status, namespace, status};
+use crate::edge::{blocking, caller_namespace, filter_status, status};
 use crate::message_limits::limited;
 use crate::GrpcService;
 
@@ -112,7 +112,7 @@ impl Namespaces for NamespacesService {
         &self,
         req: Request<api::CreateNamespaceRequest>,
     ) -> Result<Response<api::CreateNamespaceResponse>, Status> {
-        let caller = namespace(&req)?;
+        let caller = caller_namespace(&req)?;
         let ns = req.into_inner().namespace.unwrap_or_default();
         // An empty value means "no such label", as containerd's store treats it.
         let ns = Namespace {
@@ -126,15 +126,18 @@ impl Namespaces for NamespacesService {
         let store = self.store();
         let created = ns.clone();
         blocking(move || store.create_namespace(&ns)).await?;
-        self.exchange.publish_message(
-            &caller,
-            "/namespaces/create",
-            "containerd.events.NamespaceCreate",
-            &ev::NamespaceCreate {
-                name: created.name.clone(),
-                labels: created.labels.clone().into_iter().collect(),
-            },
-        );
+        // containerd publishes in the caller's namespace; a caller that sent none gets no event.
+        if let Some(caller) = &caller {
+            self.exchange.publish_message(
+                caller,
+                "/namespaces/create",
+                "containerd.events.NamespaceCreate",
+                &ev::NamespaceCreate {
+                    name: created.name.clone(),
+                    labels: created.labels.clone().into_iter().collect(),
+                },
+            );
+        }
         Ok(Response::new(api::CreateNamespaceResponse {
             namespace: Some(to_api(created)),
         }))
@@ -144,7 +147,7 @@ impl Namespaces for NamespacesService {
         &self,
         req: Request<api::UpdateNamespaceRequest>,
     ) -> Result<Response<api::UpdateNamespaceResponse>, Status> {
-        let caller = namespace(&req)?;
+        let caller = caller_namespace(&req)?;
         let req = req.into_inner();
         let ns = req.namespace.unwrap_or_default();
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -173,15 +176,17 @@ impl Namespaces for NamespacesService {
         let name = ns.name;
         let updated =
             blocking(move || store.update_namespace_labels(&name, &changes, replace)).await?;
-        self.exchange.publish_message(
-            &caller,
-            "/namespaces/update",
-            "containerd.events.NamespaceUpdate",
-            &ev::NamespaceUpdate {
-                name: updated.name.clone(),
-                labels: updated.labels.clone().into_iter().collect(),
-            },
-        );
+        if let Some(caller) = &caller {
+            self.exchange.publish_message(
+                caller,
+                "/namespaces/update",
+                "containerd.events.NamespaceUpdate",
+                &ev::NamespaceUpdate {
+                    name: updated.name.clone(),
+                    labels: updated.labels.clone().into_iter().collect(),
+                },
+            );
+        }
         Ok(Response::new(api::UpdateNamespaceResponse {
             namespace: Some(to_api(updated)),
         }))
@@ -191,17 +196,19 @@ impl Namespaces for NamespacesService {
         &self,
         req: Request<api::DeleteNamespaceRequest>,
     ) -> Result<Response<()>, Status> {
-        let caller = namespace(&req)?;
+        let caller = caller_namespace(&req)?;
         let name = req.into_inner().name;
         let store = self.store();
         let deleted = name.clone();
         blocking(move || store.delete_namespace(&name)).await?;
-        self.exchange.publish_message(
-            &caller,
-            "/namespaces/delete",
-            "containerd.events.NamespaceDelete",
-            &ev::NamespaceDelete { name: deleted },
-        );
+        if let Some(caller) = &caller {
+            self.exchange.publish_message(
+                caller,
+                "/namespaces/delete",
+                "containerd.events.NamespaceDelete",
+                &ev::NamespaceDelete { name: deleted },
+            );
+        }
         Ok(Response::new(()))
     }
 }
