@@ -407,3 +407,27 @@ fn namespaces_are_required_and_absent_ones_read_as_containerds() {
         );
     });
 }
+
+/// A lease created without an id gets a random one, as containerd's service gives it.
+#[test]
+fn a_lease_without_an_id_gets_a_random_one() {
+    use crated_api::containerd::services::leases::v1::leases_client::LeasesClient;
+    use crated_api::containerd::services::leases::v1::CreateRequest;
+    let daemon = crated(None);
+    runtime().block_on(async {
+        let mut leases = LeasesClient::new(channel(&daemon.socket).await.unwrap());
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let lease = leases
+                .create(in_namespace(CreateRequest::default(), "default", None))
+                .await
+                .unwrap()
+                .into_inner()
+                .lease
+                .unwrap();
+            assert!(!lease.id.is_empty());
+            ids.push(lease.id);
+        }
+        assert_ne!(ids[0], ids[1]);
+    });
+}

@@ -125,9 +125,17 @@ impl Leases for LeasesService {
     ) -> Result<Response<api::CreateResponse>, Status> {
         let ns = namespace(&req)?;
         let req = req.into_inner();
+        let created_at = crated_metadata::now_nanos();
+        // containerd's service gives a lease without an id a random one (its WithRandomID).
+        let id = if req.id.is_empty() {
+            let random = uuid::Uuid::new_v4().simple().to_string();
+            format!("{}-{}", created_at % 1_000_000_000, &random[..6])
+        } else {
+            req.id
+        };
         let lease = Lease {
-            id: req.id,
-            created_at: crated_metadata::now_nanos(),
+            id,
+            created_at,
             labels: req.labels.into_iter().collect(),
         };
         let (db, l) = (self.db.clone(), lease.clone());
