@@ -3,12 +3,14 @@
 //! mistake. Per-plugin sections stay undecoded here; each plugin decodes its own with
 //! [`PluginSection::decode`], still with file and line in its errors.
 
+pub mod duration;
 mod error;
 mod file;
 mod merge;
 mod resolve;
 mod source;
 
+pub use duration::GoDuration;
 pub use error::{ConfigError, Location};
 pub use file::{
     CgroupConfig, Config, DebugConfig, GrpcConfig, MetricsConfig, PluginSection, ProxyPlugin,

@@ -65,7 +65,8 @@ pub async fn run(conn: &Connection, show: Show) -> anyhow::Result<()> {
 /// The `containerd.io/gc.expire` label for something that expires after `after` (Go's
 /// duration form; `0` for never, which gives no label), as ctr writes it: an RFC 3339 time.
 pub fn expire_label(after: &str) -> anyhow::Result<Option<(String, String)>> {
-    let after = crated_gc::duration::parse(after).map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
+    let after =
+        crated_config::duration::parse(after).map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
     if after.is_zero() {
         return Ok(None);
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use crated_config::Config;
-use crated_plugin::{graph, init_all, types, Environment, Registration, Status};
+use crated_plugin::{graph, init_all, types, Environment, Registration, Shared, Status};
 use crated_services::GrpcService;
 
 use crate::{lock, plugins, Cli, DEFAULT_CONFIG};
@@ -185,12 +185,14 @@ async fn serve(
     let journal = tokio::task::spawn_blocking(move || crated_wal::Journal::open(&journal_path))
         .await?
         .with_context(|| format!("opening {}", root.join(JOURNAL_FILE).display()))?;
+    let mut shared = Shared::default();
+    shared.insert(journal);
     let env = Environment {
         root: &root,
         state: &state,
         grpc_address: &config.grpc.address,
         ttrpc_address: &ttrpc_address,
-        journal: Some(journal),
+        shared,
     };
     let set = init_all(ordered, decoded, config.disabled_plugins.clone(), &env).await;
 
@@ -260,7 +262,7 @@ async fn serve(
         None
     } else {
         let monitors = set
-            .instances::<crated_runtime::monitor::CgroupsMonitor>(types::MONITOR)
+            .instances::<crated_metrics::CgroupsMonitor>(types::MONITOR)
             .into_iter()
             .map(|(_, m)| m)
             .collect();

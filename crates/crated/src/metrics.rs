@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use crated_runtime::monitor::CgroupsMonitor;
+use crated_metrics::CgroupsMonitor;
 use prometheus::core::Collector;
 use prometheus::Encoder;
 

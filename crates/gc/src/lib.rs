@@ -4,12 +4,12 @@
 //! record keeps.
 
 pub mod collector;
-pub mod duration;
 pub mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crated_config::GoDuration;
 use crated_content::ContentStore;
 use crated_metadata::MetadataStore;
 use crated_plugin::{types, Instance, Registration};
@@ -21,7 +21,6 @@ pub use collector::{Collector, GcError, Stats};
 /// The response header of a synchronous lease Delete carrying what the collection did, as
 /// JSON [`Stats`]; containerd's clients ignore it, `cratectl gc` prints it.
 pub const STATS_HEADER: &str = "crated-gc-stats-bin";
-pub use duration::GoDuration;
 pub use scheduler::Scheduler;
 
 /// containerd's keys for the scheduler, with its defaults.
@@ -73,7 +72,7 @@ pub fn registration() -> Registration {
             );
             m.exports.insert(
                 "ScheduleDelay".into(),
-                duration::format(config.schedule_delay.0),
+                crated_config::duration::format(config.schedule_delay.0),
             );
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -7,6 +7,7 @@ use crated_errdefs::{HasKind, Kind};
 
 use crate::registration::PluginError;
 use crate::set::{PluginRecord, PluginSet, Status};
+use crate::shared::Shared;
 
 /// What a plugin advertises in introspection, settable during init (also when it then skips).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,7 +59,7 @@ pub struct InitContext {
     pub(crate) config: Option<Box<dyn Any + Send + Sync>>,
     pub(crate) meta: Arc<Mutex<Meta>>,
     pub(crate) set: PluginSet,
-    pub(crate) journal: Option<crated_wal::Journal>,
+    pub(crate) shared: Shared,
 }
 
 impl InitContext {
@@ -88,11 +89,9 @@ impl InitContext {
         Ok((root, state))
     }
 
-    /// The log the daemon's stores share (see [`crated_wal::Journal`]), when there is one. A
-    /// store that defers its commits to it must be followed by a store that flushes them
-    /// before the caller is answered.
-    pub fn journal(&self) -> Option<&crated_wal::Journal> {
-        self.journal.as_ref()
+    /// The daemon's resource of type `T` (see [`Shared`]), when it gave one.
+    pub fn shared<T: std::any::Any + Send + Sync>(&self) -> Option<&T> {
+        self.shared.get::<T>()
     }
 
     /// Where [`InitContext::root`] is, without creating it (for exports and messages).

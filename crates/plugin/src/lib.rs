@@ -8,11 +8,13 @@ mod context;
 mod graph;
 mod registration;
 mod set;
+mod shared;
 
 pub use context::{make_dir, InitContext, LookupError, Meta};
 pub use graph::{graph, GraphError};
 pub use registration::{Instance, PluginError, Registration};
 pub use set::{init_all, Environment, InitError, PluginRecord, PluginSet, Status};
+pub use shared::Shared;
 
 /// containerd's plugin types, as strings on the wire and in configs.
 pub mod types {

@@ -11,6 +11,7 @@ use crated_errdefs::Kind;
 
 use crate::context::{InitContext, LookupError, Meta};
 use crate::registration::{HealthFn, PluginError, Registration};
+use crate::shared::Shared;
 
 /// A failed init as introspection reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,8 +173,8 @@ pub struct Environment<'a> {
     pub state: &'a Path,
     pub grpc_address: &'a str,
     pub ttrpc_address: &'a str,
-    /// The log the daemon's stores share.
-    pub journal: Option<crated_wal::Journal>,
+    /// What the daemon opened for its plugins to share.
+    pub shared: Shared,
 }
 
 /// Initialises `ordered` (from [`crate::graph`]), each with its decoded config from `configs`
@@ -212,7 +213,7 @@ pub async fn init_all(
             config: configs.remove(&uri),
             meta: meta.clone(),
             set: set.clone(),
-            journal: env.journal.clone(),
+            shared: env.shared.clone(),
         };
         let set = set.clone();
         let (plugin_type, id, requires) = (

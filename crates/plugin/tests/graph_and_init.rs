@@ -97,7 +97,7 @@ fn env(dir: &std::path::Path) -> Environment<'_> {
         state: dir,
         grpc_address: "/g.sock",
         ttrpc_address: "/t.sock",
-        journal: None,
+        shared: Default::default(),
     }
 }
 

@@ -6,7 +6,6 @@
 
 mod bundle;
 mod error;
-pub mod monitor;
 pub mod opt;
 pub mod shim;
 pub mod v1;

@@ -47,7 +47,6 @@ pub struct DiffService {
 
 pub fn registrations() -> Vec<Registration> {
     vec![
-        crated_diff::registration(),
         Registration::new(types::SERVICE, "diff-service", |mut ctx| async move {
             let config: DiffServiceConfig = ctx.config()?;
             let differ = config

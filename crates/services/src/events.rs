@@ -21,7 +21,6 @@ use crate::GrpcService;
 
 pub fn registrations() -> Vec<Registration> {
     vec![
-        crated_events::registration(),
         Registration::new(plugin_types::GRPC, "events", |ctx| async move {
             let exchange = ctx.get_single::<Exchange>(plugin_types::EVENT)?;
             let grpc = Arc::new(EventsService {

@@ -15,7 +15,6 @@ pub mod leases;
 pub mod message_limits;
 pub mod metadata;
 pub mod namespaces;
-pub mod restart;
 pub mod snapshots;
 pub mod socket;
 pub mod tasks;
@@ -24,24 +23,3 @@ pub mod uds_authority;
 pub mod version;
 
 pub use grpc::GrpcService;
-
-/// The registrations of every service this crate provides, in containerd's order.
-pub fn registrations() -> Vec<crated_plugin::Registration> {
-    let mut regs = content::registrations();
-    regs.insert(1, metadata::registration());
-    regs.insert(2, crated_gc::registration());
-    regs.extend(events::registrations());
-    regs.extend(namespaces::registrations());
-    regs.extend(leases::registrations());
-    regs.extend(snapshots::registrations());
-    regs.extend(diff::registrations());
-    regs.extend(images::registrations());
-    regs.extend(containers::registrations());
-    regs.extend(tasks::registrations());
-    regs.extend(transfer::registrations());
-    regs.push(restart::registration());
-    regs.extend(introspection::registrations());
-    regs.push(version::registration());
-    regs.push(healthcheck::registration());
-    regs
-}

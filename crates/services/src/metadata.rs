@@ -36,7 +36,7 @@ pub fn registration() -> Registration {
             )));
         }
         let path = ctx.root()?.join("meta.db");
-        let journal = ctx.journal().cloned();
+        let journal = ctx.shared::<crated_wal::Journal>().cloned();
         let store =
             tokio::task::spawn_blocking(move || MetadataStore::open_in(&path, journal.as_ref()))
                 .await

@@ -31,10 +31,6 @@ pub struct TasksService {
 
 pub fn registrations() -> Vec<Registration> {
     vec![
-        crated_runtime::opt::registration(),
-        crated_runtime::registration(),
-        crated_runtime::v1_registration(),
-        crated_runtime::monitor::registration(),
         Registration::new(plugin_types::SERVICE, "tasks-service", |ctx| async move {
             let db = ctx.get_single::<MetadataStore>(plugin_types::METADATA)?;
             let runtime = ctx.get_by_id::<TaskManager>(plugin_types::RUNTIME_V2, "task")?;

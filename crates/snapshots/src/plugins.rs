@@ -153,7 +153,7 @@ async fn open_kind(
     root: PathBuf,
     kind: SnapshotterKind,
 ) -> Result<Instance, PluginError> {
-    let journal = ctx.journal().cloned();
+    let journal = ctx.shared::<crated_wal::Journal>().cloned();
     let sn = tokio::task::spawn_blocking(move || open_snapshotter(&root, kind, journal.as_ref()))
         .await
         .map_err(PluginError::failed)?

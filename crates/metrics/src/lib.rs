@@ -20,7 +20,7 @@ use crated_plugin::{types, Instance, Registration};
 use prometheus::proto::MetricFamily;
 use serde::{Deserialize, Serialize};
 
-use crate::{shim, TaskManager};
+use crated_runtime::{shim, RuntimeConfig, TaskManager};
 use family::Scrape;
 
 /// `[plugins."io.containerd.monitor.v1.cgroups"]`, containerd's key.
@@ -157,7 +157,7 @@ pub fn registration() -> Registration {
         let config: MonitorConfig = ctx.config()?;
         let exchange = ctx.get_single::<Exchange>(types::EVENT)?;
         let tasks = ctx.get_by_id::<TaskManager>(types::RUNTIME_V2, "task")?;
-        ctx.meta().platforms = crate::RuntimeConfig::default().platforms;
+        ctx.meta().platforms = RuntimeConfig::default().platforms;
         Ok(Instance::new(Arc::new(CgroupsMonitor::new(
             tasks,
             &exchange,

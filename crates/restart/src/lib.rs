@@ -17,16 +17,16 @@ use crated_api::containerd::services::snapshots::v1::snapshots_server::Snapshots
 use crated_api::containerd::services::tasks::v1 as tasks_api;
 use crated_api::containerd::services::tasks::v1::tasks_server::Tasks;
 use crated_api::containerd::v1::types::Status as ProcessStatus;
-use crated_gc::GoDuration;
+use crated_config::GoDuration;
 use crated_metadata::MetadataStore;
 use crated_plugin::{types, Instance, Registration};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Status};
 
-use crate::containers::ContainersService;
-use crate::edge::NAMESPACE_HEADER;
-use crate::snapshots::SnapshotsService;
-use crate::tasks::TasksService;
+use crated_services::containers::ContainersService;
+use crated_services::edge::NAMESPACE_HEADER;
+use crated_services::snapshots::SnapshotsService;
+use crated_services::tasks::TasksService;
 
 pub const STATUS_LABEL: &str = "containerd.io/restart.status";
 pub const POLICY_LABEL: &str = "containerd.io/restart.policy";
