@@ -173,6 +173,7 @@ impl Drop for RawTerminal {
 }
 
 pub fn terminal_size() -> Option<(u16, u16)> {
+    // SAFETY: winsize is plain integers, for which all zeroes is a valid value.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ writes a winsize into the pointer given.
     let rc = unsafe { libc::ioctl(std::io::stdin().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };

@@ -2,16 +2,15 @@
 //! and the faults a store must survive.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crated_testsupport::blobs::{data, digest, ok, with_stdin};
+use crated_testsupport::blobs::{data, digest};
+use crated_testsupport::cmd::{ok, with_stdin};
 use crated_testsupport::{tool, workspace_bin, Daemon};
 
-fn crated() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_crated"))
-}
+mod common;
+use common::crated;
 
 /// These tests keep blobs that nothing references, which containerd's GC (and ours) takes at
 /// its next pass; GC is off here and has tests of its own (`gc.rs`).

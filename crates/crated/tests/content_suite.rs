@@ -4,14 +4,13 @@
 //! `isolated` policies), through crated with a proxy content plugin (`crated-content`), and
 //! against the local store alone, served bare by `crated-content`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crated_testsupport::content_suite::{self, Target};
-use crated_testsupport::{Daemon, SocketServer};
+use crated_testsupport::SocketServer;
 
-fn crated(config: Option<&str>) -> Daemon {
-    Daemon::crated(&PathBuf::from(env!("CARGO_BIN_EXE_crated")), config, &[]).unwrap()
-}
+mod common;
+use common::start;
 
 fn run(body: impl std::future::Future<Output = ()>) {
     tokio::runtime::Builder::new_current_thread()
@@ -31,7 +30,7 @@ fn content_server(socket: &Path, root: &Path) -> SocketServer {
 
 #[test]
 fn containerds_content_suite_through_the_content_api() {
-    let daemon = crated(None);
+    let daemon = start(None);
     run(async {
         let t = Target::connect(&daemon.socket, Some("suite"), true).await;
         content_suite::content_suite(&t).await;
@@ -41,7 +40,7 @@ fn containerds_content_suite_through_the_content_api() {
 
 #[test]
 fn containerds_cross_namespace_suite_with_the_isolated_policy() {
-    let daemon = crated(Some(
+    let daemon = start(Some(
         "version = 2\n[plugins.\"io.containerd.metadata.v1.bolt\"]\ncontent_sharing_policy = \"isolated\"\n",
     ));
     run(async {
@@ -55,7 +54,7 @@ fn containerds_content_suite_through_a_proxy_content_plugin() {
     let dir = tempfile::tempdir().unwrap();
     let (socket, store) = (dir.path().join("content.sock"), dir.path().join("store"));
     let _server = content_server(&socket, &store);
-    let daemon = crated(Some(&format!(
+    let daemon = start(Some(&format!(
         "version = 2\ndisabled_plugins = [\"io.containerd.content.v1.content\"]\n\
          [proxy_plugins.remote]\n  type = \"content\"\n  address = \"{}\"\n",
         socket.display()

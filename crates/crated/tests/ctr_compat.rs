@@ -1,14 +1,13 @@
 //! Debian's `ctr` (the reference client) and our `cratectl` against a running crated.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use crated_testsupport::blobs::fails;
+use crated_testsupport::cmd::fails;
 use crated_testsupport::{tool, workspace_bin, Daemon};
 
-fn crated() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_crated"))
-}
+mod common;
+use common::crated;
 
 fn text(out: &Output) -> (String, String) {
     (

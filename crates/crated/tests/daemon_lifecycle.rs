@@ -1,15 +1,13 @@
 //! The daemon's own behaviour: one per root, clean shutdown, strict config, required plugins.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use std::time::Duration;
 
 use crated_testsupport::{output_within, Daemon};
 
-fn crated() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_crated"))
-}
+mod common;
+use common::crated;
 
 #[test]
 fn second_daemon_on_same_root_is_refused_and_sigterm_cleans_up() {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crated_testsupport::blobs::ok;
+use crated_testsupport::cmd::ok;
 use crated_testsupport::{is_root, output_within, tool, wait_until, Daemon};
 
 mod common;

@@ -2,7 +2,6 @@
 //! delivers an event to subscribers, and `ctr events` filters on the decoded event's fields.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -10,9 +9,8 @@ use crated_api::containerd::events as ev;
 use crated_testsupport::{tool, wait_until, Daemon};
 use prost::Message;
 
-fn crated() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_crated"))
-}
+mod common;
+use common::crated;
 
 fn publish(daemon: &Daemon, topic: &str, type_url: &str, value: Vec<u8>) -> std::process::Output {
     let mut child = Command::new(crated())

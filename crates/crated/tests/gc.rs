@@ -1,15 +1,14 @@
 //! Garbage collection end to end: Debian's `ctr` and `cratectl` against crated, checked on the
 //! store's disk.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use crated_testsupport::blobs::{data, digest, ok, with_stdin};
+use crated_testsupport::blobs::{data, digest};
+use crated_testsupport::cmd::{ok, with_stdin};
 use crated_testsupport::{tool, wait_until, workspace_bin, Daemon};
 
-fn crated() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_crated"))
-}
+mod common;
+use common::crated;
 
 fn hex(d: &str) -> String {
     d.trim_start_matches("sha256:").to_owned()

@@ -12,9 +12,8 @@ use crated_api::containerd::services::namespaces::v1::{CreateNamespaceRequest, N
 use crated_testsupport::{channel, in_namespace, peak_rss_kib, Daemon};
 use tonic::Code;
 
-fn crated(config: Option<&str>) -> Daemon {
-    Daemon::crated(Path::new(env!("CARGO_BIN_EXE_crated")), config, &[]).unwrap()
-}
+mod common;
+use common::start;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -65,7 +64,7 @@ async fn write_of(daemon: &Daemon, size: usize) -> Option<tonic::Status> {
 
 #[test]
 fn messages_over_16_mib_are_refused_with_resource_exhausted_as_containerd_does() {
-    let daemon = crated(None);
+    let daemon = start(None);
     runtime().block_on(async {
         let over = create_namespace_of(&daemon, 17 << 20).await;
         assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
@@ -86,7 +85,7 @@ fn messages_over_16_mib_are_refused_with_resource_exhausted_as_containerd_does()
 
 #[test]
 fn the_grpc_config_sets_the_limits() {
-    let daemon = crated(Some(
+    let daemon = start(Some(
         "version = 2\n[grpc]\nmax_recv_message_size = 1048576\n",
     ));
     runtime().block_on(async {
@@ -101,7 +100,7 @@ fn the_grpc_config_sets_the_limits() {
 /// answers at once and reserves nothing.
 #[test]
 fn a_frame_header_claiming_4_gib_is_refused_before_anything_is_reserved() {
-    let daemon = crated(None);
+    let daemon = start(None);
     let before = peak_rss_kib(daemon.pid()).unwrap();
     runtime().block_on(async {
         let io = tokio::net::UnixStream::connect(&daemon.socket)
@@ -184,7 +183,7 @@ fn grpcio_with_default_settings_is_served() {
     let Some(python) = grpcio_python() else {
         return;
     };
-    let daemon = crated(None);
+    let daemon = start(None);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/grpcio_client.py");
     for form in ["unix:", "unix://"] {
         let out = std::process::Command::new(&python)
@@ -218,7 +217,7 @@ fn what_containerd_refuses_is_refused() {
     use crated_api::containerd::services::snapshots::v1::PrepareSnapshotRequest;
     use crated_api::containerd::types::{Descriptor, Envelope};
 
-    let daemon = crated(None);
+    let daemon = start(None);
     runtime().block_on(async {
         let channel = channel(&daemon.socket).await.unwrap();
 
@@ -357,7 +356,7 @@ fn namespaces_are_required_and_absent_ones_read_as_containerds() {
     };
     use crated_api::containerd::services::namespaces::v1::GetNamespaceRequest;
 
-    let daemon = crated(None);
+    let daemon = start(None);
     runtime().block_on(async {
         let channel = channel(&daemon.socket).await.unwrap();
         let absent = NamespacesClient::new(channel.clone())
@@ -413,7 +412,7 @@ fn namespaces_are_required_and_absent_ones_read_as_containerds() {
 fn a_lease_without_an_id_gets_a_random_one() {
     use crated_api::containerd::services::leases::v1::leases_client::LeasesClient;
     use crated_api::containerd::services::leases::v1::CreateRequest;
-    let daemon = crated(None);
+    let daemon = start(None);
     runtime().block_on(async {
         let mut leases = LeasesClient::new(channel(&daemon.socket).await.unwrap());
         let mut ids = Vec::new();

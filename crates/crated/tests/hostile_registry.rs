@@ -3,19 +3,17 @@
 //! match their digest. Each pull fails with a clear error, the daemon's memory stays bounded,
 //! and it goes on serving.
 
-use std::path::Path;
 use std::time::Duration;
 
-use crated_testsupport::blobs::fails;
+use crated_testsupport::cmd::fails;
 use crated_testsupport::hostile::{Answer, HostileRegistry};
 use crated_testsupport::oci::sha256;
 use crated_testsupport::{health_check, peak_rss_kib, workspace_bin, Daemon};
 
-const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+mod common;
+use common::start;
 
-fn crated() -> Daemon {
-    Daemon::crated(Path::new(env!("CARGO_BIN_EXE_crated")), None, &[]).unwrap()
-}
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 fn pull(daemon: &Daemon, reference: &str) -> String {
     let cratectl = workspace_bin("cratectl");
@@ -60,7 +58,7 @@ fn a_config_declared_one_tebibyte_large_is_refused_not_allocated() {
         "/v2/evil/manifests/latest" => Answer::ok(MANIFEST, body.clone()),
         _ => Answer::ok("application/octet-stream", &b"{}"[..]),
     });
-    let daemon = crated();
+    let daemon = start(None);
     let err = pull(&daemon, &format!("{}/evil:latest", registry.addr));
     assert!(err.contains("declares 1099511627776 bytes"), "{err}");
     assert_still_serving_within(&daemon, 512);
@@ -85,7 +83,7 @@ fn a_token_server_that_never_stops_answering_is_cut_off() {
             }
         }
     });
-    let daemon = crated();
+    let daemon = start(None);
     let err = pull(&daemon, &format!("{}/evil:latest", registry.addr));
     assert!(err.contains("is larger than 1048576 bytes"), "{err}");
     assert_still_serving_within(&daemon, 512);
@@ -145,7 +143,7 @@ fn a_manifest_or_layer_that_does_not_match_its_digest_fails_the_pull() {
             _ => Answer::status(404),
         }
     });
-    let daemon = crated();
+    let daemon = start(None);
     let err = pull(&daemon, &format!("{}/evil:lying", registry.addr));
     assert!(
         err.contains(&format!(

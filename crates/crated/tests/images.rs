@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crated_testsupport::blobs::{fails, ok};
+use crated_testsupport::cmd::{fails, ok};
 use crated_testsupport::layered::Shape;
 use crated_testsupport::registry::Registry;
 use crated_testsupport::{
@@ -13,9 +13,8 @@ use crated_testsupport::{
     Daemon,
 };
 
-fn crated() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_crated"))
-}
+mod common;
+use common::crated;
 
 const IMAGE: &str = "docker.io/library/busybox:crated";
 

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crated_testsupport::blobs::ok;
+use crated_testsupport::cmd::ok;
 use crated_testsupport::{wait_until, Daemon};
 
 mod common;

@@ -1,15 +1,15 @@
 //! Proxy content plugins: `crated-content` serving our store on a socket, used by crated and
 //! by Debian's containerd as `[proxy_plugins.x] type = "content"`, driven by Debian's `ctr`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crated_testsupport::blobs::{blob_files, data, digest, ok, with_stdin};
+use crated_testsupport::blobs::{blob_files, data, digest};
+use crated_testsupport::cmd::{ok, with_stdin};
 use crated_testsupport::{tool, workspace_bin, Daemon, SocketServer};
 
-fn crated() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_crated"))
-}
+mod common;
+use common::crated;
 
 /// A running `crated-content`, stopped on drop.
 fn content_server(socket: &Path, root: &Path) -> SocketServer {

@@ -2,17 +2,16 @@
 //! by crated and by Debian's containerd as `[proxy_plugins.custom] type = "snapshot"`, driven
 //! by Debian's `ctr`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crated_testsupport::blobs::ok;
+use crated_testsupport::cmd::ok;
 use crated_testsupport::{
     is_root, mount_snapshot, tool, unmount, wait_until, Daemon, SocketServer,
 };
 
-fn crated() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_crated"))
-}
+mod common;
+use common::crated;
 
 fn snapshotter_server(socket: &Path, root: &Path, which: &str) -> SocketServer {
     SocketServer::start(

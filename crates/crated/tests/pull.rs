@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crated_testsupport::blobs::{fails, ok};
+use crated_testsupport::cmd::{fails, ok};
 use crated_testsupport::gate::{Auth, Gate};
 use crated_testsupport::layered::Shape;
 use crated_testsupport::registry::Registry;
@@ -17,6 +17,8 @@ use crated_testsupport::{
     assert_same_tree, assert_same_view, is_root, tool, tree_listing, umoci_tree, wait_until,
     workspace_bin, Daemon,
 };
+
+mod common;
 
 struct Setup {
     daemon: Daemon,
@@ -32,7 +34,7 @@ fn setup() -> Option<Setup> {
     let ctr = tool("ctr", "containerd")?;
     tool("busybox", "busybox-static")?;
     let registry = Registry::start()?;
-    let daemon = Daemon::crated(Path::new(env!("CARGO_BIN_EXE_crated")), None, &[]).unwrap();
+    let daemon = common::start(None);
     Some(Setup {
         daemon,
         ctr,
@@ -303,7 +305,7 @@ impl HostsDirPull {
     fn start(registry: impl FnOnce() -> Option<Registry>) -> Option<HostsDirPull> {
         let ctr = tool("ctr", "containerd")?;
         let registry = registry()?;
-        let daemon = Daemon::crated(Path::new(env!("CARGO_BIN_EXE_crated")), None, &[]).unwrap();
+        let daemon = common::start(None);
         let (image, _) = crated_testsupport::oci::busybox("busybox");
         registry.push(&image, "busybox:latest");
         let hosts = tempfile::tempdir().unwrap();

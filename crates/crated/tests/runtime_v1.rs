@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crated_testsupport::blobs::{fails, ok};
+use crated_testsupport::cmd::{fails, ok};
 use crated_testsupport::{tool, wait_until, Daemon};
 
 mod common;

@@ -5,12 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crated_testsupport::blobs::{fails, ok};
+use crated_testsupport::cmd::{fails, ok};
 use crated_testsupport::{is_root, mount_snapshot, tool, unmount, wait_until, Daemon};
 
-fn crated() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_crated"))
-}
+mod common;
+use common::crated;
 
 /// The entries of the backend's `snapshots` directory, but for spares (emptied entries of
 /// removed snapshots kept for reuse, which belong to no snapshot).

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crated_testsupport::blobs::{fails, ok};
+use crated_testsupport::cmd::{fails, ok};
 use crated_testsupport::{wait_until, Daemon};
 
 mod common;

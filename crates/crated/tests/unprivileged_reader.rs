@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crated_testsupport::blobs::ok;
+use crated_testsupport::cmd::ok;
 
 mod common;
 

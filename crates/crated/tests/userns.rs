@@ -6,7 +6,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crated_testsupport::blobs::ok;
+use crated_testsupport::cmd::ok;
 
 mod common;
 

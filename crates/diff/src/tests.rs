@@ -7,6 +7,7 @@ use sha2::{Digest as _, Sha256};
 use crate::{apply, compare, ApplyOptions, Whiteouts};
 
 fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 

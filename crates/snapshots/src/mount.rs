@@ -189,6 +189,7 @@ fn mount_from(
     // SAFETY: the child calls only chdir, mount and _exit, all async-signal-safe, on data
     // prepared before the fork.
     match unsafe { nix::unistd::fork() }? {
+        // SAFETY: as above; the pointers are the CStrings this function borrows.
         nix::unistd::ForkResult::Child => unsafe {
             if libc::chdir(dir.as_ptr()) != 0 {
                 libc::_exit(*libc::__errno_location());

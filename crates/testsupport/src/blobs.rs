@@ -1,11 +1,8 @@
-//! Blobs for content tests: data, digests, and running clients that read them from stdin.
+//! Blobs for content tests: deterministic data, digests, the blob files of a store.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
-
-use crate::Daemon;
 
 /// Deterministic incompressible bytes.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -23,42 +20,6 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
 
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
-}
-
-/// The stdout of a command that must have succeeded (else the test fails with its stderr).
-pub fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The stderr of a command that must have failed (else the test fails with its stdout).
-pub fn fails(out: Output) -> String {
-    assert!(
-        !out.status.success(),
-        "should have failed, printed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Runs a client of `daemon` with `input` on stdin, from a file (so ctr can seek when it
-/// resumes).
-pub fn with_stdin(client: &Path, daemon: &Daemon, args: &[&str], input: &[u8]) -> Output {
-    let path = daemon.dir.path().join(format!("stdin-{}", digest(input)));
-    std::fs::write(&path, input).expect("writing a test input file");
-    let out = Command::new(client)
-        .arg("--address")
-        .arg(&daemon.socket)
-        .args(args)
-        .stdin(std::fs::File::open(&path).expect("opening a test input file"))
-        .output()
-        .expect("running a client");
-    let _ = std::fs::remove_file(&path);
-    out
 }
 
 /// The hex digests of the blob files under a content store root, sorted.

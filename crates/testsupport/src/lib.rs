@@ -3,6 +3,7 @@
 //! the peer tools (`ctr`, `containerd`) with a loud skip outside CI and a failure on CI.
 
 pub mod blobs;
+pub mod cmd;
 pub mod content_suite;
 pub mod gate;
 pub mod hostile;
@@ -434,7 +435,7 @@ pub fn mount_snapshot(client: &Path, daemon: &Daemon, snapshotter: &str, key: &s
             key,
         ],
     );
-    let cmd = blobs::ok(out);
+    let cmd = cmd::ok(out);
     let status = Command::new("sh")
         .arg("-c")
         .arg(cmd.trim())

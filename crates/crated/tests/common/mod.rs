@@ -1,4 +1,5 @@
-//! What the container tests share: a daemon with busybox imported, ctr with a deadline, the
+//! What the integration tests share: the daemon's binary and a daemon on a private root; for
+//! the container tests, a daemon with busybox imported, ctr with a deadline, the
 //! bundles left, `ctr events` collected in the background, a task's status.
 #![allow(dead_code)] // each test file uses its own part
 
@@ -7,11 +8,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crated_testsupport::blobs::ok;
+use crated_testsupport::cmd::ok;
 use crated_testsupport::{is_root, tool, wait_until, Daemon};
 
 pub fn crated() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crated"))
+}
+
+/// A crated on a private root, with `config` as its config file.
+pub fn start(config: Option<&str>) -> Daemon {
+    Daemon::crated(&crated(), config, &[]).expect("starting crated")
 }
 
 pub const IMAGE: &str = "docker.io/library/busybox:crated";
