@@ -7,7 +7,7 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::content::apply_label_paths;
-use crate::db::{insert_new, key, table, MetadataStore, Mutation};
+use crate::db::{insert_new, key, MetadataStore, Mutation, Table};
 use crate::{validate, MetadataError};
 
 /// A protobuf `Any` kept as it came: the spec, runtime options and extensions are opaque here.
@@ -100,11 +100,11 @@ fn validate_container(c: &ContainerRecord) -> Result<(), MetadataError> {
 
 impl MetadataStore {
     pub fn container_get(&self, ns: &str, id: &str) -> Result<ContainerRecord, MetadataError> {
-        self.get_in("containers", ns, id, || not_found(ns, id))
+        self.get_in(Table::Containers, ns, id, || not_found(ns, id))
     }
 
     pub fn container_list(&self, ns: &str) -> Result<Vec<ContainerRecord>, MetadataError> {
-        self.list_in("containers", ns)
+        self.list_in(Table::Containers, ns)
     }
 
     /// Records a new container; its times are set here. An id taken is AlreadyExists.
@@ -121,9 +121,14 @@ impl MetadataStore {
             ..container.clone()
         };
         let tx = self.write()?;
-        insert_new(&tx, "containers", ns, &container.id, &container, || {
-            format!("container {:?}", container.id)
-        })?;
+        insert_new(
+            &tx,
+            Table::Containers,
+            ns,
+            &container.id,
+            &container,
+            || format!("container {:?}", container.id),
+        )?;
         self.commit(tx, Default::default())?;
         Ok(container)
     }
@@ -144,7 +149,7 @@ impl MetadataStore {
         }
         let tx = self.write()?;
         let updated = {
-            let mut t = tx.open_table(table("containers"))?;
+            let mut t = tx.open_table(Table::Containers.def())?;
             let k = key(ns, &given.id);
             let mut current: ContainerRecord = match t.get(k.as_str())? {
                 Some(v) => serde_json::from_slice(v.value())?,
@@ -214,7 +219,7 @@ impl MetadataStore {
     pub fn container_delete(&self, ns: &str, id: &str) -> Result<(), MetadataError> {
         let tx = self.write()?;
         {
-            let mut t = tx.open_table(table("containers"))?;
+            let mut t = tx.open_table(Table::Containers.def())?;
             if t.remove(key(ns, id).as_str())?.is_none() {
                 return Err(MetadataError::NotFound(format!(
                     "cannot delete container {id:?} in namespace {ns:?}"

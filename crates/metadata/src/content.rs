@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{insert_new, key, table, MetadataStore, Mutation};
+use crate::db::{insert_new, key, MetadataStore, Mutation, Table};
 use crate::ingests::remove_ingest_in;
 use crate::leases::add_resource_in;
 use crate::{validate, MetadataError};
@@ -27,11 +27,11 @@ fn not_found(digest: &str) -> MetadataError {
 
 impl MetadataStore {
     pub fn content_get(&self, ns: &str, digest: &str) -> Result<ContentRecord, MetadataError> {
-        self.get_in("blobs", ns, digest, || not_found(digest))
+        self.get_in(Table::Blobs, ns, digest, || not_found(digest))
     }
 
     pub fn content_list(&self, ns: &str) -> Result<Vec<ContentRecord>, MetadataError> {
-        self.list_in("blobs", ns)
+        self.list_in(Table::Blobs, ns)
     }
 
     /// Records that `ns` has the blob, under `lease` when given, and ends the ingest `ingest`
@@ -48,7 +48,7 @@ impl MetadataStore {
             validate::label(k, v)?;
         }
         let tx = self.write()?;
-        insert_new(&tx, "blobs", ns, &record.digest, record, || {
+        insert_new(&tx, Table::Blobs, ns, &record.digest, record, || {
             format!("content {}", record.digest)
         })?;
         if let Some(lease) = lease {
@@ -75,7 +75,7 @@ impl MetadataStore {
         }
         let tx = self.write()?;
         let record = {
-            let mut t = tx.open_table(table("blobs"))?;
+            let mut t = tx.open_table(Table::Blobs.def())?;
             let k = key(ns, digest);
             let mut record: ContentRecord = match t.get(k.as_str())? {
                 Some(v) => serde_json::from_slice(v.value())?,
@@ -98,7 +98,7 @@ impl MetadataStore {
     pub fn content_delete(&self, ns: &str, digest: &str) -> Result<(), MetadataError> {
         let tx = self.write()?;
         {
-            let mut t = tx.open_table(table("blobs"))?;
+            let mut t = tx.open_table(Table::Blobs.def())?;
             if t.remove(key(ns, digest).as_str())?.is_none() {
                 return Err(not_found(digest));
             }

@@ -11,17 +11,52 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 /// name -> JSON of the namespace's labels.
 pub(crate) const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("namespaces");
 
-/// Tables holding namespaced records, keyed `<namespace>/<id>`. A namespace can be deleted only
-/// when none of them has a key under it.
-pub(crate) const RESOURCE_TABLES: &[(&str, TableDefinition<&str, &[u8]>)] = &[
-    ("images", TableDefinition::new("images")),
-    ("blobs", TableDefinition::new("content")),
-    ("containers", TableDefinition::new("containers")),
-    ("leases", TableDefinition::new("leases")),
-    ("snapshots", TableDefinition::new("snapshots")),
-    ("sandboxes", TableDefinition::new("sandboxes")),
-    ("ingests", TableDefinition::new("ingests")),
-];
+/// The tables holding namespaced records, keyed `<namespace>/<id>`. A namespace can be deleted
+/// only when none of them has a key under it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Table {
+    Images,
+    Blobs,
+    Containers,
+    Leases,
+    Snapshots,
+    Sandboxes,
+    Ingests,
+}
+
+impl Table {
+    pub(crate) const ALL: [Table; 7] = [
+        Table::Images,
+        Table::Blobs,
+        Table::Containers,
+        Table::Leases,
+        Table::Snapshots,
+        Table::Sandboxes,
+        Table::Ingests,
+    ];
+
+    /// What the table holds, as messages name it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Table::Images => "images",
+            Table::Blobs => "blobs",
+            Table::Containers => "containers",
+            Table::Leases => "leases",
+            Table::Snapshots => "snapshots",
+            Table::Sandboxes => "sandboxes",
+            Table::Ingests => "ingests",
+        }
+    }
+
+    pub(crate) fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        // Blobs keep the table name of the first schema.
+        let name = match self {
+            Table::Blobs => "content",
+            other => other.name(),
+        };
+        TableDefinition::new(name)
+    }
+}
 
 /// `<namespace>/<lease>\0<type>\0<resource id>` -> empty: what each lease holds. Lease ids
 /// may hold `/` (ctr names leases after paths), never NUL.
@@ -31,14 +66,6 @@ pub(crate) const LEASE_RESOURCES: TableDefinition<&str, &[u8]> =
 /// The key of a namespaced record: `<ns>/<id>`.
 pub(crate) fn key(ns: &str, id: &str) -> String {
     format!("{ns}/{id}")
-}
-
-pub(crate) fn table(name: &str) -> TableDefinition<'static, &'static str, &'static [u8]> {
-    RESOURCE_TABLES
-        .iter()
-        .find(|(what, _)| *what == name)
-        .map(|(_, t)| *t)
-        .unwrap_or_else(|| panic!("unknown metadata table {name}"))
 }
 
 /// Creates the namespace's entry when a record is first written in it, as containerd does.
@@ -54,14 +81,14 @@ pub(crate) fn ensure_namespace(tx: &redb::WriteTransaction, ns: &str) -> Result<
 /// naming `what`.
 pub(crate) fn insert_new<T: serde::Serialize>(
     tx: &redb::WriteTransaction,
-    table_name: &str,
+    table: Table,
     ns: &str,
     id: &str,
     value: &T,
     what: impl FnOnce() -> String,
 ) -> Result<(), MetadataError> {
     ensure_namespace(tx, ns)?;
-    let mut t = tx.open_table(table(table_name))?;
+    let mut t = tx.open_table(table.def())?;
     let k = key(ns, id);
     if t.get(k.as_str())?.is_some() {
         return Err(MetadataError::AlreadyExists(what()));
@@ -194,8 +221,8 @@ impl MetadataStore {
         }
         tx.open_table(NAMESPACES)?;
         tx.open_table(LEASE_RESOURCES)?;
-        for (_, table) in RESOURCE_TABLES {
-            tx.open_table(*table)?;
+        for table in Table::ALL {
+            tx.open_table(table.def())?;
         }
         tx.commit()?;
         Ok(MetadataStore {
@@ -304,13 +331,13 @@ impl MetadataStore {
     /// The record `<ns>/<id>` of a resource table, decoded; `missing` when there is none.
     pub(crate) fn get_in<T: serde::de::DeserializeOwned>(
         &self,
-        table_name: &str,
+        table: Table,
         ns: &str,
         id: &str,
         missing: impl FnOnce() -> MetadataError,
     ) -> Result<T, MetadataError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(table(table_name))?;
+        let t = tx.open_table(table.def())?;
         let v = t.get(key(ns, id).as_str())?.ok_or_else(missing)?;
         Ok(serde_json::from_slice(v.value())?)
     }
@@ -318,11 +345,11 @@ impl MetadataStore {
     /// Every record of namespace `ns` in a resource table, decoded.
     pub(crate) fn list_in<T: serde::de::DeserializeOwned>(
         &self,
-        table_name: &str,
+        table: Table,
         ns: &str,
     ) -> Result<Vec<T>, MetadataError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(table(table_name))?;
+        let t = tx.open_table(table.def())?;
         let prefix = format!("{ns}/");
         let mut out = Vec::new();
         for entry in t.range(prefix.as_str()..)? {

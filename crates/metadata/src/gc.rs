@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use redb::ReadableTable;
 use serde_json::Value;
 
-use crate::db::{table, MetadataStore, LEASE_RESOURCES};
+use crate::db::{MetadataStore, Table, LEASE_RESOURCES};
 use crate::{IngestRecord, Lease, MetadataError};
 
 pub const LABEL_ROOT: &str = "containerd.io/gc.root";
@@ -145,9 +145,9 @@ fn str_field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 /// Every `(key, value)` of a table, decoded as JSON.
 fn all_records(
     tx: &redb::WriteTransaction,
-    name: &str,
+    table: Table,
 ) -> Result<Vec<(String, Value)>, MetadataError> {
-    let t = tx.open_table(table(name))?;
+    let t = tx.open_table(table.def())?;
     let mut out = Vec::new();
     for entry in t.iter()? {
         let (k, v) = entry?;
@@ -174,7 +174,7 @@ impl MetadataStore {
         let mut live_leases_ingests: HashSet<(String, String)> = HashSet::new();
         let mut expired_leases = Vec::new();
 
-        for (key, v) in all_records(&tx, "leases")? {
+        for (key, v) in all_records(&tx, Table::Leases)? {
             let lease: Lease = serde_json::from_value(v)?;
             let (ns, _) = split_ns(&key);
             if let Some(at) = lease.labels.get(LABEL_EXPIRE).and_then(|v| parse_expire(v)) {
@@ -202,14 +202,14 @@ impl MetadataStore {
         }
 
         let mut refs = Vec::new();
-        for (key, v) in all_records(&tx, "images")? {
+        for (key, v) in all_records(&tx, Table::Images)? {
             let (ns, _) = split_ns(&key);
             if let Some(d) = str_field(&v, &["target", "digest"]) {
                 refs.push(Node::Content(ns.to_owned(), d.to_owned()));
             }
             label_refs(ns, &labels_of(&v), &mut refs);
         }
-        for (key, v) in all_records(&tx, "containers")? {
+        for (key, v) in all_records(&tx, Table::Containers)? {
             let (ns, _) = split_ns(&key);
             if let (Some(sn), Some(k)) = (
                 str_field(&v, &["snapshotter"]),
@@ -223,7 +223,7 @@ impl MetadataStore {
         // What each content and snapshot references, and the roots among them.
         let mut edges: HashMap<Node, Vec<Node>> = HashMap::new();
         let mut contents = Vec::new();
-        for (key, v) in all_records(&tx, "blobs")? {
+        for (key, v) in all_records(&tx, Table::Blobs)? {
             let (ns, digest) = split_ns(&key);
             let node = Node::Content(ns.to_owned(), digest.to_owned());
             let labels = labels_of(&v);
@@ -236,7 +236,7 @@ impl MetadataStore {
             contents.push((key, node));
         }
         let mut snapshots = Vec::new();
-        for (key, v) in all_records(&tx, "snapshots")? {
+        for (key, v) in all_records(&tx, Table::Snapshots)? {
             let mut parts = key.splitn(3, '/');
             let (Some(ns), Some(sn), Some(k)) = (parts.next(), parts.next(), parts.next()) else {
                 continue;
@@ -277,7 +277,7 @@ impl MetadataStore {
 
         // Sweep.
         {
-            let mut blobs = tx.open_table(table("blobs"))?;
+            let mut blobs = tx.open_table(Table::Blobs.def())?;
             for (key, node) in contents {
                 if reached.contains(&node) {
                     if let Node::Content(_, digest) = node {
@@ -290,7 +290,7 @@ impl MetadataStore {
                     out.removed.push(Resource::Content { ns, digest });
                 }
             }
-            let mut snaps = tx.open_table(table("snapshots"))?;
+            let mut snaps = tx.open_table(Table::Snapshots.def())?;
             for (key, node, backend_name) in snapshots {
                 if reached.contains(&node) {
                     if let Node::Snapshot(_, snapshotter, _) = node {
@@ -311,7 +311,7 @@ impl MetadataStore {
                 }
             }
         }
-        for (key, v) in all_records(&tx, "ingests")? {
+        for (key, v) in all_records(&tx, Table::Ingests)? {
             let record: IngestRecord = serde_json::from_value(v)?;
             let (ns, _) = split_ns(&key);
             let held = live_leases_ingests.contains(&(ns.to_owned(), record.reference.clone()));
@@ -323,7 +323,7 @@ impl MetadataStore {
                 out.live_ingests.insert(record.backend_ref);
                 continue;
             }
-            tx.open_table(table("ingests"))?.remove(key.as_str())?;
+            tx.open_table(Table::Ingests.def())?.remove(key.as_str())?;
             out.removed.push(Resource::Ingest {
                 ns: ns.to_owned(),
                 reference: record.reference,
@@ -586,12 +586,12 @@ mod tests {
         blob(&s, "ns", 'b', &[], None);
         let tx = s.db.begin_write().unwrap();
         {
-            let mut images = tx.open_table(table("images")).unwrap();
+            let mut images = tx.open_table(Table::Images.def()).unwrap();
             let image = serde_json::json!({"name": "x", "target": {"digest": digest('a')}});
             images
                 .insert("ns/x", serde_json::to_vec(&image).unwrap().as_slice())
                 .unwrap();
-            let mut snaps = tx.open_table(table("snapshots")).unwrap();
+            let mut snaps = tx.open_table(Table::Snapshots.def()).unwrap();
             for (key, parent) in [
                 ("ns/native/top", "mid"),
                 ("ns/native/mid", ""),
@@ -602,7 +602,7 @@ mod tests {
                     .insert(key, serde_json::to_vec(&v).unwrap().as_slice())
                     .unwrap();
             }
-            let mut containers = tx.open_table(table("containers")).unwrap();
+            let mut containers = tx.open_table(Table::Containers.def()).unwrap();
             let c = serde_json::json!({"snapshotter": "native", "snapshot_key": "top"});
             containers
                 .insert("ns/c1", serde_json::to_vec(&c).unwrap().as_slice())

@@ -7,7 +7,7 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::content::apply_label_paths;
-use crate::db::{insert_new, key, table, MetadataStore, Mutation};
+use crate::db::{insert_new, key, MetadataStore, Mutation, Table};
 use crate::{validate, MetadataError};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,11 +63,11 @@ fn validate_image(image: &ImageRecord) -> Result<(), MetadataError> {
 
 impl MetadataStore {
     pub fn image_get(&self, ns: &str, name: &str) -> Result<ImageRecord, MetadataError> {
-        self.get_in("images", ns, name, || not_found(name))
+        self.get_in(Table::Images, ns, name, || not_found(name))
     }
 
     pub fn image_list(&self, ns: &str) -> Result<Vec<ImageRecord>, MetadataError> {
-        self.list_in("images", ns)
+        self.list_in(Table::Images, ns)
     }
 
     /// Records a new image; its times are set here. A name taken is AlreadyExists.
@@ -84,7 +84,7 @@ impl MetadataStore {
             ..image.clone()
         };
         let tx = self.write()?;
-        insert_new(&tx, "images", ns, &image.name, &image, || {
+        insert_new(&tx, Table::Images, ns, &image.name, &image, || {
             format!("image {:?}", image.name)
         })?;
         self.commit(tx, Default::default())?;
@@ -106,7 +106,7 @@ impl MetadataStore {
         }
         let tx = self.write()?;
         let updated = {
-            let mut t = tx.open_table(table("images"))?;
+            let mut t = tx.open_table(Table::Images.def())?;
             let k = key(ns, &image.name);
             let mut current: ImageRecord = match t.get(k.as_str())? {
                 Some(v) => serde_json::from_slice(v.value())?,
@@ -161,7 +161,7 @@ impl MetadataStore {
     ) -> Result<(), MetadataError> {
         let tx = self.write()?;
         {
-            let mut t = tx.open_table(table("images"))?;
+            let mut t = tx.open_table(Table::Images.def())?;
             let k = key(ns, name);
             let current: ImageRecord = match t.get(k.as_str())? {
                 Some(v) => serde_json::from_slice(v.value())?,

@@ -5,7 +5,7 @@
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{ensure_namespace, key, table, MetadataStore, Mutation, LEASE_RESOURCES};
+use crate::db::{ensure_namespace, key, MetadataStore, Mutation, Table, LEASE_RESOURCES};
 use crate::leases::{add_resource_in, resource_key};
 use crate::MetadataError;
 
@@ -31,7 +31,7 @@ pub(crate) fn remove_ingest_in(
     ns: &str,
     reference: &str,
 ) -> Result<Option<IngestRecord>, MetadataError> {
-    let mut t = tx.open_table(table("ingests"))?;
+    let mut t = tx.open_table(Table::Ingests.def())?;
     let Some(old) = t.remove(key(ns, reference).as_str())? else {
         return Ok(None);
     };
@@ -59,7 +59,7 @@ impl MetadataStore {
         ensure_namespace(&tx, ns)?;
         let k = key(ns, reference);
         let existing: Option<IngestRecord> = {
-            let t = tx.open_table(table("ingests"))?;
+            let t = tx.open_table(Table::Ingests.def())?;
             let found = t.get(k.as_str())?;
             found
                 .map(|v| serde_json::from_slice(v.value()))
@@ -86,20 +86,20 @@ impl MetadataStore {
             });
             record.expires_at = Some(expiry);
         }
-        tx.open_table(table("ingests"))?
+        tx.open_table(Table::Ingests.def())?
             .insert(k.as_str(), serde_json::to_vec(&record)?.as_slice())?;
         self.commit(tx, Mutation::expiring(record.expires_at))?;
         Ok((record, created))
     }
 
     pub fn ingest_get(&self, ns: &str, reference: &str) -> Result<IngestRecord, MetadataError> {
-        self.get_in("ingests", ns, reference, || {
+        self.get_in(Table::Ingests, ns, reference, || {
             MetadataError::NotFound(format!("ingest {reference:?}"))
         })
     }
 
     pub fn ingest_list(&self, ns: &str) -> Result<Vec<IngestRecord>, MetadataError> {
-        self.list_in("ingests", ns)
+        self.list_in(Table::Ingests, ns)
     }
 
     /// Drops the record of an aborted ingest; the caller aborts the backend write.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{insert_new, key, table, MetadataStore, Mutation, LEASE_RESOURCES};
+use crate::db::{insert_new, key, MetadataStore, Mutation, Table, LEASE_RESOURCES};
 use crate::{validate, MetadataError};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +53,7 @@ pub(crate) fn add_resource_in(
     resource_type: &str,
     id: &str,
 ) -> Result<(), MetadataError> {
-    require_lease(&tx.open_table(table("leases"))?, ns, lease)?;
+    require_lease(&tx.open_table(Table::Leases.def())?, ns, lease)?;
     let mut t = tx.open_table(LEASE_RESOURCES)?;
     t.insert(resource_key(ns, lease, resource_type, id).as_str(), &[][..])?;
     Ok(())
@@ -78,7 +78,7 @@ impl MetadataStore {
             validate::label(k, v)?;
         }
         let tx = self.write()?;
-        insert_new(&tx, "leases", ns, &lease.id, lease, || {
+        insert_new(&tx, Table::Leases, ns, &lease.id, lease, || {
             format!("lease {:?}", lease.id)
         })?;
         let expires_at = lease
@@ -90,7 +90,7 @@ impl MetadataStore {
     }
 
     pub fn lease_list(&self, ns: &str) -> Result<Vec<Lease>, MetadataError> {
-        self.list_in("leases", ns)
+        self.list_in(Table::Leases, ns)
     }
 
     /// Removes the lease and its resource list (the resources themselves stay until GC).
@@ -107,7 +107,7 @@ impl MetadataStore {
         ns: &str,
         id: &str,
     ) -> Result<(), MetadataError> {
-        let mut t = tx.open_table(table("leases"))?;
+        let mut t = tx.open_table(Table::Leases.def())?;
         if t.remove(key(ns, id).as_str())?.is_none() {
             return Err(not_found(id));
         }
@@ -149,7 +149,7 @@ impl MetadataStore {
         validate::lease_resource(&resource.resource_type, &resource.id)?;
         let tx = self.write()?;
         {
-            require_lease(&tx.open_table(table("leases"))?, ns, lease)?;
+            require_lease(&tx.open_table(Table::Leases.def())?, ns, lease)?;
             let mut t = tx.open_table(LEASE_RESOURCES)?;
             t.remove(resource_key(ns, lease, &resource.resource_type, &resource.id).as_str())?;
         }
@@ -163,7 +163,7 @@ impl MetadataStore {
         lease: &str,
     ) -> Result<Vec<LeaseResource>, MetadataError> {
         let tx = self.db.begin_read()?;
-        require_lease(&tx.open_table(table("leases"))?, ns, lease)?;
+        require_lease(&tx.open_table(Table::Leases.def())?, ns, lease)?;
         let t = tx.open_table(LEASE_RESOURCES)?;
         resources_under(&t, ns, lease)
     }
@@ -307,7 +307,7 @@ mod tests {
         assert!(s.content_list("ns2").unwrap().is_empty());
         // The namespace now exists and holds things.
         assert_eq!(
-            s.delete_namespace("ns1").unwrap_err().kind(),
+            s.namespace_delete("ns1").unwrap_err().kind(),
             Kind::FailedPrecondition
         );
         s.lease_delete("ns1", "l1").unwrap();
@@ -326,6 +326,6 @@ mod tests {
             .unwrap();
         assert_eq!(updated.labels["a"], "1");
         s.content_delete("ns1", &rec.digest).unwrap();
-        s.delete_namespace("ns1").unwrap();
+        s.namespace_delete("ns1").unwrap();
     }
 }

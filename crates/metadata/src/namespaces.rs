@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use crate::db::{MetadataStore, NAMESPACES, RESOURCE_TABLES};
+use crate::db::{MetadataStore, Table, NAMESPACES};
 use crate::{validate, MetadataError};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -16,7 +16,7 @@ fn not_found(name: &str) -> MetadataError {
 }
 
 impl MetadataStore {
-    pub fn create_namespace(&self, ns: &Namespace) -> Result<(), MetadataError> {
+    pub fn namespace_create(&self, ns: &Namespace) -> Result<(), MetadataError> {
         validate::identifier(&ns.name).map_err(|e| {
             MetadataError::InvalidArgument(format!("namespace name: {}", inner(&e)))
         })?;
@@ -40,7 +40,7 @@ impl MetadataStore {
 
     /// A namespace's labels; one that does not exist yet answers with none, as containerd's
     /// store does (clients read a default namespace's labels before anything creates it).
-    pub fn get_namespace(&self, name: &str) -> Result<Namespace, MetadataError> {
+    pub fn namespace_get(&self, name: &str) -> Result<Namespace, MetadataError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(NAMESPACES)?;
         let labels = match table.get(name)? {
@@ -53,7 +53,7 @@ impl MetadataStore {
         })
     }
 
-    pub fn list_namespaces(&self) -> Result<Vec<Namespace>, MetadataError> {
+    pub fn namespace_list(&self) -> Result<Vec<Namespace>, MetadataError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(NAMESPACES)?;
         let mut out = Vec::new();
@@ -69,7 +69,7 @@ impl MetadataStore {
 
     /// Sets (or, with an empty value, removes) labels, creating the namespace when it does not
     /// exist yet, as containerd's store does. With `replace`, labels not given are removed.
-    pub fn update_namespace_labels(
+    pub fn namespace_update_labels(
         &self,
         name: &str,
         changes: &BTreeMap<String, String>,
@@ -107,7 +107,7 @@ impl MetadataStore {
 
     /// Deletes an empty namespace; one that still holds resources is a failed precondition
     /// naming what it holds.
-    pub fn delete_namespace(&self, name: &str) -> Result<(), MetadataError> {
+    pub fn namespace_delete(&self, name: &str) -> Result<(), MetadataError> {
         let tx = self.write()?;
         {
             let mut table = tx.open_table(NAMESPACES)?;
@@ -116,11 +116,11 @@ impl MetadataStore {
             }
             let prefix = format!("{name}/");
             let mut held = Vec::new();
-            for (what, def) in RESOURCE_TABLES {
-                let resources = tx.open_table(*def)?;
+            for table in Table::ALL {
+                let resources = tx.open_table(table.def())?;
                 let first = resources.range(prefix.as_str()..)?.next().transpose()?;
                 if first.is_some_and(|(k, _)| k.value().starts_with(&prefix)) {
-                    held.push(*what);
+                    held.push(table.name());
                 }
             }
             if !held.is_empty() {
@@ -158,10 +158,10 @@ mod tests {
     #[test]
     fn an_absent_namespace_reads_as_one_without_labels_and_is_not_listed() {
         let (_d, s) = store();
-        let ns = s.get_namespace("moby").unwrap();
+        let ns = s.namespace_get("moby").unwrap();
         assert_eq!(ns.name, "moby");
         assert!(ns.labels.is_empty());
-        assert!(s.list_namespaces().unwrap().is_empty());
+        assert!(s.namespace_list().unwrap().is_empty());
     }
 
     #[test]
@@ -171,26 +171,26 @@ mod tests {
             name: "k8s.io".into(),
             labels: [("a".to_string(), "b".to_string())].into(),
         };
-        s.create_namespace(&ns).unwrap();
-        assert_eq!(s.get_namespace("k8s.io").unwrap(), ns);
+        s.namespace_create(&ns).unwrap();
+        assert_eq!(s.namespace_get("k8s.io").unwrap(), ns);
         assert_eq!(
-            s.create_namespace(&ns).unwrap_err().kind(),
+            s.namespace_create(&ns).unwrap_err().kind(),
             Kind::AlreadyExists
         );
-        s.create_namespace(&Namespace {
+        s.namespace_create(&Namespace {
             name: "a".into(),
             ..Default::default()
         })
         .unwrap();
         let names: Vec<_> = s
-            .list_namespaces()
+            .namespace_list()
             .unwrap()
             .into_iter()
             .map(|n| n.name)
             .collect();
         assert_eq!(names, ["a", "k8s.io"]);
-        s.delete_namespace("k8s.io").unwrap();
-        let e = s.delete_namespace("k8s.io").unwrap_err();
+        s.namespace_delete("k8s.io").unwrap();
+        let e = s.namespace_delete("k8s.io").unwrap_err();
         assert_eq!(e.kind(), Kind::NotFound);
         assert_eq!(e.to_string(), "namespace \"k8s.io\": not found");
     }
@@ -200,7 +200,7 @@ mod tests {
         let (_d, s) = store();
         for bad in ["", "-a", "a-", "a..b", "a/b", &"x".repeat(77)] {
             let e = s
-                .create_namespace(&Namespace {
+                .namespace_create(&Namespace {
                     name: bad.to_string(),
                     ..Default::default()
                 })
@@ -208,7 +208,7 @@ mod tests {
             assert_eq!(e.kind(), Kind::InvalidArgument, "{bad:?}");
         }
         for good in ["a", "a.b-c_d", "A1", &"x".repeat(76)] {
-            s.create_namespace(&Namespace {
+            s.namespace_create(&Namespace {
                 name: good.to_string(),
                 ..Default::default()
             })
@@ -221,20 +221,20 @@ mod tests {
         let (_d, s) = store();
         let set = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
         // Setting a label on a missing namespace creates it, as containerd does.
-        s.update_namespace_labels("n", &set("a", "1"), false)
+        s.namespace_update_labels("n", &set("a", "1"), false)
             .unwrap();
-        s.update_namespace_labels("n", &set("b", "2"), false)
+        s.namespace_update_labels("n", &set("b", "2"), false)
             .unwrap();
-        assert_eq!(s.get_namespace("n").unwrap().labels.len(), 2);
-        s.update_namespace_labels("n", &set("a", ""), false)
+        assert_eq!(s.namespace_get("n").unwrap().labels.len(), 2);
+        s.namespace_update_labels("n", &set("a", ""), false)
             .unwrap();
-        assert_eq!(s.get_namespace("n").unwrap().labels, set("b", "2"));
-        s.update_namespace_labels("n", &set("c", "3"), true)
+        assert_eq!(s.namespace_get("n").unwrap().labels, set("b", "2"));
+        s.namespace_update_labels("n", &set("c", "3"), true)
             .unwrap();
-        assert_eq!(s.get_namespace("n").unwrap().labels, set("c", "3"));
+        assert_eq!(s.namespace_get("n").unwrap().labels, set("c", "3"));
         let big = "v".repeat(5000);
         assert_eq!(
-            s.update_namespace_labels("n", &set("k", &big), false)
+            s.namespace_update_labels("n", &set("k", &big), false)
                 .unwrap_err()
                 .kind(),
             Kind::InvalidArgument
@@ -244,23 +244,23 @@ mod tests {
     #[test]
     fn non_empty_namespace_cannot_be_deleted() {
         let (_d, s) = store();
-        s.create_namespace(&Namespace {
+        s.namespace_create(&Namespace {
             name: "n".into(),
             ..Default::default()
         })
         .unwrap();
-        s.create_namespace(&Namespace {
+        s.namespace_create(&Namespace {
             name: "n2".into(),
             ..Default::default()
         })
         .unwrap();
         let tx = s.db.begin_write().unwrap();
-        tx.open_table(RESOURCE_TABLES[0].1)
+        tx.open_table(Table::Images.def())
             .unwrap()
             .insert("n/img", &b"{}"[..])
             .unwrap();
         tx.commit().unwrap();
-        let e = s.delete_namespace("n").unwrap_err();
+        let e = s.namespace_delete("n").unwrap_err();
         assert_eq!(e.kind(), Kind::FailedPrecondition);
         assert!(
             e.to_string()
@@ -268,7 +268,7 @@ mod tests {
             "{e}"
         );
         // "n2" shares the prefix "n" but not "n/": it is empty.
-        s.delete_namespace("n2").unwrap();
+        s.namespace_delete("n2").unwrap();
     }
 
     #[test]

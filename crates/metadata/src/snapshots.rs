@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{ensure_namespace, table};
+use crate::db::{ensure_namespace, Table};
 use crate::leases::add_resource_in;
 use crate::{MetadataError, MetadataStore, Mutation};
 
@@ -50,7 +50,7 @@ fn not_found(k: &str) -> MetadataError {
     MetadataError::NotFound(format!("snapshot {k} does not exist"))
 }
 
-type Table<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+type RecordTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 
 fn get(
     t: &impl redb::ReadableTable<&'static str, &'static [u8]>,
@@ -62,7 +62,7 @@ fn get(
     }
 }
 
-fn put(t: &mut Table<'_>, k: &str, r: &SnapshotRecord) -> Result<(), MetadataError> {
+fn put(t: &mut RecordTable<'_>, k: &str, r: &SnapshotRecord) -> Result<(), MetadataError> {
     t.insert(k, serde_json::to_vec(r)?.as_slice())?;
     Ok(())
 }
@@ -75,7 +75,7 @@ impl MetadataStore {
         k: &str,
     ) -> Result<SnapshotRecord, MetadataError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(table("snapshots"))?;
+        let t = tx.open_table(Table::Snapshots.def())?;
         get(&t, &key(ns, snapshotter, k))?.ok_or_else(|| not_found(k))
     }
 
@@ -86,7 +86,7 @@ impl MetadataStore {
         snapshotter: &str,
     ) -> Result<Vec<(String, SnapshotRecord)>, MetadataError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(table("snapshots"))?;
+        let t = tx.open_table(Table::Snapshots.def())?;
         let prefix = format!("{ns}/{snapshotter}/");
         let mut out = Vec::new();
         for entry in t.range(prefix.as_str()..)? {
@@ -112,7 +112,7 @@ impl MetadataStore {
         target: &str,
     ) -> Result<NewSnapshotCheck, MetadataError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(table("snapshots"))?;
+        let t = tx.open_table(Table::Snapshots.def())?;
         if !target.is_empty() && get(&t, &key(ns, snapshotter, target))?.is_some() {
             return Ok(NewSnapshotCheck::Exists {
                 key: target.to_owned(),
@@ -149,7 +149,7 @@ impl MetadataStore {
         let tx = self.write()?;
         ensure_namespace(&tx, ns)?;
         {
-            let mut t = tx.open_table(table("snapshots"))?;
+            let mut t = tx.open_table(Table::Snapshots.def())?;
             let full = key(ns, snapshotter, k);
             if get(&t, &full)?.is_some() {
                 return Err(MetadataError::AlreadyExists(format!("snapshot {k}")));
@@ -182,7 +182,7 @@ impl MetadataStore {
         k: &str,
     ) -> Result<SnapshotRecord, MetadataError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(table("snapshots"))?;
+        let t = tx.open_table(Table::Snapshots.def())?;
         if get(&t, &key(ns, snapshotter, name))?.is_some() {
             return Err(MetadataError::AlreadyExists(format!("snapshot {name}")));
         }
@@ -204,7 +204,7 @@ impl MetadataStore {
     ) -> Result<SnapshotRecord, MetadataError> {
         let tx = self.write()?;
         let record = {
-            let mut t = tx.open_table(table("snapshots"))?;
+            let mut t = tx.open_table(Table::Snapshots.def())?;
             let full_name = key(ns, snapshotter, name);
             if get(&t, &full_name)?.is_some() {
                 return Err(MetadataError::AlreadyExists(format!("snapshot {name}")));
@@ -262,7 +262,7 @@ impl MetadataStore {
     ) -> Result<(), MetadataError> {
         let tx = self.write()?;
         {
-            let mut t = tx.open_table(table("snapshots"))?;
+            let mut t = tx.open_table(Table::Snapshots.def())?;
             let full = key(ns, snapshotter, k);
             let record = get(&t, &full)?.ok_or_else(|| not_found(k))?;
             for child in &record.children {
@@ -298,7 +298,7 @@ impl MetadataStore {
     ) -> Result<SnapshotRecord, MetadataError> {
         let tx = self.write()?;
         let record = {
-            let mut t = tx.open_table(table("snapshots"))?;
+            let mut t = tx.open_table(Table::Snapshots.def())?;
             let full = key(ns, snapshotter, k);
             let mut record = get(&t, &full)?.ok_or_else(|| not_found(k))?;
             crate::content::apply_label_paths(

@@ -164,7 +164,7 @@ impl RestartMonitor {
     /// One pass over every namespace; changes run concurrently, as containerd's do.
     pub async fn reconcile(self: &Arc<Self>) {
         let db = self.db.clone();
-        let namespaces = match tokio::task::spawn_blocking(move || db.list_namespaces()).await {
+        let namespaces = match tokio::task::spawn_blocking(move || db.namespace_list()).await {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
                 tracing::error!("restart monitor: listing namespaces: {e}");

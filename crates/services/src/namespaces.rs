@@ -82,7 +82,7 @@ impl Namespaces for NamespacesService {
     ) -> Result<Response<api::GetNamespaceResponse>, Status> {
         let name = req.into_inner().name;
         let store = self.store();
-        let ns = blocking(move || store.get_namespace(&name)).await?;
+        let ns = blocking(move || store.namespace_get(&name)).await?;
         Ok(Response::new(api::GetNamespaceResponse {
             namespace: Some(to_api(ns)),
         }))
@@ -99,7 +99,7 @@ impl Namespaces for NamespacesService {
             crated_filters::parse(&filter).map_err(|e| filter_status(&e))?
         };
         let store = self.store();
-        let all = blocking(move || store.list_namespaces()).await?;
+        let all = blocking(move || store.namespace_list()).await?;
         let namespaces = all
             .into_iter()
             .filter(|ns| filter.matches(&adaptor(ns)))
@@ -125,7 +125,7 @@ impl Namespaces for NamespacesService {
         };
         let store = self.store();
         let created = ns.clone();
-        blocking(move || store.create_namespace(&ns)).await?;
+        blocking(move || store.namespace_create(&ns)).await?;
         // containerd publishes in the caller's namespace; a caller that sent none gets no event.
         if let Some(caller) = &caller {
             self.exchange.publish_message(
@@ -175,7 +175,7 @@ impl Namespaces for NamespacesService {
         let store = self.store();
         let name = ns.name;
         let updated =
-            blocking(move || store.update_namespace_labels(&name, &changes, replace)).await?;
+            blocking(move || store.namespace_update_labels(&name, &changes, replace)).await?;
         if let Some(caller) = &caller {
             self.exchange.publish_message(
                 caller,
@@ -200,7 +200,7 @@ impl Namespaces for NamespacesService {
         let name = req.into_inner().name;
         let store = self.store();
         let deleted = name.clone();
-        blocking(move || store.delete_namespace(&name)).await?;
+        blocking(move || store.namespace_delete(&name)).await?;
         if let Some(caller) = &caller {
             self.exchange.publish_message(
                 caller,
