@@ -112,9 +112,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
 
 /// Threads for async work: half the cores, at least one. The async side only moves requests
 /// and streams; what blocks or computes at length (unpacking, copies, digests, flushes of
-/// long transactions) runs on the blocking pool, which the other cores are left to. With a
-/// worker per core, each wake-up of a task also woke an idle worker to look for work: on a
-/// 2-core VM that cost a snapshot call about 10% of its time.
+/// long transactions) runs on the blocking pool, which the other cores are left to. Idle
+/// workers woken to look for work would cost each call more than they help.
 fn async_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
@@ -130,7 +129,7 @@ fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 /// The root is 0700, as the reference containerd's: nothing under it is any other user's
-/// business. Set at every start, since earlier versions made it 0711.
+/// business. Set at every start, so a root made beforehand gets it too.
 fn make_root(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     make_dir(path, 0o700)?;

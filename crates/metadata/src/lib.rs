@@ -1,6 +1,6 @@
 //! containerd's metadata store (plugin `io.containerd.metadata.v1.bolt`), kept in redb at
-//! `<root>/io.containerd.metadata.v1.bolt/meta.db`: namespaces and their labels now, and every
-//! namespaced record (images, containers, leases, content and snapshot references) as they come.
+//! `<root>/io.containerd.metadata.v1.bolt/meta.db`: namespaces and their labels, and every
+//! namespaced record (images, containers, leases, content and snapshot references).
 //! Calls are blocking; async callers run them on a blocking thread.
 
 mod containers;

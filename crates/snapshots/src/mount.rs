@@ -276,8 +276,8 @@ struct KnownTable {
 static MOUNT_TABLE: std::sync::Mutex<Option<KnownTable>> = std::sync::Mutex::new(None);
 
 /// The text of `/proc/self/mountinfo`, read again only when the kernel tells of a change
-/// since the last read. A snapshot's removal asks for it once per entry: a read costs about
-/// 20 µs with this machine's 21 mounts, and a busy node's table holds hundreds.
+/// since the last read. A snapshot's removal asks for it once per entry, and a busy node's
+/// table holds hundreds of mounts.
 fn mount_table() -> io::Result<std::sync::Arc<[u8]>> {
     use std::io::Read;
     let mut known = MOUNT_TABLE
