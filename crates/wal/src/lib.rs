@@ -29,6 +29,7 @@ mod journal;
 mod member;
 mod record;
 mod replay;
+pub mod work;
 mod writers;
 
 use std::io;
