@@ -1,10 +1,10 @@
 //! `cratectl`: crated's client. Talks to any containerd-compatible socket (crated or containerd)
 //! and prints what `ctr` prints.
 
-mod archive;
 mod client;
 mod containers;
 mod content;
+mod events;
 mod gc;
 mod images;
 mod inspect;
@@ -128,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc => gc::run(&conn, gc::Show::Everything).await,
         Command::Containers { command } => containers::run(&conn, command).await,
         Command::Tasks { command } => exit_with(tasks::run(&conn, command).await?),
-        Command::Events { filters } => tasks::events(&conn, filters).await,
+        Command::Events { filters } => events::run(&conn, filters).await,
         Command::Run(args) => exit_with(run::run(&conn, args).await?),
         Command::Version => {
             let mut version = conn.version();

@@ -1,10 +1,9 @@
-//! `cratectl tasks ls|start|kill|ps|exec|attach|pause|resume|metrics|rm` and `cratectl events`.
+//! `cratectl tasks ls|start|kill|ps|exec|attach|pause|resume|metrics|rm`.
 
 use std::io::Write;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use crated_api::containerd::services::events::v1 as events;
 use crated_api::containerd::services::tasks::v1 as api;
 use crated_api::containerd::v1::types::Status;
 use tabwriter::TabWriter;
@@ -374,27 +373,3 @@ async fn exec(
 
 /// containerd's type URL for an OCI process spec.
 const PROCESS_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
-
-/// `cratectl events [FILTER...]`: one line per event, as ctr prints them.
-pub async fn events(conn: &Connection, filters: Vec<String>) -> anyhow::Result<()> {
-    let mut stream = conn
-        .events()
-        .subscribe(conn.request(events::SubscribeRequest { filters }))
-        .await?
-        .into_inner();
-    while let Some(e) = stream.message().await? {
-        let ts = e.timestamp.unwrap_or_default();
-        let when = time::OffsetDateTime::from_unix_timestamp(ts.seconds)
-            .map(|t| t + time::Duration::nanoseconds(ts.nanos.into()))
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_default();
-        let event = e.event.unwrap_or_default();
-        println!("{when} {} {} {}", e.namespace, e.topic, event.type_url);
-        std::io::stdout().flush()?;
-    }
-    Ok(())
-}

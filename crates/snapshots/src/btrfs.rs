@@ -11,8 +11,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::dirs::orphans;
 use crate::fsutil::{disk_usage, make_dir};
-use crate::local::{orphans, Driver};
+use crate::local::Driver;
 use crate::storage::Snapshot;
 use crate::{Kind, Mount, Usage};
 

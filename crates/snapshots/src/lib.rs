@@ -5,6 +5,7 @@
 
 pub mod btrfs;
 pub mod devmapper;
+mod dirs;
 mod error;
 mod fsutil;
 mod host;
@@ -21,7 +22,7 @@ use std::collections::HashMap;
 
 pub use error::SnapshotError;
 pub use host::{filesystem_type, platform};
-pub use local::{run_store_work, run_transaction, Driver, LocalSnapshotter};
+pub use local::{Driver, LocalSnapshotter};
 pub use plugins::{open_snapshotter, registrations, SnapshotterKind};
 
 /// Labels a snapshotter itself keeps and reports; the metadata layer hands it only these.
@@ -133,7 +134,7 @@ pub trait Snapshotter: Send + Sync + 'static {
         labels: HashMap<String, String>,
     ) -> Result<(), SnapshotError> {
         if !self.can_rebase() {
-            return Err(local::rebase_unsupported(key, parent));
+            return Err(rebase_unsupported(key, parent));
         }
         self.commit_rebased(name, key, parent, labels).await
     }
@@ -146,7 +147,7 @@ pub trait Snapshotter: Send + Sync + 'static {
         parent: &str,
         _labels: HashMap<String, String>,
     ) -> Result<(), SnapshotError> {
-        Err(local::rebase_unsupported(key, parent))
+        Err(rebase_unsupported(key, parent))
     }
     async fn remove(&self, key: &str) -> Result<(), SnapshotError>;
     /// Removes each of `keys` in turn (children before their parents), with a result for
@@ -174,6 +175,13 @@ pub trait Snapshotter: Send + Sync + 'static {
     /// Frees whatever removed snapshots left behind.
     async fn cleanup(&self) -> Result<(), SnapshotError>;
     async fn close(&self) -> Result<(), SnapshotError>;
+}
+
+/// Why a snapshotter without the `rebase` capability refuses a commit onto a parent.
+fn rebase_unsupported(key: &str, parent: &str) -> SnapshotError {
+    SnapshotError::NotImplemented(format!(
+        "committing {key} onto {parent}: this snapshotter cannot rebase"
+    ))
 }
 
 /// The fields containerd's snapshot filters know: `kind`, `name`, `parent`, `labels.<key>`.

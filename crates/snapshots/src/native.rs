@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::dirs::{Layout, SnapshotDirs};
 use crate::fsutil::{copy_tree, disk_usage, disk_usage_within, link_tree};
-use crate::local::{Driver, Layout, SnapshotDirs};
+use crate::local::Driver;
 use crate::storage::Snapshot;
 use crate::{Kind, Mount, Usage};
 

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::dirs::{Layout, SnapshotDirs};
 use crate::fsutil::{disk_usage, disk_usage_within};
-use crate::local::{Driver, Layout, SnapshotDirs};
+use crate::local::Driver;
 use crate::storage::Snapshot;
 use crate::{Info, Kind, Mount, Usage};
 

@@ -1,5 +1,13 @@
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+
+use redb::{ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
+
 use super::*;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use crate::backend::{changed_spans, JournalBackend, SPAN_GAP};
+use crate::member::BLOCK;
+use crate::record::{decode, encode};
+use crate::replay::replay;
 
 const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
 

@@ -17,6 +17,7 @@ use crated_snapshots::{
     filter_infos, Info, Kind, Mount, SnapshotError, Snapshotter, Usage, INHERITED_LABEL_PREFIX,
     LABEL_DIFFER_ONLY, LABEL_SNAPSHOT_REF,
 };
+use crated_wal::work::{run_store_work, Work};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NamespacedError {
@@ -98,7 +99,7 @@ impl NamespacedSnapshotter {
     /// Runs record work on a few records of this snapshotter in namespace `ns`: short store
     /// work, done on this thread unless the store's commits are not short now (another write
     /// transaction, a collection's say, is open or waits, or the journal is near a restart; see
-    /// [`MetadataStore::commits_are_short`] and [`crated_snapshots::run_store_work`]).
+    /// [`MetadataStore::commits_are_short`] and [`run_store_work`]).
     async fn records<T: Send + 'static>(
         &self,
         ns: &str,
@@ -120,8 +121,9 @@ impl NamespacedSnapshotter {
             + 'static,
     ) -> Result<T> {
         let short = constant && self.db.commits_are_short();
+        let work = if short { Work::Short } else { Work::Long };
         let (db, ns, sn) = (self.db.clone(), ns.to_owned(), self.name.clone());
-        crated_snapshots::run_store_work(short, move || f(&db, &ns, &sn))
+        run_store_work(work, move || f(&db, &ns, &sn))
             .await
             .map_err(|e| NamespacedError::Task(e.to_string()))?
             .map_err(Into::into)

@@ -1,60 +1,19 @@
-//! A snapshotter whose snapshots live on this host: the contract's bookkeeping over the
-//! [`MetaStore`], with a [`Driver`] doing what differs between native, overlayfs and btrfs.
+//! A snapshotter whose snapshots live on this host (`LocalSnapshotter`): the contract's
+//! bookkeeping over the [`MetaStore`], with a [`Driver`] doing what differs between drivers.
+
+mod driver;
 
 use std::collections::HashMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::fsutil::{make_dir, remove_tree};
-use crate::storage::{MetaStore, Snapshot};
-use crate::{filter_infos, Info, Kind, Mount, SnapshotError, Snapshotter, Usage};
+use crated_wal::work::{run_store_work, Work};
 
-/// The filesystem side of a local snapshotter. Calls are blocking.
-pub trait Driver: Send + Sync + 'static {
-    /// Makes the filesystem of a new snapshot; its record is written only if this succeeds.
-    fn create(&self, snapshot: &Snapshot) -> io::Result<()>;
-    fn mounts(&self, snapshot: &Snapshot) -> Vec<Mount>;
-    /// Whether `create` of a snapshot of `kind`, with or without a parent, makes a bounded
-    /// number of filesystem calls, whatever the size of the parent's tree: it then runs on the
-    /// caller's thread (see [`run_store_work`]).
-    fn creates_in_constant_time(&self, _kind: Kind, _has_parent: bool) -> bool {
-        false
-    }
-    /// Seals the active snapshot `id` for commit and returns what it uses.
-    fn commit(&self, id: &str) -> io::Result<Usage>;
-    /// `commit`, if it takes no more than `max_entries` entries' work; otherwise None, having
-    /// changed nothing, and `commit` is called where it may take its time.
-    fn commit_within(&self, _id: &str, _max_entries: usize) -> io::Result<Option<Usage>> {
-        Ok(None)
-    }
-    /// Whether `commit_within` ever commits: a driver without it (the default) has every
-    /// commit go straight where it may take its time, without a try that must give up.
-    fn can_commit_within(&self) -> bool {
-        false
-    }
-    /// Takes the filesystem of a snapshot being removed out of use. What it returns is
-    /// deleted once the removal is durable.
-    fn detach(&self, id: &str, kind: Kind, has_parent: bool) -> io::Result<Option<PathBuf>>;
-    /// Finishes the removal of `id` once it is durable, given what `detach` returned.
-    fn purge(&self, _id: &str, staged: Option<PathBuf>) -> io::Result<()> {
-        match staged {
-            Some(path) => remove_tree(&path),
-            None => Ok(()),
-        }
-    }
-    /// What the active snapshot `id` uses now.
-    fn usage(&self, id: &str) -> io::Result<Usage>;
-    /// Deletes whatever belongs to no snapshot in `live` (ids and their kinds).
-    fn cleanup(&self, live: &HashMap<String, Kind>) -> io::Result<()>;
-    /// Labels the driver computes for a snapshot (overlayfs's `upperdir_label`).
-    fn computed_labels(&self, _id: &str, _info: &mut Info) {}
-    /// Whether a snapshot made without a parent can be committed onto one (the `rebase`
-    /// capability): true where a snapshot's directory holds only its own changes.
-    fn can_rebase(&self) -> bool {
-        false
-    }
-}
+pub use driver::Driver;
+
+use crate::storage::MetaStore;
+use crate::{filter_infos, Info, Kind, Mount, SnapshotError, Snapshotter, Usage};
 
 struct Inner<D> {
     store: MetaStore,
@@ -104,7 +63,7 @@ impl<D: Driver> LocalSnapshotter<D> {
             let tried = labels.clone();
             let (n, k, o) = (name.clone(), key.clone(), onto.clone());
             let done = self
-                .run_where(true, move |s| {
+                .run_where(Work::Short, move |s| {
                     s.commit(&n, &k, &o, tried, Some(SHORT_COMMIT_ENTRIES))
                 })
                 .await?;
@@ -122,56 +81,37 @@ impl<D: Driver> LocalSnapshotter<D> {
         T: Send + 'static,
         F: FnOnce(&Inner<D>) -> Result<T, SnapshotError> + Send + 'static,
     {
-        self.run_where(false, f).await
+        self.run_where(Work::Long, f).await
     }
 
     /// Runs `f` as [`run_store_work`] does: on this thread if its filesystem work is
-    /// `constant` (bounded whatever the size of a tree) and the store's commits are short.
-    async fn run_where<T, F>(&self, constant: bool, f: F) -> Result<T, SnapshotError>
+    /// [`Work::Short`] (bounded whatever the size of a tree) and the store's commits are short.
+    async fn run_where<T, F>(&self, work: Work, f: F) -> Result<T, SnapshotError>
     where
         T: Send + 'static,
         F: FnOnce(&Inner<D>) -> Result<T, SnapshotError> + Send + 'static,
     {
         let inner = self.inner.clone();
-        let short = constant && inner.store.commits_are_short();
-        run_store_work(short, move || f(&inner))
+        let work = match work {
+            Work::Short if inner.store.commits_are_short() => Work::Short,
+            _ => Work::Long,
+        };
+        run_store_work(work, move || f(&inner))
             .await
             .map_err(|e| SnapshotError::Io {
                 context: "snapshotter task".into(),
                 source: io::Error::other(e.to_string()),
             })?
     }
-}
 
-/// Runs a short store transaction: on the daemon's multi-threaded runtime in place (the
-/// worker's other tasks move on), sparing two thread hand-offs per call, which is most of a
-/// snapshot call's time; elsewhere on the blocking pool. Snapshot stores and the metadata
-/// store's snapshot records both run theirs here.
-pub async fn run_transaction<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
-    if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::MultiThread
-    {
-        return Ok(tokio::task::block_in_place(f));
+    /// The work of creating a snapshot of `kind`, with or without a parent, as the driver
+    /// makes it ([`Driver::creates_in_constant_time`]).
+    fn create_work(&self, kind: Kind, has_parent: bool) -> Work {
+        match self.inner.driver.creates_in_constant_time(kind, has_parent) {
+            true => Work::Short,
+            false => Work::Long,
+        }
     }
-    tokio::task::spawn_blocking(f).await
-}
-
-/// Runs store work on the calling thread when it is `short`, otherwise as [`run_transaction`]
-/// does. Short work is a bounded number of store and filesystem calls, whatever the size of
-/// any tree, with at most one flush of the journal (a few hundred µs at most). On this
-/// project's VMs, handing work to another thread and back costs more CPU than that work
-/// (about 65 µs a hand-off, measured, and a snapshot call made two or three), and it was a
-/// third of a snapshot call's time.
-pub async fn run_store_work<T: Send + 'static>(
-    short: bool,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
-    if short {
-        return Ok(f());
-    }
-    run_transaction(f).await
 }
 
 /// Entries a commit may walk on the caller's thread (see [`Driver::commit_within`]).
@@ -308,12 +248,12 @@ impl<D: Driver> Inner<D> {
 impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
     async fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
         let key = key.to_owned();
-        self.run_where(true, move |s| s.info(&key)).await
+        self.run_where(Work::Short, move |s| s.info(&key)).await
     }
 
     async fn update(&self, info: Info, field_paths: &[String]) -> Result<Info, SnapshotError> {
         let paths = field_paths.to_vec();
-        self.run_where(true, move |s| {
+        self.run_where(Work::Short, move |s| {
             let mut tx = s.store.write()?;
             let id = tx.info(&info.name)?.0;
             let mut out = tx.update(info, &paths)?;
@@ -342,7 +282,7 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
 
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
         let key = key.to_owned();
-        self.run_where(true, move |s| {
+        self.run_where(Work::Short, move |s| {
             let snapshot = s.store.read()?.snapshot(&key)?;
             Ok(s.driver.mounts(&snapshot))
         })
@@ -355,15 +295,10 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        let constant = self
-            .inner
-            .driver
-            .creates_in_constant_time(Kind::Active, !parent.is_empty());
+        let work = self.create_work(Kind::Active, !parent.is_empty());
         let (key, parent) = (key.to_owned(), parent.to_owned());
-        self.run_where(constant, move |s| {
-            s.create(Kind::Active, &key, &parent, labels)
-        })
-        .await
+        self.run_where(work, move |s| s.create(Kind::Active, &key, &parent, labels))
+            .await
     }
 
     async fn view(
@@ -372,15 +307,10 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        let constant = self
-            .inner
-            .driver
-            .creates_in_constant_time(Kind::View, !parent.is_empty());
+        let work = self.create_work(Kind::View, !parent.is_empty());
         let (key, parent) = (key.to_owned(), parent.to_owned());
-        self.run_where(constant, move |s| {
-            s.create(Kind::View, &key, &parent, labels)
-        })
-        .await
+        self.run_where(work, move |s| s.create(Kind::View, &key, &parent, labels))
+            .await
     }
 
     async fn commit(
@@ -455,261 +385,6 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
     async fn close(&self) -> Result<(), SnapshotError> {
         Ok(())
     }
-}
-
-/// Entries of a snapshots directory that belong to no live snapshot: ids `is_live` refuses,
-/// entries of interrupted creates, the `rm-*` leftovers of interrupted removes (and `new-*`
-/// of creates of earlier versions, which built entries aside), and spares.
-pub(crate) fn orphans(dir: &Path, is_live: impl Fn(&str) -> bool) -> io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !is_live(&name) {
-            out.push(entry.path());
-        }
-    }
-    Ok(out)
-}
-
-/// What a new snapshot's entry starts as: a directory with `mode` holding the empty
-/// subdirectories `subdirs` (name, mode), all owned by the daemon's user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Layout {
-    pub mode: u32,
-    pub subdirs: &'static [(&'static str, u32)],
-}
-
-/// How many emptied entries are kept for reuse.
-const MAX_SPARES: usize = 1024;
-/// Spares are `spare-<n>` in the snapshots directory.
-const SPARE_PREFIX: &str = "spare-";
-
-/// A `snapshots` directory holding one entry per snapshot id, as native and overlayfs keep
-/// them: built in place, moved to `rm-<id>` to be removed.
-///
-/// Emptied entries of removed snapshots that are still exactly as [`Layout`] `reused` makes
-/// them (modes, owner, no xattrs, nothing inside), and that no mount of this mount namespace
-/// still shows, are kept as spares (`spare-<n>`), and the next build of that layout takes one
-/// by a rename instead of making directories. Deleting entries and making new ones instead
-/// costs 8–15% of a prepare+commit+remove cycle on this project's disks (a deletion frees
-/// blocks: with `discard`, a request to the disk each). A mount made in another mount
-/// namespace, or an open directory, is not seen. The list of spares is in memory only: after
-/// a restart, Cleanup deletes them.
-pub(crate) struct SnapshotDirs {
-    dir: PathBuf,
-    reused: Layout,
-    spares: std::sync::Mutex<Vec<PathBuf>>,
-    spare_names: std::sync::atomic::AtomicU64,
-    /// Who owns a directory this process makes.
-    owner: (u32, u32),
-}
-
-impl SnapshotDirs {
-    /// `<root>/snapshots` (mode 0700), created when missing; entries laid out as `reused`
-    /// are reused.
-    pub fn open(root: &Path, reused: Layout) -> io::Result<Self> {
-        let dir = root.join("snapshots");
-        if !dir.exists() {
-            std::fs::create_dir_all(root)?;
-            make_dir(&dir, 0o700)?;
-        }
-        Ok(SnapshotDirs {
-            dir,
-            reused,
-            spares: Default::default(),
-            spare_names: Default::default(),
-            owner: (
-                nix::unistd::geteuid().as_raw(),
-                nix::unistd::getegid().as_raw(),
-            ),
-        })
-    }
-
-    pub fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(id)
-    }
-
-    fn spares(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
-        // The list stays valid whatever panicked while it was held.
-        self.spares.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Makes the entry of `id` laid out as `layout`, which `fill` completes. It is made in
-    /// place: its record is committed only once it is whole, and Cleanup, which deletes entries
-    /// without a record, waits for the create (both hold the store's write transaction), so a
-    /// crash in between leaves an orphan for the next Cleanup.
-    pub fn build(
-        &self,
-        id: &str,
-        layout: Layout,
-        fill: impl FnOnce(&Path) -> io::Result<()>,
-    ) -> io::Result<()> {
-        let target = self.path(id);
-        // Left by a create whose record never got written (the id is free again).
-        remove_tree(&target)?;
-        let made = self
-            .take_spare(&target, layout)
-            .and_then(|taken| match taken {
-                true => Ok(()),
-                false => make_layout(&target, layout),
-            })
-            .and_then(|()| fill(&target));
-        if made.is_err() {
-            let _ = remove_tree(&target);
-        }
-        made
-    }
-
-    /// Moves a spare laid out as `layout` to `to`, if there is one; its times become now's,
-    /// as a new directory's are.
-    fn take_spare(&self, to: &Path, layout: Layout) -> io::Result<bool> {
-        if self.reused != layout {
-            return Ok(false);
-        }
-        loop {
-            let Some(spare) = self.spares().pop() else {
-                return Ok(false);
-            };
-            match std::fs::rename(&spare, to) {
-                Ok(()) => break,
-                // Gone from under the list (deleted by hand): try the next.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        let touch = |p: &Path| {
-            use nix::sys::time::TimeSpec;
-            nix::sys::stat::utimensat(
-                None,
-                p,
-                &TimeSpec::UTIME_NOW,
-                &TimeSpec::UTIME_NOW,
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-            )
-            .map_err(io::Error::from)
-        };
-        touch(to)?;
-        for (name, _) in layout.subdirs {
-            touch(&to.join(name))?;
-        }
-        Ok(true)
-    }
-
-    /// Moves the entry of `id` aside; the returned path is deleted once the removal is durable.
-    pub fn stage_removal(&self, id: &str) -> io::Result<PathBuf> {
-        let staged = self.dir.join(format!("rm-{id}"));
-        std::fs::rename(self.path(id), &staged)?;
-        Ok(staged)
-    }
-
-    /// Deletes the entry at `path` of a snapshot that is gone, or keeps it as a spare.
-    pub fn retire(&self, path: &Path) -> io::Result<()> {
-        if self.spares().len() < MAX_SPARES
-            && as_made(path, self.reused, self.owner)
-            && !still_mounted(path, self.reused)
-        {
-            let n = self
-                .spare_names
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let spare = self.dir.join(format!("{SPARE_PREFIX}{n}"));
-            std::fs::rename(path, &spare)?;
-            self.spares().push(spare);
-            return Ok(());
-        }
-        remove_tree(path)
-    }
-
-    /// [`Driver::purge`] for a driver whose `detach` staged an entry of this directory.
-    pub fn purge(&self, staged: Option<PathBuf>) -> io::Result<()> {
-        match staged {
-            Some(path) => self.retire(&path),
-            None => Ok(()),
-        }
-    }
-
-    /// Deletes (or keeps as spares) every entry that belongs to no snapshot in `live`.
-    pub fn remove_orphans(&self, live: &HashMap<String, Kind>) -> io::Result<()> {
-        // Up to MAX_SPARES of them, checked against every entry.
-        let spares: std::collections::HashSet<PathBuf> = self.spares().iter().cloned().collect();
-        let found = orphans(&self.dir, |id| live.contains_key(id))?;
-        // Spares this process does not know of (an earlier one's) go first, so that no
-        // new spare's name can meet one of theirs.
-        let (old_spares, others): (Vec<PathBuf>, Vec<PathBuf>) = found
-            .into_iter()
-            .filter(|p| !spares.contains(p))
-            .partition(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(SPARE_PREFIX))
-            });
-        for path in old_spares {
-            remove_tree(&path)?;
-        }
-        for path in others {
-            self.retire(&path)?;
-        }
-        Ok(())
-    }
-}
-
-/// Makes `path` and its subdirectories as `layout` says.
-fn make_layout(path: &Path, layout: Layout) -> io::Result<()> {
-    make_dir(path, layout.mode)?;
-    for (name, mode) in layout.subdirs {
-        make_dir(&path.join(name), *mode)?;
-    }
-    Ok(())
-}
-
-/// Whether `path` is exactly what [`make_layout`] makes, by `owner`: nothing a snapshot's
-/// use left (files, other modes or owners, xattrs such as overlayfs's) may come with a reuse.
-fn as_made(path: &Path, layout: Layout, owner: (u32, u32)) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let bare = |p: &Path, mode: u32| {
-        std::fs::symlink_metadata(p)
-            .is_ok_and(|m| m.is_dir() && m.mode() & 0o7777 == mode && (m.uid(), m.gid()) == owner)
-            && xattr::list(p).is_ok_and(|mut names| names.next().is_none())
-    };
-    let names = |p: &Path| -> Option<Vec<std::ffi::OsString>> {
-        let mut names = std::fs::read_dir(p)
-            .ok()?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<Vec<_>>>()
-            .ok()?;
-        names.sort();
-        Some(names)
-    };
-    let mut expected: Vec<std::ffi::OsString> =
-        layout.subdirs.iter().map(|(n, _)| (*n).into()).collect();
-    expected.sort();
-    bare(path, layout.mode)
-        && names(path) == Some(expected)
-        && layout.subdirs.iter().all(|(name, mode)| {
-            let sub = path.join(name);
-            bare(&sub, *mode) && names(&sub).is_some_and(|n| n.is_empty())
-        })
-}
-
-/// Whether a mount still shows the entry at `path` laid out as `layout` (it or one of its
-/// subdirectories): a bind mount of an empty active snapshot that outlived its removal. Its
-/// entry must not be reused: writes through that mount would land in another snapshot.
-fn still_mounted(path: &Path, layout: Layout) -> bool {
-    let subdirs = layout.subdirs.iter().map(|(name, _)| path.join(name));
-    let dirs: Vec<PathBuf> = std::iter::once(path.to_path_buf()).chain(subdirs).collect();
-    crate::mount::shown_by_a_mount(&dirs)
-}
-
-/// Why a snapshotter without the `rebase` capability refuses a commit onto a parent.
-pub fn rebase_unsupported(key: &str, parent: &str) -> SnapshotError {
-    SnapshotError::NotImplemented(format!(
-        "committing {key} onto {parent}: this snapshotter cannot rebase"
-    ))
 }
 
 #[cfg(test)]

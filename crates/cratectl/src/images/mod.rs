@@ -1,8 +1,11 @@
 //! `cratectl images pull|ls|rm|tag|mount|unmount|check|usage|import|export` (the archives are
-//! [`crate::archive`]'s, check and usage [`crate::inspect`]'s). A pull is the daemon's (containerd's
-//! Transfer API, OCI registry to image store): this client opens a progress stream and, with
-//! `--user`, a stream to answer the registry's credential requests on, then shows progress
-//! per layer as the daemon reports it.
+//! [`import`]'s and [`export`]'s, check and usage [`crate::inspect`]'s). A pull is the daemon's
+//! (containerd's Transfer API, OCI registry to image store): this client opens a progress
+//! stream and, with `--user`, a stream to answer the registry's credential requests on, then
+//! shows progress per layer as the daemon reports it.
+
+mod export;
+mod import;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -26,6 +29,11 @@ use tokio_stream::StreamExt;
 
 use crate::client::Connection;
 use crate::snapshots::human;
+
+/// The annotation of an index entry that names its image.
+const IMAGE_NAME: &str = "io.containerd.image.name";
+/// The annotation of an index entry that holds its tag.
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 #[derive(Subcommand, Debug)]
 pub enum ImagesCommand {
@@ -110,9 +118,9 @@ pub enum ImagesCommand {
         reference: String,
     },
     /// Import images from an OCI layout or Docker `save` archive, and unpack them.
-    Import(crate::archive::ImportArgs),
+    Import(import::ImportArgs),
     /// Export images to an OCI layout archive (with a Docker manifest.json).
-    Export(crate::archive::ExportArgs),
+    Export(export::ExportArgs),
 }
 
 pub async fn run(conn: &Connection, command: ImagesCommand) -> anyhow::Result<()> {
@@ -126,8 +134,8 @@ pub async fn run(conn: &Connection, command: ImagesCommand) -> anyhow::Result<()
             snapshotter,
             reference,
         } => crate::inspect::usage(conn, &snapshotter, &reference).await,
-        ImagesCommand::Import(args) => crate::archive::import(conn, args).await,
-        ImagesCommand::Export(args) => crate::archive::export(conn, args).await,
+        ImagesCommand::Import(args) => import::import(conn, args).await,
+        ImagesCommand::Export(args) => export::export(conn, args).await,
         ImagesCommand::Pull {
             plain_http,
             hosts_dir,
@@ -484,6 +492,16 @@ pub(crate) async fn read_json(
 ) -> anyhow::Result<serde_json::Value> {
     let raw = read_blob(conn, digest).await?;
     serde_json::from_slice(&raw).with_context(|| format!("{digest} is not JSON"))
+}
+
+/// A descriptor as an index or manifest gives it.
+fn descriptor(v: &serde_json::Value) -> crated_api::containerd::types::Descriptor {
+    crated_api::containerd::types::Descriptor {
+        media_type: v["mediaType"].as_str().unwrap_or_default().to_owned(),
+        digest: v["digest"].as_str().unwrap_or_default().to_owned(),
+        size: v["size"].as_i64().unwrap_or_default(),
+        annotations: HashMap::new(),
+    }
 }
 
 /// Whether an index entry is for this host (one without a platform is for any).
