@@ -162,13 +162,16 @@ impl Snapshotter for ProxySnapshotter {
         self.rebase
     }
 
-    async fn commit_rebased(
+    async fn commit_onto(
         &self,
         name: &str,
         key: &str,
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<(), SnapshotError> {
+        if !self.rebase {
+            return Err(crated_snapshots::rebase_unsupported(key, parent));
+        }
         self.commit_with_parent(name, key, parent, labels).await
     }
 

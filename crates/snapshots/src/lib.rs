@@ -133,20 +133,7 @@ pub trait Snapshotter: Send + Sync + 'static {
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<(), SnapshotError> {
-        if !self.can_rebase() {
-            return Err(rebase_unsupported(key, parent));
-        }
-        self.commit_rebased(name, key, parent, labels).await
-    }
-    /// The work of [`Snapshotter::commit_onto`], for a snapshotter that can rebase: called
-    /// only once [`Snapshotter::can_rebase`] said so.
-    async fn commit_rebased(
-        &self,
-        _name: &str,
-        key: &str,
-        parent: &str,
-        _labels: HashMap<String, String>,
-    ) -> Result<(), SnapshotError> {
+        let _ = (name, labels);
         Err(rebase_unsupported(key, parent))
     }
     async fn remove(&self, key: &str) -> Result<(), SnapshotError>;
@@ -178,7 +165,7 @@ pub trait Snapshotter: Send + Sync + 'static {
 }
 
 /// Why a snapshotter without the `rebase` capability refuses a commit onto a parent.
-fn rebase_unsupported(key: &str, parent: &str) -> SnapshotError {
+pub fn rebase_unsupported(key: &str, parent: &str) -> SnapshotError {
     SnapshotError::NotImplemented(format!(
         "committing {key} onto {parent}: this snapshotter cannot rebase"
     ))

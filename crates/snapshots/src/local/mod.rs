@@ -326,13 +326,16 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
         self.inner.driver.can_rebase()
     }
 
-    async fn commit_rebased(
+    async fn commit_onto(
         &self,
         name: &str,
         key: &str,
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<(), SnapshotError> {
+        if !self.can_rebase() {
+            return Err(crate::rebase_unsupported(key, parent));
+        }
         self.commit_to(name, key, parent, labels).await
     }
 
