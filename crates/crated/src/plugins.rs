@@ -38,6 +38,7 @@ pub fn registrations() -> Vec<Registration> {
             services::version::registration(),
             services::healthcheck::registration(),
         ],
+        vec![crated_cri::registration()], // io.containerd.grpc.v1.cri
     ]
     .into_iter()
     .flatten()

@@ -45,6 +45,7 @@ impl Default for MessageLimits {
 
 /// A generated tonic server with the socket's message limits applied; every service of a
 /// socket is added through this.
+#[macro_export]
 macro_rules! limited {
     ($server:expr, $limits:expr) => {{
         let limits: $crate::message_limits::MessageLimits = $limits;
@@ -53,7 +54,7 @@ macro_rules! limited {
             .max_encoding_message_size(limits.send)
     }};
 }
-pub(crate) use limited;
+pub use crate::limited;
 
 /// The status grpc-go gives for a message over a limit, in place of tonic's; None for any
 /// other status.
