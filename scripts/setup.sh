@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing crated needs on Debian 12: a C toolchain for -sys crates
-# and the real peers the tests run against (containerd's ctr and shim, runc, ...).
+# and the real peers the tests run against (containerd's ctr and shim, runc, ...), and protoc for
+# the CRI API stubs (k8s-cri).
 # Rust itself comes from rustup (https://rustup.rs); Debian 12's rustc is too old.
 set -euo pipefail
 
 packages=(build-essential pkg-config git containerd runc btrfs-progs busybox-static docker-registry skopeo umoci openssl
-    dmsetup e2fsprogs qemu-system-x86 docker.io
+    dmsetup e2fsprogs qemu-system-x86 docker.io protobuf-compiler containernetworking-plugins catatonit
     python3-venv)
 # `--bench`: also what the benchmarks alone need (pigz: the unpack floor of the pull row).
 if [ "${1:-}" = "--bench" ]; then
