@@ -4,8 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crated_testsupport::cmd::ok;
 use crated_testsupport::{channel, tool, wait_until, Daemon};
 use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 
 mod common;
@@ -117,4 +119,139 @@ fn containerd_answers_version_and_status_the_same() {
     let net_d = tempfile::tempdir().unwrap();
     let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
     version_and_status_as_the_kubelet_reads_them(&daemon, net_d.path());
+}
+
+async fn image_client(socket: &Path) -> ImageServiceClient<tonic::transport::Channel> {
+    ImageServiceClient::new(channel(socket).await.unwrap())
+}
+
+fn image_status(daemon: &Daemon, name: &str) -> Option<cri::Image> {
+    runtime().block_on(async {
+        image_client(&daemon.socket)
+            .await
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec {
+                    image: name.into(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image
+    })
+}
+
+/// An image `ctr -n k8s.io` imports is a CRI image at once (tag, id, user, size); found by
+/// name, id or id prefix; RemoveImage removes every record of it, and again is no error.
+fn images_imported_with_ctr_show_in_cri_and_go_whole(daemon: &Daemon, ctr: &Path) {
+    const NAME: &str = "docker.io/library/busybox:cri-user";
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("busybox.tar");
+    crated_testsupport::oci::busybox_as_user(NAME, "1002:1004").write_archive(&archive);
+    ok(daemon.client(
+        ctr,
+        &[
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    wait_until(
+        Duration::from_secs(10),
+        || image_status(daemon, "busybox:cri-user").is_some(),
+        || "the imported image never showed in CRI".into(),
+    );
+    let image = image_status(daemon, "busybox:cri-user").unwrap();
+    assert_eq!(image.repo_tags, [NAME]);
+    assert!(
+        image.id.starts_with("sha256:") && image.id.len() == 71,
+        "{image:?}"
+    );
+    assert_eq!(image.uid, Some(cri::Int64Value { value: 1002 }));
+    assert_eq!(image.username, "");
+    assert!(image.size > 0, "{image:?}");
+    assert!(!image.pinned);
+    assert_eq!(image_status(daemon, &image.id).as_ref(), Some(&image));
+    assert_eq!(
+        image_status(daemon, &image.id[7..19]).as_ref(),
+        Some(&image)
+    );
+    assert_eq!(image_status(daemon, "busybox:other"), None);
+
+    let (listed, fs) = runtime().block_on(async {
+        let mut images = image_client(&daemon.socket).await;
+        let listed = images
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .images;
+        let fs = images
+            .image_fs_info(cri::ImageFsInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .image_filesystems;
+        (listed, fs)
+    });
+    assert!(listed.contains(&image), "{listed:?}");
+    let mountpoint = fs[0].fs_id.as_ref().unwrap().mountpoint.clone();
+    assert!(
+        mountpoint.ends_with("io.containerd.snapshotter.v1.overlayfs")
+            && Path::new(&mountpoint).is_dir(),
+        "{mountpoint}"
+    );
+
+    for _ in 0..2 {
+        runtime().block_on(async {
+            image_client(&daemon.socket)
+                .await
+                .remove_image(cri::RemoveImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: image.id.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+        });
+    }
+    assert_eq!(image_status(daemon, &image.id), None);
+    let left = ok(daemon.client(ctr, &["-n", "k8s.io", "images", "ls", "-q"]));
+    assert_eq!(left.trim(), "", "records left: {left}");
+}
+
+fn root_and_ctr() -> Option<std::path::PathBuf> {
+    if !crated_testsupport::is_root() {
+        eprintln!("skipped: images unpack into overlayfs, which needs root");
+        return None;
+    }
+    tool("ctr", "containerd")
+}
+
+#[test]
+fn crated_shows_ctr_images_in_cri_as_containerd() {
+    let Some(ctr) = root_and_ctr() else {
+        return;
+    };
+    let net_d = tempfile::tempdir().unwrap();
+    let daemon = common::start(Some(&cri_config(net_d.path())));
+    images_imported_with_ctr_show_in_cri_and_go_whole(&daemon, &ctr);
+}
+
+#[test]
+fn containerd_shows_ctr_images_in_cri_the_same() {
+    let Some(ctr) = root_and_ctr() else {
+        return;
+    };
+    let Some(containerd) = tool("containerd", "containerd") else {
+        return;
+    };
+    let net_d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
+    images_imported_with_ctr_show_in_cri_and_go_whole(&daemon, &ctr);
 }

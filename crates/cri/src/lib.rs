@@ -4,16 +4,26 @@
 //! namespace `k8s.io`.
 
 pub mod config;
+pub mod error;
+pub mod images;
 pub mod runtime;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crated_plugin::{types, Instance, Registration};
+use crated_content::ContentStore;
+use crated_metadata::MetadataStore;
+use crated_plugin::{types, Instance, PluginError, Registration};
+use crated_services::images::ImagesService;
 use crated_services::message_limits::limited;
 use crated_services::GrpcService;
+use crated_snapshots::Snapshotter;
+use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 
 pub use config::CriConfig;
+pub use error::CriError;
+use images::{CriImages, Resolver};
 use runtime::CriRuntime;
 
 /// The containerd namespace every CRI object lives in.
@@ -27,13 +37,57 @@ pub fn registration() -> Registration {
             config.clone(),
             crated_services::version::reported_version(),
         ));
+        let db = ctx.get_single::<MetadataStore>(types::METADATA)?;
+        let content = ctx.get_single::<Arc<dyn ContentStore>>(types::CONTENT)?;
+        let images_service = ctx.get_by_id::<ImagesService>(types::SERVICE, "images-service")?;
+        let snapshotter_name = &config.containerd.snapshotter;
+        let snapshotter = ctx
+            .get_by_id::<Arc<dyn Snapshotter>>(types::SNAPSHOTTER, snapshotter_name)
+            .map_err(|e| {
+                PluginError::failed(format!("the snapshotter {snapshotter_name:?}: {e}"))
+            })?;
+        let daemon_root = ctx
+            .root_path()
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let images = Arc::new(CriImages::new(
+            db,
+            images_service,
+            Resolver::new((*content).clone()),
+            daemon_root.join(format!("{}.{snapshotter_name}", types::SNAPSHOTTER)),
+        ));
+        images.measure_usage_every(
+            (*snapshotter).clone(),
+            Duration::from_secs(config.stats_collect_period),
+        );
         Ok(Instance::new(GrpcService::new(move |routes, limits| {
             routes.add_service(limited!(
                 RuntimeServiceServer::from_arc(runtime.clone()),
                 limits
             ));
+            routes.add_service(limited!(
+                ImageServiceServer::from_arc(images.clone()),
+                limits
+            ));
         })))
     })
-    .requires(&[types::EVENT, types::SERVICE])
+    .requires(&[
+        types::EVENT,
+        types::SERVICE,
+        types::METADATA,
+        types::CONTENT,
+        types::SNAPSHOTTER,
+    ])
     .with_config::<CriConfig>()
+}
+
+/// `message` as a call in namespace `k8s.io`, for the services this plugin is a client of.
+pub(crate) fn in_namespace<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        crated_services::edge::NAMESPACE_HEADER,
+        tonic::metadata::MetadataValue::from_static(NAMESPACE),
+    );
+    request
 }
