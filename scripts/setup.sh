@@ -46,6 +46,20 @@ if ! "$grpcio_dir/bin/python3" -c 'import grpc' 2>/dev/null; then
     $sudo /usr/bin/python3 -m venv "$grpcio_dir"
     $sudo "$grpcio_dir/bin/pip" install -q --disable-pip-version-check grpcio
 fi
+# crictl and critest (sigs.k8s.io/cri-tools), built with the machine's Go from the module
+# proxy: test peers only, crated's build never needs Go.
+cri_tools_version=v1.37.0
+cri_tools_dir="${CRATED_CRI_TOOLS_DIR:-/var/cache/crated-test/cri-tools-$cri_tools_version}"
+if [ ! -x "$cri_tools_dir/critest" ] || [ ! -x "$cri_tools_dir/crictl" ]; then
+    go=$(command -v go || echo /usr/local/go/bin/go)
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo mkdir -p "$cri_tools_dir"
+    $sudo env GOBIN="$cri_tools_dir" "$go" install "sigs.k8s.io/cri-tools/cmd/crictl@$cri_tools_version"
+    # critest is a Go test binary.
+    module="$("$go" env GOMODCACHE)/sigs.k8s.io/cri-tools@$cri_tools_version"
+    (cd "$module" && $sudo "$go" test -c -o "$cri_tools_dir/critest" ./cmd/critest)
+fi
 # Debian's containerd package starts a system containerd; the tests start their own daemons on
 # private roots and never use it.
 if ! command -v cargo >/dev/null; then

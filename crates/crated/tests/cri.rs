@@ -255,3 +255,69 @@ fn containerd_shows_ctr_images_in_cri_the_same() {
     let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
     images_imported_with_ctr_show_in_cri_and_go_whole(&daemon, &ctr);
 }
+
+/// Kubernetes' own CLI, crictl, reads crated: the runtime's version and conditions, and the
+/// images of `k8s.io`, which it removes.
+#[test]
+fn crictl_reads_crated() {
+    let Some(crictl) = crated_testsupport::cri_tool("crictl") else {
+        return;
+    };
+    let Some(ctr) = root_and_ctr() else {
+        return;
+    };
+    let net_d = tempfile::tempdir().unwrap();
+    let daemon = common::start(Some(&cri_config(net_d.path())));
+    let endpoint = format!("unix://{}", daemon.socket.display());
+    let crictl = |args: &[&str]| {
+        let out = std::process::Command::new(&crictl)
+            .args([
+                "--runtime-endpoint",
+                &endpoint,
+                "--image-endpoint",
+                &endpoint,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        ok(out)
+    };
+    let version = crictl(&["version"]);
+    assert!(version.contains("RuntimeName:  containerd"), "{version}");
+    assert!(version.contains("RuntimeApiVersion:  v1"), "{version}");
+    let info: serde_json::Value = serde_json::from_str(&crictl(&["info"])).unwrap();
+    let conditions = info["status"]["conditions"].as_array().unwrap();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c["type"] == "RuntimeReady" && c["status"] == true),
+        "{info}"
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("busybox.tar");
+    crated_testsupport::oci::busybox_as_user("docker.io/library/busybox:crictl", "www-data")
+        .write_archive(&archive);
+    ok(daemon.client(
+        &ctr,
+        &[
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    let images = crictl(&["images"]);
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with("docker.io/library/busybox") && l.contains("crictl")),
+        "{images}"
+    );
+    let inspected: serde_json::Value =
+        serde_json::from_str(&crictl(&["inspecti", "busybox:crictl"])).unwrap();
+    assert_eq!(inspected["status"]["username"], "www-data", "{inspected}");
+    crictl(&["rmi", "busybox:crictl"]);
+    assert_eq!(crictl(&["images", "-q"]).trim(), "");
+}

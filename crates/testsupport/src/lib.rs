@@ -50,6 +50,29 @@ pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
     found
 }
 
+/// `crictl` or `critest` of cri-tools, as `scripts/setup.sh` builds them with Go into
+/// `$CRATED_CRI_TOOLS_DIR` (default `/var/cache/crated-test/cri-tools-v1.37.0`). Missing on CI
+/// is a failure; elsewhere the caller skips, and this prints why.
+pub fn cri_tool(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("CRATED_CRI_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/crated-test/cri-tools-v1.37.0"));
+    let path = dir.join(name);
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        !on_ci(),
+        "{} is not built on CI: scripts/setup.sh must build cri-tools",
+        path.display()
+    );
+    eprintln!(
+        "SKIPPED: {} not found (scripts/setup.sh builds it with Go); this test needs it",
+        path.display()
+    );
+    None
+}
+
 /// A binary of this workspace, next to the test executable's `deps` directory.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
