@@ -13,6 +13,7 @@ mod ingests;
 mod leases;
 mod namespaces;
 mod snapshots;
+pub mod snapshotter;
 pub mod validate;
 
 pub use containers::{AnyValue, ContainerRecord, RuntimeInfo};
@@ -25,6 +26,9 @@ pub use ingests::{IngestRecord, INGEST_RESOURCE, UNLEASED_INGEST_LIFETIME_NANOS}
 pub use leases::{Lease, LeaseResource};
 pub use namespaces::Namespace;
 pub use snapshots::{snapshot_resource, NewSnapshotCheck, SnapshotRecord};
+pub use snapshotter::{
+    NamespacedSnapshotter, Scope, ScopedSnapshotError, ScopedSnapshotter, Unscoped,
+};
 
 /// Nanoseconds since the epoch, the timestamps records keep.
 pub fn now_nanos() -> u64 {

@@ -13,7 +13,7 @@ use crated_diff::media::LABEL_UNCOMPRESSED;
 use crated_diff::{ChunkReader, WalkingDiffer};
 use crated_images::manifest::{self, Document, LABEL_DISTRIBUTION_SOURCE, LABEL_GC_SNAPSHOT};
 use crated_images::{chain_ids, Descriptor, Platform, Reference, Registry, RegistryOptions};
-use crated_metadata::{ImageRecord, Lease, MetadataStore};
+use crated_metadata::{ImageRecord, Lease, MetadataStore, Scope, ScopedSnapshotter};
 use crated_snapshots::{LABEL_DIFFER_ONLY, LABEL_SNAPSHOT_REF};
 use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
@@ -528,7 +528,7 @@ impl Puller {
         let once = self
             .once(format!("{}/{snapshotter}/{chain}", pull.ns))
             .await;
-        if target.stat(&pull.ns, chain).await.is_ok() {
+        if target.stat(Scope::new(&pull.ns, None), chain).await.is_ok() {
             fetch::wait(&mut done).await?;
             return Ok(None);
         }
@@ -547,13 +547,11 @@ impl Puller {
         }
         let below = if side_by_side { "" } else { parent };
         let created = target
-            .create(
-                &pull.ns,
+            .prepare(
+                Scope::new(&pull.ns, Some(&pull.lease)),
                 &key,
                 below,
                 labels.clone(),
-                Some(pull.lease.clone()),
-                false,
             )
             .await;
         let mounts = match created {
@@ -614,32 +612,34 @@ impl Puller {
     async fn finish(
         &self,
         pull: &Pull,
-        target: &dyn crate::snapshots::Target,
+        target: &dyn ScopedSnapshotter,
         c: LayerCommit,
         applied: Result<(), Status>,
     ) -> Result<(), Status> {
         let committed = match applied {
-            Ok(()) => target
-                .commit(
-                    &pull.ns,
-                    &c.chain,
-                    &c.key,
-                    &c.onto,
-                    c.labels.clone(),
-                    Some(pull.lease.clone()),
-                )
-                .await
-                .map_err(|e| status(&e)),
+            Ok(()) => {
+                let scope = Scope::new(&pull.ns, Some(&pull.lease));
+                let committed = if c.onto.is_empty() {
+                    target
+                        .commit(scope, &c.chain, &c.key, c.labels.clone())
+                        .await
+                } else {
+                    target
+                        .commit_onto(scope, &c.chain, &c.key, &c.onto, c.labels.clone())
+                        .await
+                };
+                committed.map_err(|e| status(&e))
+            }
             Err(e) => Err(e),
         };
         match committed {
             Ok(()) => {}
             // Another client committed the same chain first.
             Err(e) if e.code() == tonic::Code::AlreadyExists => {
-                let _ = target.remove(&pull.ns, &c.key).await;
+                let _ = target.remove(Scope::new(&pull.ns, None), &c.key).await;
             }
             Err(e) => {
-                let _ = target.remove(&pull.ns, &c.key).await;
+                let _ = target.remove(Scope::new(&pull.ns, None), &c.key).await;
                 return Err(e);
             }
         }
@@ -666,7 +666,7 @@ impl Puller {
 /// Where a pull's layers are being stacked, and the top so far.
 #[derive(Clone, Copy)]
 struct Stack<'a> {
-    target: &'a dyn crate::snapshots::Target,
+    target: &'a dyn ScopedSnapshotter,
     snapshotter: &'a str,
     /// Layers are applied side by side and rebased on commit.
     side_by_side: bool,
