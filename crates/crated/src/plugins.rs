@@ -4,6 +4,9 @@ use crated_plugin::Registration;
 
 pub fn registrations() -> Vec<Registration> {
     let mut regs = crated_snapshots::registrations();
+    // The stores before the services, in containerd's order.
+    regs.push(crated_content::registration());
+    regs.push(crated_metadata::registration());
     regs.extend(crated_services::registrations());
     regs
 }

@@ -13,7 +13,6 @@ pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod message_limits;
-pub mod metadata;
 pub mod namespaces;
 pub mod restart;
 pub mod snapshots;
@@ -27,9 +26,8 @@ pub use grpc::GrpcService;
 
 /// The registrations of every service this crate provides, in containerd's order.
 pub fn registrations() -> Vec<crated_plugin::Registration> {
-    let mut regs = content::registrations();
-    regs.insert(1, metadata::registration());
-    regs.insert(2, crated_gc::registration());
+    let mut regs = vec![crated_gc::registration()];
+    regs.extend(content::registrations());
     regs.extend(events::registrations());
     regs.extend(namespaces::registrations());
     regs.extend(leases::registrations());

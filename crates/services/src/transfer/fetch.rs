@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::Status;
 
 use super::progress::Progress;
-use crate::content::ContentService;
 use crate::edge::status;
+use crated_metadata::NamespacedContentStore;
 
 /// How many times a failing download is resumed before the pull fails.
 const ATTEMPTS: u32 = 5;
@@ -104,7 +104,7 @@ pub fn feed() -> (Feed, Live) {
 
 /// Everything one download needs.
 pub struct Download {
-    pub content: ContentService,
+    pub content: NamespacedContentStore,
     pub registry: Arc<Registry>,
     pub ns: String,
     pub lease: String,
@@ -145,7 +145,8 @@ impl Download {
                 Some(self.lease.clone()),
                 &format!("layer-{digest}"),
             )
-            .await?;
+            .await
+            .map_err(|e| status(&e))?;
         let size = self.desc.size.max(0) as u64;
         let mut failures = 0;
         let mut reported = Instant::now();
@@ -174,7 +175,7 @@ impl Download {
                         ingest
                             .write(chunk.to_vec())
                             .await
-                            .map_err(|s| ImageError::FailedPrecondition(s.message().to_owned()))?;
+                            .map_err(|e| ImageError::FailedPrecondition(e.to_string()))?;
                         if reported.elapsed() >= PROGRESS_EVERY {
                             reported = Instant::now();
                             self.progress
@@ -220,7 +221,8 @@ impl Download {
         }
         ingest
             .commit_checked(Some((&digest, size)), self.labels.clone())
-            .await?;
+            .await
+            .map_err(|e| status(&e))?;
         self.progress
             .object(
                 "complete",
@@ -237,18 +239,21 @@ impl Download {
 /// Whether the namespace has blob `desc` already; if so it still gets this pull's `labels`
 /// and is reported as there.
 pub async fn already_there(
-    content: &ContentService,
+    content: &NamespacedContentStore,
     ns: &str,
     desc: &Descriptor,
     labels: &HashMap<String, String>,
     progress: &Progress,
     name: &str,
 ) -> Result<bool, Status> {
-    if content.blob_labels(ns, &desc.digest).await.is_none() {
+    if content.info(ns, &desc.digest).await.is_err() {
         return Ok(false);
     }
     let labels = labels.clone().into_iter().collect();
-    content.add_labels(ns, &desc.digest, labels).await?;
+    content
+        .add_labels(ns, &desc.digest, labels)
+        .await
+        .map_err(|e| status(&e))?;
     progress
         .object("already exists", name, &[], desc.size, desc)
         .await;
@@ -261,7 +266,7 @@ pub struct LayerSource {
     pub runtime: tokio::runtime::Handle,
     pub live: Option<Live>,
     pub done: Done,
-    pub content: ContentService,
+    pub content: NamespacedContentStore,
     pub ns: String,
     pub desc: Descriptor,
     pub offset: u64,
@@ -289,9 +294,10 @@ impl LayerSource {
             let opened = self.runtime.block_on(async {
                 wait(&mut self.done).await?;
                 self.content
-                    .read_blob_from(&self.ns, &self.desc.digest, self.offset)
+                    .read(&self.ns, &self.desc.digest, self.offset)
                     .await
                     .map(|(chunks, _)| chunks)
+                    .map_err(|e| status(&e))
             });
             match opened {
                 Ok(chunks) => self.stored = Some(chunks),

@@ -15,11 +15,10 @@ use crated_api::containerd::services::transfer::v1::transfer_server::{Transfer, 
 use crated_api::containerd::types::transfer as types;
 use crated_diff::WalkingDiffer;
 use crated_images::{Credentials, Platform, Reference, RegistryOptions};
-use crated_metadata::MetadataStore;
+use crated_metadata::{MetadataStore, NamespacedContentStore};
 use crated_plugin::{types as plugin_types, Instance, Registration};
 use tonic::{Request, Response, Status};
 
-use crate::content::ContentService;
 use crate::edge::{lease, namespace, status};
 use crate::message_limits::limited;
 use crate::snapshots::SnapshotsService;
@@ -48,7 +47,7 @@ pub fn registrations() -> Vec<Registration> {
             let snapshots =
                 ctx.get_by_id::<SnapshotsService>(plugin_types::SERVICE, "snapshots-service")?;
             let differ = ctx.get_by_id::<WalkingDiffer>(plugin_types::DIFF, "walking")?;
-            let content = ContentService::from_context(&ctx)?;
+            let content = NamespacedContentStore::from_context(&ctx)?;
             Ok(Instance::new(Arc::new(Puller::new(
                 content, snapshots, differ, db,
             ))))

@@ -13,7 +13,9 @@ use crated_diff::media::LABEL_UNCOMPRESSED;
 use crated_diff::{ChunkReader, WalkingDiffer};
 use crated_images::manifest::{self, Document, LABEL_DISTRIBUTION_SOURCE, LABEL_GC_SNAPSHOT};
 use crated_images::{chain_ids, Descriptor, Platform, Reference, Registry, RegistryOptions};
-use crated_metadata::{ImageRecord, Lease, MetadataStore, Scope, ScopedSnapshotter};
+use crated_metadata::{
+    ImageRecord, Lease, MetadataStore, NamespacedContentStore, Scope, ScopedSnapshotter,
+};
 use crated_snapshots::{LABEL_DIFFER_ONLY, LABEL_SNAPSHOT_REF};
 use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
@@ -21,7 +23,6 @@ use tonic::Status;
 
 use super::fetch::{self, Download, LayerSource};
 use super::progress::{object_name, Progress};
-use crate::content::ContentService;
 use crate::edge::{blocking, status};
 use crate::snapshots::SnapshotsService;
 
@@ -48,7 +49,7 @@ pub struct PullRequest {
 }
 
 pub struct Puller {
-    pub content: ContentService,
+    pub content: NamespacedContentStore,
     pub snapshots: Arc<SnapshotsService>,
     pub differ: Arc<WalkingDiffer>,
     pub db: Arc<MetadataStore>,
@@ -84,7 +85,7 @@ impl Pull {
 
 impl Puller {
     pub fn new(
-        content: ContentService,
+        content: NamespacedContentStore,
         snapshots: Arc<SnapshotsService>,
         differ: Arc<WalkingDiffer>,
         db: Arc<MetadataStore>,
@@ -317,19 +318,20 @@ impl Puller {
         let mut ingest = self
             .content
             .ingest_blob(&pull.ns, Some(pull.lease.clone()), name)
-            .await?;
+            .await
+            .map_err(|e| status(&e))?;
         let written = ingest.write(raw.to_vec()).await;
         if let Err(e) = written {
             ingest.abort().await;
-            return Err(e);
+            return Err(status(&e));
         }
         match ingest
             .commit_checked(Some((&desc.digest, desc.size.max(0) as u64)), labels)
             .await
         {
             Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
-            Err(s) => return Err(s),
+            Err(e) if crated_errdefs::HasKind::kind(&e) == crated_errdefs::Kind::AlreadyExists => {}
+            Err(e) => return Err(status(&e)),
         }
         pull.progress
             .object("complete", name, parents, desc.size, desc)
@@ -411,6 +413,7 @@ impl Puller {
                 BTreeMap::from([(format!("{LABEL_GC_SNAPSHOT}{snapshotter}"), top)]),
             )
             .await
+            .map_err(|e| status(&e))
     }
 
     fn busy_lock(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
@@ -649,7 +652,8 @@ impl Puller {
                 &c.layer.digest,
                 BTreeMap::from([(LABEL_UNCOMPRESSED.to_owned(), c.diff_id)]),
             )
-            .await?;
+            .await
+            .map_err(|e| status(&e))?;
         pull.progress
             .object(
                 "extracted",
