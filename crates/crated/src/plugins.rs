@@ -7,7 +7,14 @@ pub fn registrations() -> Vec<Registration> {
     // The stores before the services, in containerd's order.
     regs.push(crated_content::registration());
     regs.push(crated_metadata::registration());
-    regs.extend(crated_services::registrations());
+    let mut services = crated_services::registrations();
+    // transfer.v1.local right before the gRPC service that uses it.
+    let grpc_transfer = services
+        .iter()
+        .position(|r| r.uri() == "io.containerd.grpc.v1.transfer")
+        .unwrap_or(services.len());
+    services.insert(grpc_transfer, crated_transfer::registration());
+    regs.extend(services);
     regs
 }
 

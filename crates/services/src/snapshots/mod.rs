@@ -87,12 +87,6 @@ impl SnapshotsService {
         )
     }
 
-    /// Snapshotter `name` as other services reach it (namespaced), with [`Self::target`]'s
-    /// errors.
-    pub(crate) fn target_of(&self, name: &str) -> Result<Arc<dyn ScopedSnapshotter>, Status> {
-        self.target(name).cloned()
-    }
-
     /// containerd's lookup: a missing or unknown name is InvalidArgument.
     fn target(&self, name: &str) -> Result<&Arc<dyn ScopedSnapshotter>, Status> {
         if let Some(only) = &self.only {
