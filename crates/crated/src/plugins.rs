@@ -6,15 +6,14 @@ use crated_plugin::Registration;
 use crated_services as services;
 
 pub fn registrations() -> Vec<Registration> {
-    // TEMPORARY until the content store registration moves to crated-content.
-    let mut local_content = services::content::registrations();
-    let content_services = local_content.split_off(1);
     [
         crated_snapshots::registrations(), // io.containerd.snapshotter.v1.*
-        local_content,                     // io.containerd.content.v1.content
-        vec![services::metadata::registration()], // io.containerd.metadata.v1.bolt
-        vec![crated_gc::registration()],   // io.containerd.gc.v1.scheduler
-        content_services,
+        vec![
+            crated_content::registration(),  // io.containerd.content.v1.content
+            crated_metadata::registration(), // io.containerd.metadata.v1.bolt
+            crated_gc::registration(),       // io.containerd.gc.v1.scheduler
+        ],
+        services::content::registrations(),
         vec![crated_events::registration()], // io.containerd.event.v1.exchange
         services::events::registrations(),
         services::namespaces::registrations(),
@@ -31,7 +30,9 @@ pub fn registrations() -> Vec<Registration> {
             crated_metrics::registration(),      // io.containerd.monitor.v1.cgroups
         ],
         services::tasks::registrations(),
-        services::transfer::registrations(), // streaming, transfer.v1.local, gRPC transfer
+        services::transfer::streams::registrations(), // io.containerd.streaming.v1.manager
+        vec![crated_transfer::registration()],        // io.containerd.transfer.v1.local
+        services::transfer::registrations(),
         vec![crated_restart::registration()], // io.containerd.internal.v1.restart
         services::introspection::registrations(),
         vec![

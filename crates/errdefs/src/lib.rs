@@ -18,6 +18,10 @@ pub enum Kind {
     ResourceExhausted,
     OutOfRange,
     DataLoss,
+    /// An operation given up because another part of it failed.
+    Aborted,
+    /// A failure of the daemon itself, such as a task that panicked.
+    Internal,
 }
 
 impl Kind {
@@ -36,6 +40,8 @@ impl Kind {
             Kind::ResourceExhausted => "resource exhausted",
             Kind::OutOfRange => "out of range",
             Kind::DataLoss => "data loss",
+            Kind::Aborted => "aborted",
+            Kind::Internal => "internal",
         }
     }
 }

@@ -12,6 +12,7 @@ use crated_api::containerd::types::Descriptor;
 use crated_content::ChunkStream;
 use crated_diff::media::{LABEL_UNCOMPRESSED, LAYER_TAR};
 use crated_diff::{ChunkReader, Compression, WalkingDiffer};
+use crated_metadata::NamespacedContentStore;
 use crated_plugin::{types, Instance, PluginError, Registration};
 use crated_snapshots::wire::mounts_from_api;
 use futures::StreamExt;
@@ -19,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::content::ContentService;
 use crate::edge::{lease, namespace, status};
 use crate::message_limits::limited;
 use crate::GrpcService;
@@ -41,7 +41,7 @@ impl Default for DiffServiceConfig {
 }
 
 pub struct DiffService {
-    content: ContentService,
+    content: NamespacedContentStore,
     differ: Arc<WalkingDiffer>,
 }
 
@@ -57,7 +57,7 @@ pub fn registrations() -> Vec<Registration> {
                     PluginError::failed(format!("no differ of {:?} is loaded", config.default))
                 })?;
             Ok(Instance::new(Arc::new(DiffService {
-                content: ContentService::from_context(&ctx)?,
+                content: NamespacedContentStore::from_context(&ctx)?,
                 differ,
             })))
         })
@@ -150,7 +150,11 @@ impl Diff for DiffService {
         let desc = req
             .diff
             .ok_or_else(|| Status::invalid_argument("a diff descriptor is required"))?;
-        let (chunks, _) = self.content.read_blob(&ns, &desc.digest).await?;
+        let (chunks, _) = self
+            .content
+            .read(&ns, &desc.digest, 0)
+            .await
+            .map_err(|e| status(&e))?;
         let failure = Arc::new(Mutex::new(None));
         let reader = blocking_reader(chunks, Arc::clone(&failure));
         let mounts = mounts_from_api(req.mounts);
@@ -196,7 +200,11 @@ impl Diff for DiffService {
         } else {
             req.r#ref.clone()
         };
-        let mut ingest = self.content.ingest_blob(&ns, lease, &reference).await?;
+        let mut ingest = self
+            .content
+            .ingest_blob(&ns, lease, &reference)
+            .await
+            .map_err(|e| status(&e))?;
         let (tx, mut rx) = mpsc::channel(4);
         let (left, right) = (mounts_from_api(req.left), mounts_from_api(req.right));
         let differ = Arc::clone(&self.differ);
@@ -221,9 +229,9 @@ impl Diff for DiffService {
         let compared = job.await.map_err(task_failed)?;
         let compared = match (written, compared) {
             (Ok(()), Ok(c)) => c,
-            (Err(s), _) => {
+            (Err(e), _) => {
                 ingest.abort().await;
-                return Err(s);
+                return Err(status(&e));
             }
             (Ok(()), Err(e)) => {
                 ingest.abort().await;
@@ -232,7 +240,7 @@ impl Diff for DiffService {
         };
         let mut labels = req.labels;
         labels.insert(LABEL_UNCOMPRESSED.to_owned(), compared.diff_id);
-        let (digest, size) = ingest.commit(labels).await?;
+        let (digest, size) = ingest.commit(labels).await.map_err(|e| status(&e))?;
         Ok(Response::new(api::DiffResponse {
             diff: Some(descriptor(&media_type, digest, size)),
         }))

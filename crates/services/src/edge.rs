@@ -26,6 +26,8 @@ pub fn code(kind: Kind) -> Code {
         Kind::ResourceExhausted => Code::ResourceExhausted,
         Kind::OutOfRange => Code::OutOfRange,
         Kind::DataLoss => Code::DataLoss,
+        Kind::Aborted => Code::Aborted,
+        Kind::Internal => Code::Internal,
     }
 }
 

@@ -13,7 +13,6 @@ pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod message_limits;
-pub mod metadata;
 pub mod namespaces;
 pub mod snapshots;
 pub mod socket;

@@ -1,9 +1,7 @@
 //! Snapshots: `io.containerd.service.v1.snapshots-service` + `io.containerd.grpc.v1.snapshots`,
-//! every snapshotter by name through the metadata store ([`namespaced`]). The same gRPC front
-//! serves one snapshotter bare, without namespaces ([`SnapshotsService::bare`]): that is what a
-//! proxy snapshotter plugin of crated or containerd talks to (`crated-snapshotter`).
-
-pub mod namespaced;
+//! every snapshotter by name through the metadata store ([`NamespacedSnapshotter`]). The same
+//! gRPC front serves one snapshotter bare, without namespaces ([`SnapshotsService::bare`]): that
+//! is what a proxy snapshotter plugin of crated or containerd talks to (`crated-snapshotter`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,114 +11,17 @@ use crated_api::containerd::services::snapshots::v1 as api;
 use crated_api::containerd::services::snapshots::v1::snapshots_server::{
     Snapshots, SnapshotsServer,
 };
-use crated_metadata::MetadataStore;
+use crated_metadata::{
+    MetadataStore, NamespacedSnapshotter, Scope, ScopedSnapshotError, ScopedSnapshotter, Unscoped,
+};
 use crated_plugin::{types, Instance, Registration};
 use crated_snapshots::wire::{info_from_api, info_to_api, mounts_to_api};
-use crated_snapshots::{Info, Mount, SnapshotError, Snapshotter, Usage, LABEL_DIFFER_ONLY};
+use crated_snapshots::{SnapshotError, Snapshotter, LABEL_DIFFER_ONLY};
 use tonic::{Request, Response, Status};
 
 use crate::edge::{lease, namespace, status};
 use crate::message_limits::limited;
 use crate::GrpcService;
-use namespaced::{NamespacedError, NamespacedSnapshotter};
-
-/// One snapshotter as a call reaches it: namespaced through the metadata store
-/// ([`NamespacedSnapshotter`]), or bare.
-#[tonic::async_trait]
-pub trait Target: Send + Sync {
-    async fn stat(&self, ns: &str, key: &str) -> Result<Info, NamespacedError>;
-    async fn create(
-        &self,
-        ns: &str,
-        key: &str,
-        parent: &str,
-        labels: HashMap<String, String>,
-        lease: Option<String>,
-        view: bool,
-    ) -> Result<Vec<Mount>, NamespacedError>;
-    async fn mounts(&self, ns: &str, key: &str) -> Result<Vec<Mount>, NamespacedError>;
-    /// Commits `key` as `name`; a non-empty `onto` rebases a snapshot prepared without a
-    /// parent onto that committed one (only where [`Target::can_rebase`]).
-    async fn commit(
-        &self,
-        ns: &str,
-        name: &str,
-        key: &str,
-        onto: &str,
-        labels: HashMap<String, String>,
-        lease: Option<String>,
-    ) -> Result<(), NamespacedError>;
-    /// The snapshotter's `rebase` capability.
-    fn can_rebase(&self) -> bool;
-    async fn remove(&self, ns: &str, key: &str) -> Result<(), NamespacedError>;
-    async fn usage(&self, ns: &str, key: &str) -> Result<Usage, NamespacedError>;
-    async fn update(&self, ns: &str, info: Info, paths: &[String])
-        -> Result<Info, NamespacedError>;
-    async fn walk(&self, ns: &str, filters: &[String]) -> Result<Vec<Info>, NamespacedError>;
-    async fn cleanup(&self) -> Result<(), NamespacedError>;
-}
-
-/// A snapshotter served as it is: keys are the caller's, namespaces and leases are not ours.
-struct Bare(Arc<dyn Snapshotter>);
-
-#[tonic::async_trait]
-impl Target for Bare {
-    async fn stat(&self, _: &str, key: &str) -> Result<Info, NamespacedError> {
-        Ok(self.0.stat(key).await?)
-    }
-    async fn create(
-        &self,
-        _: &str,
-        key: &str,
-        parent: &str,
-        labels: HashMap<String, String>,
-        _: Option<String>,
-        view: bool,
-    ) -> Result<Vec<Mount>, NamespacedError> {
-        Ok(if view {
-            self.0.view(key, parent, labels).await?
-        } else {
-            self.0.prepare(key, parent, labels).await?
-        })
-    }
-    async fn mounts(&self, _: &str, key: &str) -> Result<Vec<Mount>, NamespacedError> {
-        Ok(self.0.mounts(key).await?)
-    }
-    async fn commit(
-        &self,
-        _: &str,
-        name: &str,
-        key: &str,
-        onto: &str,
-        labels: HashMap<String, String>,
-        _: Option<String>,
-    ) -> Result<(), NamespacedError> {
-        if onto.is_empty() {
-            self.0.commit(name, key, labels).await?;
-        } else {
-            self.0.commit_onto(name, key, onto, labels).await?;
-        }
-        Ok(())
-    }
-    fn can_rebase(&self) -> bool {
-        self.0.can_rebase()
-    }
-    async fn remove(&self, _: &str, key: &str) -> Result<(), NamespacedError> {
-        Ok(self.0.remove(key).await?)
-    }
-    async fn usage(&self, _: &str, key: &str) -> Result<Usage, NamespacedError> {
-        Ok(self.0.usage(key).await?)
-    }
-    async fn update(&self, _: &str, info: Info, paths: &[String]) -> Result<Info, NamespacedError> {
-        Ok(self.0.update(info, paths).await?)
-    }
-    async fn walk(&self, _: &str, filters: &[String]) -> Result<Vec<Info>, NamespacedError> {
-        Ok(self.0.walk(filters).await?)
-    }
-    async fn cleanup(&self) -> Result<(), NamespacedError> {
-        Ok(self.0.cleanup().await?)
-    }
-}
 
 /// A client's labels, less [`LABEL_DIFFER_ONLY`]: only crated's own unpack may say that no
 /// one but its differ writes into a snapshot.
@@ -130,9 +31,9 @@ fn from_client(mut labels: HashMap<String, String>) -> HashMap<String, String> {
 }
 
 pub struct SnapshotsService {
-    by_name: HashMap<String, Arc<dyn Target>>,
+    by_name: HashMap<String, Arc<dyn ScopedSnapshotter>>,
     /// Serving one snapshotter bare: every name reaches it.
-    only: Option<Arc<dyn Target>>,
+    only: Option<Arc<dyn ScopedSnapshotter>>,
     /// Where `/snapshot/*` events go (none when serving bare, outside a daemon).
     exchange: Option<Arc<crated_events::Exchange>>,
 }
@@ -147,7 +48,7 @@ impl SnapshotsService {
             by_name: snapshotters
                 .into_iter()
                 .map(|(name, backend)| {
-                    let target: Arc<dyn Target> =
+                    let target: Arc<dyn ScopedSnapshotter> =
                         Arc::new(NamespacedSnapshotter::new(db.clone(), &name, backend));
                     (name, target)
                 })
@@ -161,7 +62,7 @@ impl SnapshotsService {
     pub fn bare(snapshotter: Arc<dyn Snapshotter>) -> Self {
         SnapshotsService {
             by_name: HashMap::new(),
-            only: Some(Arc::new(Bare(snapshotter))),
+            only: Some(Arc::new(Unscoped(snapshotter))),
             exchange: None,
         }
     }
@@ -186,14 +87,8 @@ impl SnapshotsService {
         )
     }
 
-    /// Snapshotter `name` as other services reach it (namespaced), with [`Self::target`]'s
-    /// errors.
-    pub(crate) fn target_of(&self, name: &str) -> Result<Arc<dyn Target>, Status> {
-        self.target(name).cloned()
-    }
-
     /// containerd's lookup: a missing or unknown name is InvalidArgument.
-    fn target(&self, name: &str) -> Result<&Arc<dyn Target>, Status> {
+    fn target(&self, name: &str) -> Result<&Arc<dyn ScopedSnapshotter>, Status> {
         if let Some(only) = &self.only {
             return Ok(only);
         }
@@ -241,7 +136,7 @@ pub fn registrations() -> Vec<Registration> {
     ]
 }
 
-fn edge(e: NamespacedError) -> Status {
+fn edge(e: ScopedSnapshotError) -> Status {
     status(&e)
 }
 
@@ -262,7 +157,12 @@ impl Snapshots for SnapshotsService {
         let r = req.into_inner();
         let mounts = self
             .target(&r.snapshotter)?
-            .create(&ns, &r.key, &r.parent, from_client(r.labels), lease, false)
+            .prepare(
+                Scope::new(&ns, lease.as_deref()),
+                &r.key,
+                &r.parent,
+                from_client(r.labels),
+            )
             .await
             .map_err(edge)?;
         self.publish(
@@ -288,7 +188,12 @@ impl Snapshots for SnapshotsService {
         let r = req.into_inner();
         let mounts = self
             .target(&r.snapshotter)?
-            .create(&ns, &r.key, &r.parent, from_client(r.labels), lease, true)
+            .view(
+                Scope::new(&ns, lease.as_deref()),
+                &r.key,
+                &r.parent,
+                from_client(r.labels),
+            )
             .await
             .map_err(edge)?;
         Ok(Response::new(api::ViewSnapshotResponse {
@@ -304,7 +209,7 @@ impl Snapshots for SnapshotsService {
         let r = req.into_inner();
         let mounts = self
             .target(&r.snapshotter)?
-            .mounts(&ns, &r.key)
+            .mounts(Scope::new(&ns, None), &r.key)
             .await
             .map_err(edge)?;
         Ok(Response::new(api::MountsResponse {
@@ -318,17 +223,17 @@ impl Snapshots for SnapshotsService {
     ) -> Result<Response<()>, Status> {
         let (ns, lease) = (self.namespace(&req)?, lease(&req));
         let r = req.into_inner();
-        self.target(&r.snapshotter)?
-            .commit(
-                &ns,
-                &r.name,
-                &r.key,
-                &r.parent,
-                from_client(r.labels),
-                lease,
-            )
-            .await
-            .map_err(edge)?;
+        let target = self.target(&r.snapshotter)?;
+        let scope = Scope::new(&ns, lease.as_deref());
+        let labels = from_client(r.labels);
+        let committed = if r.parent.is_empty() {
+            target.commit(scope, &r.name, &r.key, labels).await
+        } else {
+            target
+                .commit_onto(scope, &r.name, &r.key, &r.parent, labels)
+                .await
+        };
+        committed.map_err(edge)?;
         self.publish(
             &ns,
             "/snapshot/commit",
@@ -349,7 +254,7 @@ impl Snapshots for SnapshotsService {
         let ns = self.namespace(&req)?;
         let r = req.into_inner();
         self.target(&r.snapshotter)?
-            .remove(&ns, &r.key)
+            .remove(Scope::new(&ns, None), &r.key)
             .await
             .map_err(edge)?;
         self.publish(
@@ -372,7 +277,7 @@ impl Snapshots for SnapshotsService {
         let r = req.into_inner();
         let info = self
             .target(&r.snapshotter)?
-            .stat(&ns, &r.key)
+            .stat(Scope::new(&ns, None), &r.key)
             .await
             .map_err(edge)?;
         Ok(Response::new(api::StatSnapshotResponse {
@@ -396,7 +301,7 @@ impl Snapshots for SnapshotsService {
         info.labels = from_client(info.labels);
         let info = self
             .target(&r.snapshotter)?
-            .update(&ns, info, &paths)
+            .update(Scope::new(&ns, None), info, &paths)
             .await
             .map_err(edge)?;
         Ok(Response::new(api::UpdateSnapshotResponse {
@@ -412,7 +317,7 @@ impl Snapshots for SnapshotsService {
         let r = req.into_inner();
         let infos = self
             .target(&r.snapshotter)?
-            .walk(&ns, &r.filters)
+            .walk(Scope::new(&ns, None), &r.filters)
             .await
             .map_err(edge)?;
         let mut batches = Vec::new();
@@ -433,7 +338,7 @@ impl Snapshots for SnapshotsService {
         let r = req.into_inner();
         let u = self
             .target(&r.snapshotter)?
-            .usage(&ns, &r.key)
+            .usage(Scope::new(&ns, None), &r.key)
             .await
             .map_err(edge)?;
         Ok(Response::new(api::UsageResponse {

@@ -1,11 +1,8 @@
-//! Transfers: `io.containerd.transfer.v1.local` + `io.containerd.grpc.v1.transfer`, with the
-//! streams they talk to clients through ([`streams`]). A transfer is a source and a
-//! destination; the one this daemon does is containerd's pull, an OCI registry into the image
-//! store, unpacked ([`pull`]).
+//! Transfers: `io.containerd.grpc.v1.transfer`, the gRPC front of the daemon's puller
+//! (`crated_transfer`), with the streams it talks to clients through ([`streams`]). A transfer
+//! is a source and a destination; the one this daemon does is containerd's pull, an OCI
+//! registry into the image store, unpacked.
 
-mod fetch;
-mod progress;
-pub mod pull;
 pub mod streams;
 
 use std::sync::Arc;
@@ -13,25 +10,21 @@ use std::sync::Arc;
 use crated_api::containerd::services::transfer::v1 as api;
 use crated_api::containerd::services::transfer::v1::transfer_server::{Transfer, TransferServer};
 use crated_api::containerd::types::transfer as types;
-use crated_diff::WalkingDiffer;
 use crated_images::{Credentials, Platform, Reference, RegistryOptions};
-use crated_metadata::MetadataStore;
 use crated_plugin::{types as plugin_types, Instance, Registration};
+use crated_transfer::{Progress, ProgressEvent, ProgressSink, PullRequest, Puller, Unpack};
 use tonic::{Request, Response, Status};
 
-use crate::content::ContentService;
 use crate::edge::{lease, namespace, status};
 use crate::message_limits::limited;
-use crate::snapshots::SnapshotsService;
 use crate::GrpcService;
-use progress::Progress;
-use pull::{PullRequest, Puller};
 use streams::{from_any, to_any, type_name, ClientStream, StreamManager};
 
 const OCI_REGISTRY: &str = "containerd.types.transfer.OCIRegistry";
 const IMAGE_STORE: &str = "containerd.types.transfer.ImageStore";
 const AUTH_REQUEST: &str = "containerd.types.transfer.AuthRequest";
 const AUTH_RESPONSE: &str = "containerd.types.transfer.AuthResponse";
+const PROGRESS: &str = "containerd.types.transfer.Progress";
 /// Where a pull unpacks when the client names no snapshotter, as containerd on Linux.
 const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 
@@ -41,26 +34,7 @@ pub struct TransferService {
 }
 
 pub fn registrations() -> Vec<Registration> {
-    let mut regs = streams::registrations();
-    regs.push(
-        Registration::new(plugin_types::TRANSFER, "local", |ctx| async move {
-            let db = ctx.get_single::<MetadataStore>(plugin_types::METADATA)?;
-            let snapshots =
-                ctx.get_by_id::<SnapshotsService>(plugin_types::SERVICE, "snapshots-service")?;
-            let differ = ctx.get_by_id::<WalkingDiffer>(plugin_types::DIFF, "walking")?;
-            let content = ContentService::from_context(&ctx)?;
-            Ok(Instance::new(Arc::new(Puller::new(
-                content, snapshots, differ, db,
-            ))))
-        })
-        .requires(&[
-            plugin_types::METADATA,
-            plugin_types::CONTENT,
-            plugin_types::DIFF,
-            plugin_types::SERVICE,
-        ]),
-    );
-    regs.push(
+    vec![
         Registration::new(plugin_types::GRPC, "transfer", |ctx| async move {
             let puller = ctx.get_by_id::<Puller>(plugin_types::TRANSFER, "local")?;
             let streams = ctx.get_by_id::<StreamManager>(plugin_types::STREAMING, "manager")?;
@@ -70,8 +44,30 @@ pub fn registrations() -> Vec<Registration> {
             })))
         })
         .requires(&[plugin_types::TRANSFER, plugin_types::STREAMING]),
-    );
-    regs
+    ]
+}
+
+/// Progress events go to the client's stream as containerd's Progress messages.
+#[tonic::async_trait]
+impl ProgressSink for ClientStream {
+    async fn send(&self, event: ProgressEvent) {
+        let message = types::Progress {
+            event: event.event,
+            name: event.name,
+            parents: event.parents,
+            progress: event.progress,
+            total: event.total,
+            desc: event
+                .desc
+                .map(|d| crated_api::containerd::types::Descriptor {
+                    media_type: d.media_type,
+                    digest: d.digest,
+                    size: d.size,
+                    annotations: d.annotations.into_iter().collect(),
+                }),
+        };
+        let _ = ClientStream::send(self, to_any(PROGRESS, &message)).await;
+    }
 }
 
 fn platform(p: Option<crated_api::containerd::types::Platform>) -> Option<Platform> {
@@ -134,15 +130,13 @@ impl TransferService {
         let unpacks = store
             .unpacks
             .into_iter()
-            .map(|u| {
-                (
-                    platform(u.platform).unwrap_or_else(Platform::host),
-                    if u.snapshotter.is_empty() {
-                        DEFAULT_SNAPSHOTTER.to_owned()
-                    } else {
-                        u.snapshotter
-                    },
-                )
+            .map(|u| Unpack {
+                platform: platform(u.platform).unwrap_or_else(Platform::host),
+                snapshotter: if u.snapshotter.is_empty() {
+                    DEFAULT_SNAPSHOTTER.to_owned()
+                } else {
+                    u.snapshotter
+                },
             })
             .collect();
         Ok(PullRequest {
@@ -185,7 +179,7 @@ impl Transfer for TransferService {
         let progress = if progress_id.is_empty() {
             Progress::default()
         } else {
-            Progress::new(Some(self.streams.get(&ns, &progress_id)?))
+            Progress::new(self.streams.get(&ns, &progress_id)?)
         };
         let pulled = async {
             let request = self.pull_request(
@@ -193,7 +187,10 @@ impl Transfer for TransferService {
                 from_any(&source, OCI_REGISTRY)?,
                 from_any(&destination, IMAGE_STORE)?,
             )?;
-            self.puller.pull(&ns, lease, request, progress).await
+            self.puller
+                .pull(&ns, lease, request, progress)
+                .await
+                .map_err(|e| status(&e))
         }
         .await;
         if !progress_id.is_empty() {

@@ -1,26 +1,26 @@
-//! A snapshotter seen through the metadata store, as containerd's metadata `snapshotter`:
-//! keys are per namespace, the backend gets keys of its own (`<ns>/<seq>/<key>`), labels live
-//! in the records (the backend sees only the `containerd.io/snapshot/` ones it keeps itself),
-//! new snapshots go under the call's lease, and Remove forgets the record: the collector
-//! removes the backend's snapshot once nothing keeps it.
+//! Snapshotters as a call reaches them, as containerd's metadata `snapshotter`
+//! (core/metadata/snapshot.go). [`ScopedSnapshotter`] is the per-call API: the
+//! [`Snapshotter`] API plus the [`Scope`] of the call. [`NamespacedSnapshotter`] keeps keys,
+//! parents and labels per namespace in the metadata store, with backend keys of its own
+//! (`<ns>/<seq>/<key>`); [`Unscoped`] serves a snapshotter as it is.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use super::Target;
 use crated_errdefs::{HasKind, Kind as ErrKind};
-use crated_metadata::{
-    Backend, LeaseResource, MetadataError, MetadataStore, NewSnapshotCheck, SnapshotRecord,
-};
 use crated_snapshots::{
     filter_infos, Info, Kind, Mount, SnapshotError, Snapshotter, Usage, INHERITED_LABEL_PREFIX,
     LABEL_DIFFER_ONLY, LABEL_SNAPSHOT_REF,
 };
 use crated_wal::work::{run_store_work, Work};
 
+use crate::{
+    Backend, LeaseResource, MetadataError, MetadataStore, NewSnapshotCheck, SnapshotRecord,
+};
+
 #[derive(Debug, thiserror::Error)]
-pub enum NamespacedError {
+pub enum ScopedSnapshotError {
     #[error(transparent)]
     Metadata(#[from] MetadataError),
     #[error(transparent)]
@@ -29,26 +29,163 @@ pub enum NamespacedError {
     Task(String),
 }
 
-impl HasKind for NamespacedError {
+impl HasKind for ScopedSnapshotError {
     fn kind(&self) -> ErrKind {
         match self {
-            NamespacedError::Metadata(e) => e.kind(),
-            NamespacedError::Snapshot(e) => e.kind(),
-            NamespacedError::Task(_) => ErrKind::Unknown,
+            ScopedSnapshotError::Metadata(e) => e.kind(),
+            ScopedSnapshotError::Snapshot(e) => e.kind(),
+            ScopedSnapshotError::Task(_) => ErrKind::Unknown,
         }
     }
 }
 
-type Result<T> = std::result::Result<T, NamespacedError>;
+type Result<T> = std::result::Result<T, ScopedSnapshotError>;
 
+/// Who a call is for: its namespace, and the lease new snapshots go under.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope<'a> {
+    pub namespace: &'a str,
+    pub lease: Option<&'a str>,
+}
+
+impl<'a> Scope<'a> {
+    pub fn new(namespace: &'a str, lease: Option<&'a str>) -> Self {
+        Scope { namespace, lease }
+    }
+}
+
+/// A snapshotter's API for one call's [`Scope`]; each method is the [`Snapshotter`] one.
+#[async_trait::async_trait]
+pub trait ScopedSnapshotter: Send + Sync {
+    async fn stat(&self, scope: Scope<'_>, key: &str) -> Result<Info>;
+    async fn update(&self, scope: Scope<'_>, info: Info, paths: &[String]) -> Result<Info>;
+    async fn usage(&self, scope: Scope<'_>, key: &str) -> Result<Usage>;
+    async fn mounts(&self, scope: Scope<'_>, key: &str) -> Result<Vec<Mount>>;
+    async fn prepare(
+        &self,
+        scope: Scope<'_>,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>>;
+    async fn view(
+        &self,
+        scope: Scope<'_>,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>>;
+    async fn commit(
+        &self,
+        scope: Scope<'_>,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()>;
+    /// Commits `key`, prepared without a parent, as `name` on top of the committed `parent`
+    /// (only where [`ScopedSnapshotter::can_rebase`]).
+    async fn commit_onto(
+        &self,
+        scope: Scope<'_>,
+        name: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()>;
+    /// The snapshotter's `rebase` capability.
+    fn can_rebase(&self) -> bool;
+    async fn remove(&self, scope: Scope<'_>, key: &str) -> Result<()>;
+    async fn walk(&self, scope: Scope<'_>, filters: &[String]) -> Result<Vec<Info>>;
+    async fn cleanup(&self) -> Result<()>;
+}
+
+/// A snapshotter served as it is: keys are the caller's, the scope is ignored. This is what a
+/// proxy snapshotter of crated or containerd talks to.
+pub struct Unscoped(pub Arc<dyn Snapshotter>);
+
+#[async_trait::async_trait]
+impl ScopedSnapshotter for Unscoped {
+    async fn stat(&self, _: Scope<'_>, key: &str) -> Result<Info> {
+        Ok(self.0.stat(key).await?)
+    }
+    async fn update(&self, _: Scope<'_>, info: Info, paths: &[String]) -> Result<Info> {
+        Ok(self.0.update(info, paths).await?)
+    }
+    async fn usage(&self, _: Scope<'_>, key: &str) -> Result<Usage> {
+        Ok(self.0.usage(key).await?)
+    }
+    async fn mounts(&self, _: Scope<'_>, key: &str) -> Result<Vec<Mount>> {
+        Ok(self.0.mounts(key).await?)
+    }
+    async fn prepare(
+        &self,
+        _: Scope<'_>,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        Ok(self.0.prepare(key, parent, labels).await?)
+    }
+    async fn view(
+        &self,
+        _: Scope<'_>,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        Ok(self.0.view(key, parent, labels).await?)
+    }
+    async fn commit(
+        &self,
+        _: Scope<'_>,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        Ok(self.0.commit(name, key, labels).await?)
+    }
+    async fn commit_onto(
+        &self,
+        _: Scope<'_>,
+        name: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        Ok(self.0.commit_onto(name, key, parent, labels).await?)
+    }
+    fn can_rebase(&self) -> bool {
+        self.0.can_rebase()
+    }
+    async fn remove(&self, _: Scope<'_>, key: &str) -> Result<()> {
+        Ok(self.0.remove(key).await?)
+    }
+    async fn walk(&self, _: Scope<'_>, filters: &[String]) -> Result<Vec<Info>> {
+        Ok(self.0.walk(filters).await?)
+    }
+    async fn cleanup(&self) -> Result<()> {
+        Ok(self.0.cleanup().await?)
+    }
+}
+
+/// A snapshotter seen through the metadata store. Labels live in the records (the backend sees
+/// only the `containerd.io/snapshot/` ones it keeps itself), new snapshots go under the call's
+/// lease, and Remove forgets the record: the collector removes the backend's snapshot once
+/// nothing keeps it.
 pub struct NamespacedSnapshotter {
     db: Arc<MetadataStore>,
     name: String,
     /// This snapshotter as the collector sweeps it.
     sweep: Backend,
     backend: Arc<dyn Snapshotter>,
-    /// Makes backend keys unique: started from the clock, so a restart does not reuse one.
-    seq: AtomicU64,
+}
+
+/// The next backend key number. One counter for the process, so that two instances over one
+/// backend never make the same key; it starts from the clock, so a restart does not reuse one.
+fn next_seq() -> u64 {
+    static SEQ: OnceLock<AtomicU64> = OnceLock::new();
+    SEQ.get_or_init(|| AtomicU64::new(crate::now_nanos()))
+        .fetch_add(1, Ordering::Relaxed)
 }
 
 /// Labels the backend keeps for itself.
@@ -76,7 +213,7 @@ fn require_key(what: &str, key: &str) -> Result<()> {
 
 fn validate_labels(labels: &HashMap<String, String>) -> Result<()> {
     for (k, v) in labels {
-        crated_metadata::validate::label(k, v)?;
+        crate::validate::label(k, v)?;
     }
     Ok(())
 }
@@ -88,18 +225,15 @@ impl NamespacedSnapshotter {
             name: name.to_owned(),
             sweep: Backend::Snapshotter(name.to_owned()),
             backend,
-            seq: AtomicU64::new(crated_metadata::now_nanos()),
         }
     }
 
     fn backend_key(&self, ns: &str, key: &str) -> String {
-        format!("{ns}/{}/{key}", self.seq.fetch_add(1, Ordering::Relaxed))
+        format!("{ns}/{}/{key}", next_seq())
     }
 
-    /// Runs record work on a few records of this snapshotter in namespace `ns`: short store
-    /// work, done on this thread unless the store's commits are not short now (another write
-    /// transaction, a collection's say, is open or waits, or the journal is near a restart; see
-    /// [`MetadataStore::commits_are_short`] and [`run_store_work`]).
+    /// Runs record work on a few records of this snapshotter in namespace `ns`, on this
+    /// thread while the store's commits are short (see [`MetadataStore::commits_are_short`]).
     async fn records<T: Send + 'static>(
         &self,
         ns: &str,
@@ -107,25 +241,27 @@ impl NamespacedSnapshotter {
             + Send
             + 'static,
     ) -> Result<T> {
-        self.records_where(true, ns, f).await
+        self.records_where(Work::Short, ns, f).await
     }
 
     /// Runs record work for this snapshotter in namespace `ns`, on this thread when it is
-    /// `constant` (a few records, not all of them) and the store's commits are short.
+    /// short (a few records, not all of them) and so are the store's commits now.
     async fn records_where<T: Send + 'static>(
         &self,
-        constant: bool,
+        work: Work,
         ns: &str,
         f: impl FnOnce(&MetadataStore, &str, &str) -> std::result::Result<T, MetadataError>
             + Send
             + 'static,
     ) -> Result<T> {
-        let short = constant && self.db.commits_are_short();
-        let work = if short { Work::Short } else { Work::Long };
+        let work = match work {
+            Work::Short if self.db.commits_are_short() => Work::Short,
+            _ => Work::Long,
+        };
         let (db, ns, sn) = (self.db.clone(), ns.to_owned(), self.name.clone());
         run_store_work(work, move || f(&db, &ns, &sn))
             .await
-            .map_err(|e| NamespacedError::Task(e.to_string()))?
+            .map_err(|e| ScopedSnapshotError::Task(e.to_string()))?
             .map_err(Into::into)
     }
 
@@ -149,17 +285,16 @@ impl NamespacedSnapshotter {
         }
     }
 
-    /// Records as `target` the committed snapshot the backend says it made for it (labelled
-    /// `containerd.io/snapshot.ref` = `target`, on `backend_parent`), as containerd's metadata
-    /// snapshotter does for remote snapshotters; the caller is told it exists already.
+    /// Records as `target` the committed snapshot the backend made for it (labelled
+    /// `containerd.io/snapshot.ref` = `target`, on `backend_parent`), as containerd does for
+    /// remote snapshotters; the caller is told it exists already.
     async fn adopt(
         &self,
-        ns: &str,
+        scope: Scope<'_>,
         target: &str,
         parent: &str,
         backend_parent: &str,
         labels: HashMap<String, String>,
-        lease: Option<String>,
     ) -> Result<Vec<Mount>> {
         let filter =
             format!("labels.\"{LABEL_SNAPSHOT_REF}\"=={target},parent==\"{backend_parent}\"");
@@ -189,9 +324,9 @@ impl NamespacedSnapshotter {
             updated: found.updated,
             children: Vec::new(),
         };
-        let t = target.to_owned();
+        let (t, lease) = (target.to_owned(), scope.lease.map(str::to_owned));
         match self
-            .records(ns, move |db, ns, sn| {
+            .records(scope.namespace, move |db, ns, sn| {
                 db.snapshot_create(ns, sn, &t, &record, lease.as_deref())
             })
             .await
@@ -205,40 +340,19 @@ impl NamespacedSnapshotter {
                 .into(),
         )
     }
-}
 
-/// Labels as records keep them: an empty value is no label.
-fn kept(labels: HashMap<String, String>) -> BTreeMap<String, String> {
-    labels.into_iter().filter(|(_, v)| !v.is_empty()).collect()
-}
-
-/// Whether an Update field path names labels the backend keeps.
-fn backend_path(path: &str) -> bool {
-    path == "labels"
-        || path
-            .strip_prefix("labels.")
-            .is_some_and(|l| l.starts_with(INHERITED_LABEL_PREFIX) || l == LABEL_SNAPSHOT_REF)
-}
-
-#[tonic::async_trait]
-impl Target for NamespacedSnapshotter {
-    async fn stat(&self, ns: &str, key: &str) -> Result<Info> {
-        let record = self.record(ns, key).await?;
-        let backend = self.backend.stat(&record.name).await?;
-        Ok(Self::merge(key, &record, backend))
-    }
-
+    /// Prepare or View: a record, and the backend's snapshot under a key of its own.
     async fn create(
         &self,
-        ns: &str,
+        scope: Scope<'_>,
         key: &str,
         parent: &str,
         labels: HashMap<String, String>,
-        lease: Option<String>,
         view: bool,
     ) -> Result<Vec<Mount>> {
         require_key("key", key)?;
         validate_labels(&labels)?;
+        let ns = scope.namespace;
         let target = labels.get(LABEL_SNAPSHOT_REF).cloned().unwrap_or_default();
         let (k, p, t) = (key.to_owned(), parent.to_owned(), target.clone());
         let checked = self
@@ -250,9 +364,9 @@ impl Target for NamespacedSnapshotter {
             NewSnapshotCheck::Free(backend_parent) => backend_parent,
             NewSnapshotCheck::Exists { key, target } => {
                 // The caller's lease keeps what it found, as it would what it made.
-                if let Some(lease) = lease {
+                if let Some(lease) = scope.lease.map(str::to_owned) {
                     let resource = LeaseResource {
-                        resource_type: crated_metadata::snapshot_resource(&self.name),
+                        resource_type: crate::snapshot_resource(&self.name),
                         id: key.clone(),
                     };
                     self.records(ns, move |db, ns, _| {
@@ -294,12 +408,12 @@ impl Target for NamespacedSnapshotter {
                     .into());
                 }
                 return self
-                    .adopt(ns, &target, parent, &backend_parent, labels, lease)
+                    .adopt(scope, &target, parent, &backend_parent, labels)
                     .await;
             }
             Err(e) => return Err(e.into()),
         };
-        let now = crated_metadata::now_nanos();
+        let now = crate::now_nanos();
         let record = SnapshotRecord {
             name: backend_key,
             parent: parent.to_owned(),
@@ -308,7 +422,7 @@ impl Target for NamespacedSnapshotter {
             updated: now,
             children: Vec::new(),
         };
-        let k = key.to_owned();
+        let (k, lease) = (key.to_owned(), scope.lease.map(str::to_owned));
         let recorded = self
             .records(ns, move |db, ns, sn| {
                 db.snapshot_create(ns, sn, &k, &record, lease.as_deref())
@@ -321,22 +435,18 @@ impl Target for NamespacedSnapshotter {
         recorded.map(|()| mounts)
     }
 
-    async fn mounts(&self, ns: &str, key: &str) -> Result<Vec<Mount>> {
-        let record = self.record(ns, key).await?;
-        Ok(self.backend.mounts(&record.name).await?)
-    }
-
-    async fn commit(
+    /// Commit, onto `onto` when it is given and is not the snapshot's parent already.
+    async fn commit_as(
         &self,
-        ns: &str,
+        scope: Scope<'_>,
         name: &str,
         key: &str,
-        onto: &str,
+        onto: Option<&str>,
         labels: HashMap<String, String>,
-        lease: Option<String>,
     ) -> Result<()> {
         require_key("name", name)?;
         validate_labels(&labels)?;
+        let ns = scope.namespace;
         let (nm, k) = (name.to_owned(), key.to_owned());
         let active = self
             .records(ns, move |db, ns, sn| {
@@ -344,15 +454,16 @@ impl Target for NamespacedSnapshotter {
             })
             .await?;
         let backend_name = self.backend_key(ns, name);
-        let backend_onto = if onto.is_empty() || onto == active.parent {
-            None
-        } else if !active.parent.is_empty() {
-            return Err(SnapshotError::InvalidArgument(format!(
-                "cannot change parent of active snapshot {key} on commit"
-            ))
-            .into());
-        } else {
-            Some(self.record(ns, onto).await?.name)
+        let onto = onto.filter(|p| !p.is_empty() && *p != active.parent);
+        let backend_onto = match onto {
+            None => None,
+            Some(_) if !active.parent.is_empty() => {
+                return Err(SnapshotError::InvalidArgument(format!(
+                    "cannot change parent of active snapshot {key} on commit"
+                ))
+                .into());
+            }
+            Some(onto) => Some(self.record(ns, onto).await?.name),
         };
         let _writing = self.db.writing_to(&self.sweep).await;
         match &backend_onto {
@@ -370,17 +481,17 @@ impl Target for NamespacedSnapshotter {
         // The store sets the times, and the parent unless this is a rebase.
         let committed = SnapshotRecord {
             name: backend_name,
-            parent: if backend_onto.is_some() {
-                onto.to_owned()
-            } else {
-                String::new()
-            },
+            parent: onto.unwrap_or_default().to_owned(),
             labels: kept(labels),
             created: 0,
             updated: 0,
             children: Vec::new(),
         };
-        let (nm, k) = (name.to_owned(), key.to_owned());
+        let (nm, k, lease) = (
+            name.to_owned(),
+            key.to_owned(),
+            scope.lease.map(str::to_owned),
+        );
         let recorded = self
             .records(ns, move |db, ns, sn| {
                 db.snapshot_commit(ns, sn, &nm, &k, committed, lease.as_deref())
@@ -391,31 +502,39 @@ impl Target for NamespacedSnapshotter {
         }
         recorded.map(|_| ())
     }
+}
 
-    fn can_rebase(&self) -> bool {
-        self.backend.can_rebase()
-    }
+/// Labels as records keep them: an empty value is no label.
+fn kept(labels: HashMap<String, String>) -> BTreeMap<String, String> {
+    labels.into_iter().filter(|(_, v)| !v.is_empty()).collect()
+}
 
-    async fn remove(&self, ns: &str, key: &str) -> Result<()> {
-        let k = key.to_owned();
-        self.records(ns, move |db, ns, sn| db.snapshot_remove(ns, sn, &k))
-            .await
-    }
+/// Whether an Update field path names labels the backend keeps.
+fn backend_path(path: &str) -> bool {
+    path == "labels"
+        || path
+            .strip_prefix("labels.")
+            .is_some_and(|l| l.starts_with(INHERITED_LABEL_PREFIX) || l == LABEL_SNAPSHOT_REF)
+}
 
-    async fn usage(&self, ns: &str, key: &str) -> Result<Usage> {
-        let record = self.record(ns, key).await?;
-        Ok(self.backend.usage(&record.name).await?)
+#[async_trait::async_trait]
+impl ScopedSnapshotter for NamespacedSnapshotter {
+    async fn stat(&self, scope: Scope<'_>, key: &str) -> Result<Info> {
+        let record = self.record(scope.namespace, key).await?;
+        let backend = self.backend.stat(&record.name).await?;
+        Ok(Self::merge(key, &record, backend))
     }
 
     /// containerd's Update: labels by field paths, in the record; those the backend keeps
     /// are passed on to it.
-    async fn update(&self, ns: &str, info: Info, paths: &[String]) -> Result<Info> {
+    async fn update(&self, scope: Scope<'_>, info: Info, paths: &[String]) -> Result<Info> {
         if info.name.is_empty() {
             return Err(
                 SnapshotError::InvalidArgument("snapshot name must not be empty".into()).into(),
             );
         }
         validate_labels(&info.labels)?;
+        let ns = scope.namespace;
         let record = self.record(ns, &info.name).await?;
         let backend_paths: Vec<String> =
             paths.iter().filter(|p| backend_path(p)).cloned().collect();
@@ -440,11 +559,76 @@ impl Target for NamespacedSnapshotter {
         Ok(Self::merge(&info.name, &updated, backend))
     }
 
+    async fn usage(&self, scope: Scope<'_>, key: &str) -> Result<Usage> {
+        let record = self.record(scope.namespace, key).await?;
+        Ok(self.backend.usage(&record.name).await?)
+    }
+
+    async fn mounts(&self, scope: Scope<'_>, key: &str) -> Result<Vec<Mount>> {
+        let record = self.record(scope.namespace, key).await?;
+        Ok(self.backend.mounts(&record.name).await?)
+    }
+
+    async fn prepare(
+        &self,
+        scope: Scope<'_>,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        self.create(scope, key, parent, labels, false).await
+    }
+
+    async fn view(
+        &self,
+        scope: Scope<'_>,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        self.create(scope, key, parent, labels, true).await
+    }
+
+    async fn commit(
+        &self,
+        scope: Scope<'_>,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        self.commit_as(scope, name, key, None, labels).await
+    }
+
+    async fn commit_onto(
+        &self,
+        scope: Scope<'_>,
+        name: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        self.commit_as(scope, name, key, Some(parent), labels).await
+    }
+
+    fn can_rebase(&self) -> bool {
+        self.backend.can_rebase()
+    }
+
+    async fn remove(&self, scope: Scope<'_>, key: &str) -> Result<()> {
+        let k = key.to_owned();
+        self.records(scope.namespace, move |db, ns, sn| {
+            db.snapshot_remove(ns, sn, &k)
+        })
+        .await
+    }
+
     /// Every snapshot of the namespace that a filter matches; records whose backend snapshot
     /// is gone are left out.
-    async fn walk(&self, ns: &str, filters: &[String]) -> Result<Vec<Info>> {
+    async fn walk(&self, scope: Scope<'_>, filters: &[String]) -> Result<Vec<Info>> {
         let records = self
-            .records_where(false, ns, |db, ns, sn| db.snapshot_list(ns, sn))
+            .records_where(Work::Long, scope.namespace, |db, ns, sn| {
+                db.snapshot_list(ns, sn)
+            })
             .await?;
         let mut infos = Vec::with_capacity(records.len());
         for (key, record) in records {
@@ -484,31 +668,52 @@ mod tests {
         let sn = NamespacedSnapshotter::new(db, "overlayfs", backend);
         assert!(sn.can_rebase());
         let no_labels = HashMap::new;
-        sn.create("ns", "base-key", "", no_labels(), None, false)
+        sn.prepare(Scope::new("ns", None), "base-key", "", no_labels())
             .await
             .unwrap();
-        sn.commit("ns", "base", "base-key", "", no_labels(), None)
+        sn.commit(Scope::new("ns", None), "base", "base-key", no_labels())
             .await
             .unwrap();
-        sn.create("ns", "top-key", "", no_labels(), None, false)
+        sn.prepare(Scope::new("ns", None), "top-key", "", no_labels())
             .await
             .unwrap();
         // Keys and parents are looked up in the caller's namespace only.
         let elsewhere = sn
-            .commit("other", "top", "top-key", "base", no_labels(), None)
+            .commit_onto(
+                Scope::new("other", None),
+                "top",
+                "top-key",
+                "base",
+                no_labels(),
+            )
             .await;
         assert_eq!(elsewhere.unwrap_err().kind(), ErrKind::NotFound);
         let missing = sn
-            .commit("ns", "top", "top-key", "nope", no_labels(), None)
+            .commit_onto(
+                Scope::new("ns", None),
+                "top",
+                "top-key",
+                "nope",
+                no_labels(),
+            )
             .await;
         assert_eq!(missing.unwrap_err().kind(), ErrKind::NotFound);
-        sn.commit("ns", "top", "top-key", "base", no_labels(), None)
-            .await
-            .unwrap();
-        assert_eq!(sn.stat("ns", "top").await.unwrap().parent, "base");
+        sn.commit_onto(
+            Scope::new("ns", None),
+            "top",
+            "top-key",
+            "base",
+            no_labels(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            sn.stat(Scope::new("ns", None), "top").await.unwrap().parent,
+            "base"
+        );
         // The backend stacked it too: a view of it has both layers below.
         let view = sn
-            .create("ns", "v", "top", no_labels(), None, true)
+            .view(Scope::new("ns", None), "v", "top", no_labels())
             .await
             .unwrap();
         let lower = view[0]
@@ -517,14 +722,20 @@ mod tests {
             .find_map(|o| o.strip_prefix("lowerdir="));
         assert_eq!(lower.map(|l| l.split(':').count()), Some(2), "{view:?}");
         // A parent with a child stays.
-        let removal = sn.remove("ns", "base").await;
+        let removal = sn.remove(Scope::new("ns", None), "base").await;
         assert_eq!(removal.unwrap_err().kind(), ErrKind::FailedPrecondition);
         // A snapshot prepared on a parent cannot be moved to another.
-        sn.create("ns", "child-key", "top", no_labels(), None, false)
+        sn.prepare(Scope::new("ns", None), "child-key", "top", no_labels())
             .await
             .unwrap();
         let moved = sn
-            .commit("ns", "child", "child-key", "base", no_labels(), None)
+            .commit_onto(
+                Scope::new("ns", None),
+                "child",
+                "child-key",
+                "base",
+                no_labels(),
+            )
             .await;
         assert_eq!(moved.unwrap_err().kind(), ErrKind::InvalidArgument);
     }
@@ -632,24 +843,24 @@ mod tests {
         journal.sync().unwrap();
         let sn = NamespacedSnapshotter::new(db, "native", backend);
         let no_labels = HashMap::new;
-        sn.create("ns", "a", "", no_labels(), None, false)
+        sn.prepare(Scope::new("ns", None), "a", "", no_labels())
             .await
             .unwrap();
         assert!(flushed(), "prepare");
-        sn.commit("ns", "c", "a", "", no_labels(), None)
+        sn.commit(Scope::new("ns", None), "c", "a", no_labels())
             .await
             .unwrap();
         assert!(flushed(), "commit");
-        sn.create("ns", "v", "c", no_labels(), None, true)
+        sn.view(Scope::new("ns", None), "v", "c", no_labels())
             .await
             .unwrap();
         assert!(flushed(), "view");
-        let mut info = sn.stat("ns", "c").await.unwrap();
+        let mut info = sn.stat(Scope::new("ns", None), "c").await.unwrap();
         info.labels
             .insert("containerd.io/snapshot/x".into(), "y".into());
-        sn.update("ns", info, &[]).await.unwrap();
+        sn.update(Scope::new("ns", None), info, &[]).await.unwrap();
         assert!(flushed(), "update");
-        sn.remove("ns", "v").await.unwrap();
+        sn.remove(Scope::new("ns", None), "v").await.unwrap();
         assert!(flushed(), "remove");
     }
 
@@ -683,7 +894,7 @@ mod tests {
         let (db, sn, backend) = remote_like(dir.path(), false);
         db.lease_create(
             "a",
-            &crated_metadata::Lease {
+            &crate::Lease {
                 id: "pull".into(),
                 created_at: 1,
                 labels: Default::default(),
@@ -692,13 +903,11 @@ mod tests {
         .unwrap();
 
         let err = sn
-            .create(
-                "a",
+            .prepare(
+                Scope::new("a", Some("pull")),
                 "extract-1",
                 "",
                 target_labels("layer-1"),
-                Some("pull".into()),
-                false,
             )
             .await
             .unwrap_err();
@@ -710,7 +919,7 @@ mod tests {
         );
         // Recorded under the target's name, committed, with the client's and the backend's
         // labels, under the caller's lease; the key it asked for was never recorded.
-        let info = sn.stat("a", "layer-1").await.unwrap();
+        let info = sn.stat(Scope::new("a", None), "layer-1").await.unwrap();
         assert_eq!(info.kind, Kind::Committed);
         assert_eq!(info.labels["from-client"], "yes");
         assert_eq!(info.labels["remote-label"], "from-backend");
@@ -719,7 +928,10 @@ mod tests {
             "remote/layer-1"
         );
         assert_eq!(
-            sn.stat("a", "extract-1").await.unwrap_err().kind(),
+            sn.stat(Scope::new("a", None), "extract-1")
+                .await
+                .unwrap_err()
+                .kind(),
             ErrKind::NotFound
         );
         let leased = db.lease_resources("a", "pull").unwrap();
@@ -728,7 +940,12 @@ mod tests {
         // Asked again: the record answers, the backend is not asked.
         let asked = backend.prepares.load(Ordering::SeqCst);
         let err = sn
-            .create("a", "extract-2", "", target_labels("layer-1"), None, false)
+            .prepare(
+                Scope::new("a", None),
+                "extract-2",
+                "",
+                target_labels("layer-1"),
+            )
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrKind::AlreadyExists);
@@ -741,24 +958,27 @@ mod tests {
         // A layer on top, and the same target from another namespace: the backend's one
         // snapshot is recorded in both.
         let err = sn
-            .create(
-                "a",
+            .prepare(
+                Scope::new("a", None),
                 "extract-3",
                 "layer-1",
                 target_labels("layer-2"),
-                None,
-                false,
             )
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrKind::AlreadyExists);
-        let top = sn.stat("a", "layer-2").await.unwrap();
+        let top = sn.stat(Scope::new("a", None), "layer-2").await.unwrap();
         assert_eq!(
             (top.kind, top.parent.as_str()),
             (Kind::Committed, "layer-1")
         );
         let err = sn
-            .create("b", "extract-1", "", target_labels("layer-1"), None, false)
+            .prepare(
+                Scope::new("b", None),
+                "extract-1",
+                "",
+                target_labels("layer-1"),
+            )
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrKind::AlreadyExists);
@@ -773,7 +993,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_db, sn, _backend) = remote_like(dir.path(), true);
         let err = sn
-            .create("a", "extract-1", "", target_labels("layer-1"), None, false)
+            .prepare(
+                Scope::new("a", None),
+                "extract-1",
+                "",
+                target_labels("layer-1"),
+            )
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrKind::NotFound);
@@ -783,12 +1008,15 @@ mod tests {
             "{err}"
         );
         assert_eq!(
-            sn.stat("a", "layer-1").await.unwrap_err().kind(),
+            sn.stat(Scope::new("a", None), "layer-1")
+                .await
+                .unwrap_err()
+                .kind(),
             ErrKind::NotFound
         );
         // Without a target, AlreadyExists for a key the store had free is no answer at all.
         let err = sn
-            .create("a", "plain", "", HashMap::new(), None, false)
+            .prepare(Scope::new("a", None), "plain", "", HashMap::new())
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrKind::Unknown);

@@ -1,9 +1,8 @@
-//! Layer downloads: each layer blob streams from the registry into the namespaced content
-//! store, its digest checked at commit. A cut download resumes from the bytes already written
-//! (a ranged request; a registry that ignores the range has its repeated bytes skipped). While
-//! a layer downloads, its bytes are also offered to the unpacker waiting on it ([`Feed`]); an
-//! unpacker busy with an earlier layer lets the offer overflow and later reads the blob back
-//! from the store, from where the feed stopped ([`LayerSource`]).
+//! Fetching blobs into the namespaced content store: documents whole, layers streamed from
+//! the registry with their digest checked at commit. A cut download resumes from the bytes
+//! already written. While a layer downloads, its bytes are also offered to the unpacker waiting
+//! on it ([`Feed`]); an unpacker busy with an earlier layer lets the offer overflow and later
+//! reads the blob back from the store, from where the feed stopped ([`LayerSource`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -13,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crated_content::ChunkStream;
+use crated_errdefs::{HasKind, Kind};
 use crated_images::{Descriptor, ImageError, Registry};
+use crated_metadata::{ContentStoreError, NamespacedContentStore};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tonic::Status;
 
-use super::progress::Progress;
-use crate::content::ContentService;
-use crate::edge::status;
+use crate::error::{Result, TransferError};
+use crate::progress::Progress;
+use crate::pull::{Pull, Puller};
 
 /// How many times a failing download is resumed before the pull fails.
 const ATTEMPTS: u32 = 5;
@@ -31,7 +31,7 @@ const FEED_BUDGET: usize = 4 << 20;
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 /// The outcome of a download, once known: the blob is committed, or why not.
-pub type Done = watch::Receiver<Option<Result<(), Status>>>;
+pub type Done = watch::Receiver<Option<std::result::Result<(), Arc<TransferError>>>>;
 
 /// The receiving side of a layer's live bytes. Reading marks it active: from then on the
 /// download waits for the unpacker rather than letting the feed overflow. Dropped, it lets the
@@ -104,7 +104,7 @@ pub fn feed() -> (Feed, Live) {
 
 /// Everything one download needs.
 pub struct Download {
-    pub content: ContentService,
+    pub content: NamespacedContentStore,
     pub registry: Arc<Registry>,
     pub ns: String,
     pub lease: String,
@@ -121,7 +121,7 @@ fn retryable(e: &ImageError) -> bool {
 
 impl Download {
     /// Downloads and commits the blob unless the namespace has it.
-    pub async fn run(self, mut feed: Feed) -> Result<(), Status> {
+    pub async fn run(self, mut feed: Feed) -> Result<()> {
         let digest = self.desc.digest.clone();
         if already_there(
             &self.content,
@@ -149,10 +149,10 @@ impl Download {
         let size = self.desc.size.max(0) as u64;
         let mut failures = 0;
         let mut reported = Instant::now();
-        let outcome: Result<(), Status> = async {
+        let outcome: Result<()> = async {
             while ingest.offset() < size {
                 let offset = ingest.offset();
-                let step: Result<(), ImageError> = async {
+                let step: std::result::Result<(), ImageError> = async {
                     let mut body = self.registry.open_blob(&digest, offset).await?;
                     // A registry that ignored the range repeats what we have.
                     let mut skip = offset - body.offset;
@@ -174,7 +174,7 @@ impl Download {
                         ingest
                             .write(chunk.to_vec())
                             .await
-                            .map_err(|s| ImageError::FailedPrecondition(s.message().to_owned()))?;
+                            .map_err(|e| ImageError::FailedPrecondition(e.to_string()))?;
                         if reported.elapsed() >= PROGRESS_EVERY {
                             reported = Instant::now();
                             self.progress
@@ -208,7 +208,7 @@ impl Download {
                         );
                         tokio::time::sleep(Duration::from_millis(100 << failures)).await;
                     }
-                    Err(e) => return Err(status(&e)),
+                    Err(e) => return Err(e.into()),
                 }
             }
             Ok(())
@@ -237,14 +237,14 @@ impl Download {
 /// Whether the namespace has blob `desc` already; if so it still gets this pull's `labels`
 /// and is reported as there.
 pub async fn already_there(
-    content: &ContentService,
+    content: &NamespacedContentStore,
     ns: &str,
     desc: &Descriptor,
     labels: &HashMap<String, String>,
     progress: &Progress,
     name: &str,
-) -> Result<bool, Status> {
-    if content.blob_labels(ns, &desc.digest).await.is_none() {
+) -> Result<bool> {
+    if content.info(ns, &desc.digest).await.is_err() {
         return Ok(false);
     }
     let labels = labels.clone().into_iter().collect();
@@ -261,14 +261,14 @@ pub struct LayerSource {
     pub runtime: tokio::runtime::Handle,
     pub live: Option<Live>,
     pub done: Done,
-    pub content: ContentService,
+    pub content: NamespacedContentStore,
     pub ns: String,
     pub desc: Descriptor,
     pub offset: u64,
     pub stored: Option<ChunkStream>,
     /// Why the blob could not be read, reported as the pull's error rather than as the
     /// differ's read error.
-    pub failure: Arc<Mutex<Option<Status>>>,
+    pub failure: Arc<Mutex<Option<TransferError>>>,
 }
 
 impl LayerSource {
@@ -289,13 +289,14 @@ impl LayerSource {
             let opened = self.runtime.block_on(async {
                 wait(&mut self.done).await?;
                 self.content
-                    .read_blob_from(&self.ns, &self.desc.digest, self.offset)
+                    .read(&self.ns, &self.desc.digest, self.offset)
                     .await
                     .map(|(chunks, _)| chunks)
+                    .map_err(TransferError::from)
             });
             match opened {
                 Ok(chunks) => self.stored = Some(chunks),
-                Err(s) => return Some(Err(self.fail(s))),
+                Err(e) => return Some(Err(self.fail(e))),
             }
         }
         let stored = self.stored.as_mut()?;
@@ -304,21 +305,66 @@ impl LayerSource {
                 self.offset += data.len() as u64;
                 Some(Ok(data))
             }
-            Err(e) => Some(Err(self.fail(status(&e)))),
+            Err(e) => Some(Err(self.fail(ContentStoreError::from(e).into()))),
         }
     }
 
-    fn fail(&self, s: Status) -> io::Error {
-        let e = io::Error::other(s.message().to_owned());
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
-        e
+    fn fail(&self, e: TransferError) -> io::Error {
+        let io = io::Error::other(e.to_string());
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        io
     }
 }
 
 /// Waits for a download's outcome.
-pub async fn wait(done: &mut Done) -> Result<(), Status> {
+pub async fn wait(done: &mut Done) -> Result<()> {
     match done.wait_for(Option::is_some).await {
-        Ok(outcome) => outcome.clone().unwrap_or(Ok(())),
-        Err(_) => Err(Status::aborted("the download stopped without an outcome")),
+        Ok(outcome) => outcome
+            .clone()
+            .unwrap_or(Ok(()))
+            .map_err(TransferError::Shared),
+        Err(_) => Err(TransferError::Aborted(
+            "the download stopped without an outcome".into(),
+        )),
+    }
+}
+
+impl Puller {
+    /// Stores a manifest, index or config document with `labels`, unless the namespace has it.
+    pub(crate) async fn store_document(
+        &self,
+        pull: &Pull,
+        desc: &Descriptor,
+        raw: &[u8],
+        labels: HashMap<String, String>,
+        name: &str,
+        parents: &[String],
+    ) -> Result<()> {
+        let labels = pull.labels(labels);
+        if already_there(&self.content, &pull.ns, desc, &labels, &pull.progress, name).await? {
+            return Ok(());
+        }
+        let _locked = self.lock_key(format!("{}/{}", pull.ns, desc.digest)).await;
+        let mut ingest = self
+            .content
+            .ingest_blob(&pull.ns, Some(pull.lease.clone()), name)
+            .await?;
+        let written = ingest.write(raw.to_vec()).await;
+        if let Err(e) = written {
+            ingest.abort().await;
+            return Err(e.into());
+        }
+        match ingest
+            .commit_checked(Some((&desc.digest, desc.size.max(0) as u64)), labels)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == Kind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        pull.progress
+            .object("complete", name, parents, desc.size, desc)
+            .await;
+        Ok(())
     }
 }

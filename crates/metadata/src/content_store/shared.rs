@@ -1,7 +1,7 @@
 //! A write into a namespace of a blob the store already has for another namespace, under the
-//! `shared` policy: as containerd's, the writer starts at the blob's end (a resumed copy only
-//! appends, a commit records the blob in this namespace without a byte written), and the first
-//! write or truncation copies the blob into an ingest of its own and goes on from there.
+//! `shared` policy. As containerd's, the writer starts at the blob's end, so a commit records
+//! the blob without a byte written; the first write or truncation copies the blob into an
+//! ingest of its own and goes on from there.
 
 use std::time::SystemTime;
 
