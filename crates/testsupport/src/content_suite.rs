@@ -163,7 +163,28 @@ pub struct Writer {
 
 impl Writer {
     /// `cs.Writer(ctx, WithRef(reference), WithDescriptor{size, digest})`.
+    /// Opens a writer as containerd's `content.OpenWriter` does: a ref still held (by a
+    /// writer just closed, whose stream the store has not seen end yet) is tried again.
     pub async fn open(target: &Target, reference: &str, size: i64, digest: &str) -> Result<Writer> {
+        let mut wait_ms = 16;
+        loop {
+            match Writer::open_once(target, reference, size, digest).await {
+                Err(f) if f.code == Code::Unavailable && wait_ms <= 1024 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+                    wait_ms *= 2;
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    /// One try at opening a writer, as a store's `Writer` call.
+    pub async fn open_once(
+        target: &Target,
+        reference: &str,
+        size: i64,
+        digest: &str,
+    ) -> Result<Writer> {
         let (sender, receiver) = mpsc::channel(4);
         sender
             .send(api::WriteContentRequest {
@@ -468,7 +489,7 @@ fn gc_root() -> HashMap<String, String> {
 }
 
 async fn check_ref_not_available(target: &Target, reference: &str) {
-    match Writer::open(target, reference, 0, "").await {
+    match Writer::open_once(target, reference, 0, "").await {
         Ok(mut w) => {
             w.close().await;
             panic!("writer created with ref {reference}, expected to be in use");
