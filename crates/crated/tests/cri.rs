@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crated_testsupport::cmd::ok;
+use crated_testsupport::registry::Registry;
 use crated_testsupport::{channel, tool, wait_until, Daemon};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -320,4 +321,107 @@ fn crictl_reads_crated() {
     assert_eq!(inspected["status"]["username"], "www-data", "{inspected}");
     crictl(&["rmi", "busybox:crictl"]);
     assert_eq!(crictl(&["images", "-q"]).trim(), "");
+}
+
+fn pull(daemon: &Daemon, image: &str) -> Result<String, tonic::Status> {
+    runtime().block_on(async {
+        image_client(&daemon.socket)
+            .await
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+            .map(|r| r.into_inner().image_ref)
+    })
+}
+
+/// PullImage from a registry on this host (plain http, as containerd's CRI speaks to it):
+/// containerd's three records (id, repo tag, repo digest), labelled managed; a second pull
+/// is the same image; an absent image is NotFound; RemoveImage removes all three.
+fn pulls_make_containerds_three_records(daemon: &Daemon, ctr: &Path, registry: &Registry) {
+    let reference = format!("{}/busybox:cri", registry.addr);
+    let id = pull(daemon, &reference).unwrap();
+    let image = image_status(daemon, &reference).unwrap();
+    assert_eq!(image.id, id);
+    assert_eq!(image.repo_tags, std::slice::from_ref(&reference));
+    assert_eq!(image.repo_digests.len(), 1, "{image:?}");
+    let repo_digest = &image.repo_digests[0];
+    assert!(
+        repo_digest.starts_with(&format!("{}/busybox@sha256:", registry.addr)),
+        "{repo_digest}"
+    );
+    let mut records: Vec<String> = ok(daemon.client(ctr, &["-n", "k8s.io", "images", "ls", "-q"]))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    records.sort();
+    let mut expected = vec![id.clone(), reference.clone(), repo_digest.clone()];
+    expected.sort();
+    assert_eq!(records, expected);
+    let listing = ok(daemon.client(ctr, &["-n", "k8s.io", "images", "ls"]));
+    assert_eq!(
+        listing.matches("io.cri-containerd.image=managed").count(),
+        3,
+        "{listing}"
+    );
+
+    assert_eq!(pull(daemon, &reference).unwrap(), id);
+    let absent = pull(daemon, &format!("{}/busybox:absent", registry.addr)).unwrap_err();
+    assert_eq!(absent.code(), tonic::Code::NotFound, "{absent:?}");
+
+    runtime().block_on(async {
+        image_client(&daemon.socket)
+            .await
+            .remove_image(cri::RemoveImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: reference.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+    });
+    let left = ok(daemon.client(ctr, &["-n", "k8s.io", "images", "ls", "-q"]));
+    assert_eq!(left.trim(), "", "records left: {left}");
+}
+
+fn registry_with_busybox() -> Option<Registry> {
+    let registry = Registry::start()?;
+    let (image, _) = crated_testsupport::oci::busybox("busybox");
+    registry.push(&image, "busybox:cri");
+    Some(registry)
+}
+
+#[test]
+fn crated_pulls_for_cri_as_containerd() {
+    let Some(ctr) = root_and_ctr() else {
+        return;
+    };
+    let Some(registry) = registry_with_busybox() else {
+        return;
+    };
+    let net_d = tempfile::tempdir().unwrap();
+    let daemon = common::start(Some(&cri_config(net_d.path())));
+    pulls_make_containerds_three_records(&daemon, &ctr, &registry);
+}
+
+#[test]
+fn containerd_pulls_for_cri_the_same() {
+    let Some(ctr) = root_and_ctr() else {
+        return;
+    };
+    let Some(containerd) = tool("containerd", "containerd") else {
+        return;
+    };
+    let Some(registry) = registry_with_busybox() else {
+        return;
+    };
+    let net_d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
+    pulls_make_containerds_three_records(&daemon, &ctr, &registry);
 }

@@ -18,6 +18,7 @@ use crated_services::images::ImagesService;
 use crated_services::message_limits::limited;
 use crated_services::GrpcService;
 use crated_snapshots::Snapshotter;
+use crated_transfer::Puller;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 
@@ -51,9 +52,12 @@ pub fn registration() -> Registration {
             .parent()
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
+        let puller = ctx.get_by_id::<Puller>(types::TRANSFER, "local").ok();
         let images = Arc::new(CriImages::new(
+            config.clone(),
             db,
             images_service,
+            puller,
             Resolver::new((*content).clone()),
             daemon_root.join(format!("{}.{snapshotter_name}", types::SNAPSHOTTER)),
         ));
@@ -78,6 +82,7 @@ pub fn registration() -> Registration {
         types::METADATA,
         types::CONTENT,
         types::SNAPSHOTTER,
+        types::TRANSFER,
     ])
     .with_config::<CriConfig>()
 }

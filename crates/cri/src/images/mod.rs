@@ -2,6 +2,7 @@
 //! sees. Reads go to the metadata and content stores; changes go through the images service,
 //! so they publish containerd's events as any client's would.
 
+mod pull;
 pub mod resolve;
 
 use std::path::PathBuf;
@@ -17,7 +18,9 @@ use crated_snapshots::Snapshotter;
 use k8s_cri::v1 as cri;
 use tonic::{Request, Response, Status};
 
+use crate::config::CriConfig;
 use crate::{in_namespace, CriError, NAMESPACE};
+use crated_transfer::Puller;
 pub use resolve::{CriImage, Resolver};
 
 /// What the image filesystem holds, as last measured.
@@ -29,8 +32,11 @@ struct FsUsage {
 }
 
 pub struct CriImages {
+    config: Arc<CriConfig>,
     db: Arc<MetadataStore>,
     images: Arc<ImagesService>,
+    /// None when the transfer plugin is disabled: PullImage then fails, naming why.
+    puller: Option<Arc<Puller>>,
     resolver: Resolver,
     /// `<root>/io.containerd.snapshotter.v1.<snapshotter>`: the image filesystem's mountpoint.
     snapshotter_root: PathBuf,
@@ -39,14 +45,18 @@ pub struct CriImages {
 
 impl CriImages {
     pub fn new(
+        config: Arc<CriConfig>,
         db: Arc<MetadataStore>,
         images: Arc<ImagesService>,
+        puller: Option<Arc<Puller>>,
         resolver: Resolver,
         snapshotter_root: PathBuf,
     ) -> Self {
         CriImages {
+            config,
             db,
             images,
+            puller,
             resolver,
             snapshotter_root,
             usage: Default::default(),
@@ -177,11 +187,13 @@ impl k8s_cri::v1::image_service_server::ImageService for CriImages {
 
     async fn pull_image(
         &self,
-        _request: Request<cri::PullImageRequest>,
+        request: Request<cri::PullImageRequest>,
     ) -> Result<Response<cri::PullImageResponse>, Status> {
-        Err(Status::unimplemented(
-            "PullImage is not implemented by crated yet",
-        ))
+        let request = request.into_inner();
+        let name = image_name(request.image)?;
+        let config = self.config.clone();
+        let image_ref = self.pull(&config, &name, request.auth).await?;
+        Ok(Response::new(cri::PullImageResponse { image_ref }))
     }
 
     async fn remove_image(
