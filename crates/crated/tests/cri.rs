@@ -13,10 +13,13 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 
 mod common;
 
+/// The sandbox image the tests import: Debian's catatonit as the pause process.
+const PAUSE: &str = "registry.k8s.io/pause:crated";
+
 /// A CRI section whose networks come from `net_d` only.
 fn cri_config(net_d: &Path) -> String {
     format!(
-        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n\
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n  sandbox_image = \"{PAUSE}\"\n\
          [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{}\"\n",
         net_d.display()
     )
@@ -424,4 +427,212 @@ fn containerd_pulls_for_cri_the_same() {
     let net_d = tempfile::tempdir().unwrap();
     let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
     pulls_make_containerds_three_records(&daemon, &ctr, &registry);
+}
+
+fn pod_config(name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        labels: [("app".to_owned(), name.to_owned())].into(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn import_pause(daemon: &Daemon, ctr: &Path) {
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("pause.tar");
+    crated_testsupport::oci::pause(PAUSE).write_archive(&archive);
+    ok(daemon.client(
+        ctr,
+        &[
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            archive.to_str().unwrap(),
+        ],
+    ));
+}
+
+fn sandbox_state(daemon: &Daemon, id: &str) -> Result<i32, tonic::Status> {
+    runtime().block_on(async {
+        runtime_client(&daemon.socket)
+            .await
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .map(|r| r.into_inner().status.unwrap().state)
+    })
+}
+
+/// A host-network pod: RunPodSandbox starts its pause container (seen by ctr in k8s.io), its
+/// name is held until it is removed, Stop makes it not ready, Remove leaves nothing (records,
+/// tasks, mounts), and removing it again is no error.
+fn host_network_pods_run_stop_and_go(daemon: &Daemon, ctr: &Path) {
+    import_pause(daemon, ctr);
+    let run = |config: cri::PodSandboxConfig| {
+        runtime().block_on(async {
+            runtime_client(&daemon.socket)
+                .await
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(config),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().pod_sandbox_id)
+        })
+    };
+    let id = run(pod_config("web")).unwrap();
+    assert_eq!(id.len(), 64, "{id}");
+    assert_eq!(
+        sandbox_state(daemon, &id).unwrap(),
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    let containers = ok(daemon.client(ctr, &["-n", "k8s.io", "containers", "ls", "-q"]));
+    assert!(containers.lines().any(|l| l == id), "{containers}");
+    let tasks = ok(daemon.client(ctr, &["-n", "k8s.io", "tasks", "ls"]));
+    assert!(
+        tasks
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("RUNNING")),
+        "{tasks}"
+    );
+    let info = ok(daemon.client(ctr, &["-n", "k8s.io", "containers", "info", &id]));
+    assert!(
+        info.contains("\"io.cri-containerd.kind\": \"sandbox\""),
+        "{info}"
+    );
+
+    let again = run(pod_config("web")).unwrap_err();
+    assert!(
+        again.message().contains("failed to reserve sandbox name"),
+        "{again:?}"
+    );
+
+    let (listed, ready_only, by_label) = runtime().block_on(async {
+        let mut client = runtime_client(&daemon.socket).await;
+        let list = |filter: Option<cri::PodSandboxFilter>| {
+            let request = cri::ListPodSandboxRequest { filter };
+            let mut client = client.clone();
+            async move {
+                client
+                    .list_pod_sandbox(request)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .items
+            }
+        };
+        let listed = list(None).await;
+        let ready_only = list(Some(cri::PodSandboxFilter {
+            state: Some(cri::PodSandboxStateValue {
+                state: cri::PodSandboxState::SandboxNotready as i32,
+            }),
+            ..Default::default()
+        }))
+        .await;
+        let by_label = list(Some(cri::PodSandboxFilter {
+            label_selector: [("app".to_owned(), "web".to_owned())].into(),
+            ..Default::default()
+        }))
+        .await;
+        client
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        (listed, ready_only, by_label)
+    });
+    assert_eq!(listed.iter().map(|p| &p.id).collect::<Vec<_>>(), [&id]);
+    assert!(ready_only.is_empty(), "{ready_only:?}");
+    assert_eq!(by_label.len(), 1);
+    assert_eq!(
+        sandbox_state(daemon, &id).unwrap(),
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+
+    for _ in 0..2 {
+        runtime().block_on(async {
+            runtime_client(&daemon.socket)
+                .await
+                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await
+                .unwrap()
+        });
+    }
+    assert_eq!(
+        sandbox_state(daemon, &id).unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    let containers = ok(daemon.client(ctr, &["-n", "k8s.io", "containers", "ls", "-q"]));
+    assert_eq!(containers.trim(), "");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&id), "mounts left: {mounts}");
+    // The name is free again.
+    let second = run(pod_config("web")).unwrap();
+    runtime().block_on(async {
+        let mut client = runtime_client(&daemon.socket).await;
+        client
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: second.clone(),
+            })
+            .await
+            .unwrap();
+        client
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: second,
+            })
+            .await
+            .unwrap();
+    });
+}
+
+fn root_ctr_and_runc() -> Option<std::path::PathBuf> {
+    let ctr = root_and_ctr()?;
+    tool("runc", "runc")?;
+    tool("containerd-shim-runc-v2", "containerd")?;
+    tool("catatonit", "catatonit")?;
+    Some(ctr)
+}
+
+#[test]
+fn crated_runs_host_network_pods_as_containerd() {
+    let Some(ctr) = root_ctr_and_runc() else {
+        return;
+    };
+    let net_d = tempfile::tempdir().unwrap();
+    let daemon = common::start(Some(&cri_config(net_d.path())));
+    host_network_pods_run_stop_and_go(&daemon, &ctr);
+}
+
+#[test]
+fn containerd_runs_host_network_pods_the_same() {
+    let Some(ctr) = root_ctr_and_runc() else {
+        return;
+    };
+    let Some(containerd) = tool("containerd", "containerd") else {
+        return;
+    };
+    let net_d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
+    host_network_pods_run_stop_and_go(&daemon, &ctr);
 }

@@ -9,6 +9,8 @@ pub enum CriError {
     InvalidArgument(String),
     #[error("{0}: not found")]
     NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
     #[error("invalid image: {0}")]
     InvalidImage(String),
     #[error(transparent)]
@@ -26,6 +28,7 @@ impl HasKind for CriError {
         match self {
             CriError::InvalidArgument(_) => Kind::InvalidArgument,
             CriError::NotFound(_) => Kind::NotFound,
+            CriError::AlreadyExists(_) => Kind::AlreadyExists,
             CriError::InvalidImage(_) => Kind::FailedPrecondition,
             CriError::Content(e) => e.kind(),
             CriError::Image(e) => e.kind(),

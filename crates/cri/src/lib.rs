@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod images;
 pub mod runtime;
+pub mod sandbox;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,11 @@ use std::time::Duration;
 use crated_content::ContentStore;
 use crated_metadata::MetadataStore;
 use crated_plugin::{types, Instance, PluginError, Registration};
+use crated_services::containers::ContainersService;
 use crated_services::images::ImagesService;
 use crated_services::message_limits::limited;
+use crated_services::snapshots::SnapshotsService;
+use crated_services::tasks::TasksService;
 use crated_services::GrpcService;
 use crated_snapshots::Snapshotter;
 use crated_transfer::Puller;
@@ -26,6 +30,7 @@ pub use config::CriConfig;
 pub use error::CriError;
 use images::{CriImages, Resolver};
 use runtime::CriRuntime;
+use sandbox::Pods;
 
 /// The containerd namespace every CRI object lives in.
 pub const NAMESPACE: &str = "k8s.io";
@@ -34,10 +39,6 @@ pub fn registration() -> Registration {
     Registration::new(types::GRPC, "cri", |mut ctx| async move {
         let config: CriConfig = ctx.config()?;
         let config = Arc::new(config);
-        let runtime = Arc::new(CriRuntime::new(
-            config.clone(),
-            crated_services::version::reported_version(),
-        ));
         let db = ctx.get_single::<MetadataStore>(types::METADATA)?;
         let content = ctx.get_single::<Arc<dyn ContentStore>>(types::CONTENT)?;
         let images_service = ctx.get_by_id::<ImagesService>(types::SERVICE, "images-service")?;
@@ -60,6 +61,22 @@ pub fn registration() -> Registration {
             puller,
             Resolver::new((*content).clone()),
             daemon_root.join(format!("{}.{snapshotter_name}", types::SNAPSHOTTER)),
+        ));
+        let pods = Arc::new(Pods {
+            config: config.clone(),
+            images: images.clone(),
+            containers: ctx.get_by_id::<ContainersService>(types::SERVICE, "containers-service")?,
+            tasks: ctx.get_by_id::<TasksService>(types::SERVICE, "tasks-service")?,
+            snapshots: ctx.get_by_id::<SnapshotsService>(types::SERVICE, "snapshots-service")?,
+            root: ctx.root()?,
+            state: ctx.state()?,
+            sandboxes: Default::default(),
+            names: Default::default(),
+        });
+        let runtime = Arc::new(CriRuntime::new(
+            config.clone(),
+            pods,
+            crated_services::version::reported_version(),
         ));
         images.measure_usage_every(
             (*snapshotter).clone(),

@@ -9,6 +9,7 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use crate::config::CriConfig;
+use crate::sandbox::Pods;
 
 /// What the kubelet requires `Version` to answer.
 pub const KUBELET_API_VERSION: &str = "0.1.0";
@@ -23,13 +24,18 @@ const NETWORK_NOT_READY_MESSAGE: &str = "Network plugin returns error: cni plugi
 
 pub struct CriRuntime {
     config: Arc<CriConfig>,
+    pods: Arc<Pods>,
     /// What `Version` reports as the runtime's version.
     version: String,
 }
 
 impl CriRuntime {
-    pub fn new(config: Arc<CriConfig>, version: String) -> Self {
-        CriRuntime { config, version }
+    pub fn new(config: Arc<CriConfig>, pods: Arc<Pods>, version: String) -> Self {
+        CriRuntime {
+            config,
+            pods,
+            version,
+        }
     }
 
     /// Whether a network config is there to set pods' networks up with.
@@ -154,6 +160,59 @@ impl RuntimeService for CriRuntime {
         Err(not_yet("UpdateRuntimeConfig with cni.conf_template"))
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let request = request.into_inner();
+        let config = request
+            .config
+            .ok_or_else(|| Status::invalid_argument("a sandbox config is required"))?;
+        let pod_sandbox_id = self.pods.run(config, request.runtime_handler).await?;
+        Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        self.pods.stop(&request.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        self.pods
+            .remove(&request.into_inner().pod_sandbox_id)
+            .await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        let status = self
+            .pods
+            .status(&request.into_inner().pod_sandbox_id)
+            .map_err(|e| crated_services::edge::status(&e))?;
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(status),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        Ok(Response::new(cri::ListPodSandboxResponse {
+            items: self.pods.list(request.into_inner().filter),
+        }))
+    }
+
     type GetContainerEventsStream = ContainerEvents;
 
     async fn get_container_events(
@@ -161,41 +220,6 @@ impl RuntimeService for CriRuntime {
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         Err(not_yet("GetContainerEvents"))
-    }
-
-    async fn run_pod_sandbox(
-        &self,
-        _request: Request<cri::RunPodSandboxRequest>,
-    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        Err(not_yet("RunPodSandbox"))
-    }
-
-    async fn stop_pod_sandbox(
-        &self,
-        _request: Request<cri::StopPodSandboxRequest>,
-    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        Err(not_yet("StopPodSandbox"))
-    }
-
-    async fn remove_pod_sandbox(
-        &self,
-        _request: Request<cri::RemovePodSandboxRequest>,
-    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        Err(not_yet("RemovePodSandbox"))
-    }
-
-    async fn pod_sandbox_status(
-        &self,
-        _request: Request<cri::PodSandboxStatusRequest>,
-    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        Err(not_yet("PodSandboxStatus"))
-    }
-
-    async fn list_pod_sandbox(
-        &self,
-        _request: Request<cri::ListPodSandboxRequest>,
-    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        Err(not_yet("ListPodSandbox"))
     }
 
     async fn create_container(

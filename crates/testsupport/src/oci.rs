@@ -189,6 +189,29 @@ pub fn busybox(name: &str) -> (OciImage, String) {
     (image, digest)
 }
 
+/// A pause image as Kubernetes' sandboxes use: Debian's static `catatonit -P` (it waits for
+/// signals and reaps, doing nothing else) at `/pause`, beside busybox.
+pub fn pause(name: &str) -> OciImage {
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static)");
+    let base = layer(&busybox);
+    let catatonit =
+        std::fs::read("/usr/bin/catatonit").expect("/usr/bin/catatonit (Debian's catatonit)");
+    let mut top = tar::Builder::new(Vec::new());
+    let mut file = tar::Header::new_ustar();
+    file.set_entry_type(tar::EntryType::Regular);
+    file.set_mode(0o755);
+    file.set_size(catatonit.len() as u64);
+    file.set_mtime(0);
+    top.append_data(&mut file, "pause", &catatonit[..]).unwrap();
+    let top = top.into_inner().unwrap();
+    let media = "application/vnd.oci.image.layer.v1.tar";
+    image_with_config(
+        name,
+        &[(base.clone(), base, media), (top.clone(), top, media)],
+        r#""Entrypoint":["/pause","-P"]"#,
+    )
+}
+
 /// The busybox image with a second layer holding `etc/passwd` and `etc/group` (user `www`,
 /// uid 33, gid 44; group `staff`, gid 50) and `user` as the config's `User`.
 pub fn busybox_as_user(name: &str, user: &str) -> OciImage {

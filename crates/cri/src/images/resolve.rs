@@ -30,6 +30,8 @@ pub struct Resolved {
     /// The layers' diff ids, bottom first.
     pub diff_ids: Vec<String>,
     pub stop_signal: String,
+    /// The image config, whole.
+    pub config: serde_json::Value,
 }
 
 /// One CRI image: every record whose target resolves to the same config.
@@ -135,6 +137,7 @@ impl Resolver {
                         user: text("User"),
                         diff_ids: manifest::diff_ids(&config)?,
                         stop_signal: text("StopSignal"),
+                        config: parsed.clone(),
                     });
                     self.known
                         .lock()
@@ -261,6 +264,7 @@ mod tests {
                 user: String::new(),
                 diff_ids: Vec::new(),
                 stop_signal: String::new(),
+                config: serde_json::Value::Null,
             }),
             pinned: false,
             names: names.iter().map(|n| n.to_string()).collect(),
