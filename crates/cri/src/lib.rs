@@ -4,6 +4,7 @@
 //! namespace `k8s.io`.
 
 pub mod config;
+pub mod container;
 pub mod error;
 pub mod images;
 pub mod runtime;
