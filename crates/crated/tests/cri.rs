@@ -636,3 +636,183 @@ fn containerd_runs_host_network_pods_the_same() {
     let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
     host_network_pods_run_stop_and_go(&daemon, &ctr);
 }
+
+fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: "busybox:cri-user".into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}/0.log"),
+        labels: [("container".to_owned(), name.to_owned())].into(),
+        ..Default::default()
+    }
+}
+
+fn container_status(daemon: &Daemon, id: &str) -> cri::ContainerStatus {
+    runtime().block_on(async {
+        runtime_client(&daemon.socket)
+            .await
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+    })
+}
+
+/// Containers of a host-network pod: created, started, their output in the pod's log
+/// directory in CRI's format, exit code and reason, stopped, listed by pod and state,
+/// removed with their records.
+fn containers_run_log_stop_and_go(daemon: &Daemon, ctr: &Path) {
+    import_pause(daemon, ctr);
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("busybox.tar");
+    crated_testsupport::oci::busybox_as_user("docker.io/library/busybox:cri-user", "0")
+        .write_archive(&archive);
+    ok(daemon.client(
+        ctr,
+        &[
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    let logs = work.path().join("pod-logs");
+    let mut pod = pod_config("logs");
+    pod.log_directory = logs.display().to_string();
+    let rt = runtime();
+    let connected = rt.block_on(runtime_client(&daemon.socket));
+    let client = || connected.clone();
+    let pod_id = rt
+        .block_on(client().run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        }))
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let create = |config: cri::ContainerConfig| {
+        rt.block_on(client().create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        }))
+        .unwrap()
+        .into_inner()
+        .container_id
+    };
+    let start = |id: &str| {
+        rt.block_on(client().start_container(cri::StartContainerRequest {
+            container_id: id.into(),
+        }))
+        .unwrap()
+    };
+    let exits = create(container_config("exits", "echo out; echo err >&2; exit 3"));
+    let status = container_status(daemon, &exits);
+    assert_eq!(status.state, cri::ContainerState::ContainerCreated as i32);
+    assert!(status.image_ref.starts_with("sha256:"), "{status:?}");
+    start(&exits);
+    wait_until(
+        Duration::from_secs(20),
+        || container_status(daemon, &exits).state == cri::ContainerState::ContainerExited as i32,
+        || "the container never exited".into(),
+    );
+    let status = container_status(daemon, &exits);
+    assert_eq!((status.exit_code, status.reason.as_str()), (3, "Error"));
+    assert!(status.started_at > 0 && status.finished_at >= status.started_at);
+    assert_eq!(
+        status.log_path,
+        logs.join("exits/0.log").display().to_string()
+    );
+    let log = std::fs::read_to_string(logs.join("exits/0.log")).unwrap();
+    let mut records: Vec<&str> = log.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+    records.sort();
+    assert_eq!(records, ["stderr F err", "stdout F out"], "{log}");
+    let stamp = log.split(' ').next().unwrap();
+    assert!(stamp.ends_with('Z') && stamp.contains('T'), "{stamp}");
+
+    let sleeps = create(container_config("sleeps", "exec sleep 1000"));
+    start(&sleeps);
+    assert_eq!(
+        container_status(daemon, &sleeps).state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let listed = rt
+        .block_on(client().list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                pod_sandbox_id: pod_id.clone(),
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            }),
+        }))
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.iter().map(|c| &c.id).collect::<Vec<_>>(), [&sleeps]);
+    rt.block_on(client().stop_container(cri::StopContainerRequest {
+        container_id: sleeps.clone(),
+        timeout: 2,
+    }))
+    .unwrap();
+    let stopped = container_status(daemon, &sleeps);
+    assert_eq!(stopped.state, cri::ContainerState::ContainerExited as i32);
+    assert_ne!(stopped.exit_code, 0);
+
+    let records = ok(daemon.client(ctr, &["-n", "k8s.io", "containers", "ls", "-q"]));
+    assert_eq!(records.lines().count(), 3, "{records}");
+    rt.block_on(client().remove_container(cri::RemoveContainerRequest {
+        container_id: exits.clone(),
+    }))
+    .unwrap();
+    let records = ok(daemon.client(ctr, &["-n", "k8s.io", "containers", "ls", "-q"]));
+    assert!(!records.contains(&exits), "{records}");
+    rt.block_on(client().stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    }))
+    .unwrap();
+    rt.block_on(client().remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    }))
+    .unwrap();
+    let records = ok(daemon.client(ctr, &["-n", "k8s.io", "containers", "ls", "-q"]));
+    assert_eq!(records.trim(), "", "{records}");
+    let tasks = ok(daemon.client(ctr, &["-n", "k8s.io", "tasks", "ls", "-q"]));
+    assert_eq!(tasks.trim(), "", "{tasks}");
+}
+
+#[test]
+fn crated_runs_containers_in_pods_as_containerd() {
+    let Some(ctr) = root_ctr_and_runc() else {
+        return;
+    };
+    let net_d = tempfile::tempdir().unwrap();
+    let daemon = common::start(Some(&cri_config(net_d.path())));
+    containers_run_log_stop_and_go(&daemon, &ctr);
+}
+
+#[test]
+fn containerd_runs_containers_in_pods_the_same() {
+    let Some(ctr) = root_ctr_and_runc() else {
+        return;
+    };
+    let Some(containerd) = tool("containerd", "containerd") else {
+        return;
+    };
+    let net_d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
+    containers_run_log_stop_and_go(&daemon, &ctr);
+}

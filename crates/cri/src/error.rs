@@ -11,6 +11,8 @@ pub enum CriError {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("invalid image: {0}")]
     InvalidImage(String),
     #[error(transparent)]
@@ -29,6 +31,7 @@ impl HasKind for CriError {
             CriError::InvalidArgument(_) => Kind::InvalidArgument,
             CriError::NotFound(_) => Kind::NotFound,
             CriError::AlreadyExists(_) => Kind::AlreadyExists,
+            CriError::FailedPrecondition(_) => Kind::FailedPrecondition,
             CriError::InvalidImage(_) => Kind::FailedPrecondition,
             CriError::Content(e) => e.kind(),
             CriError::Image(e) => e.kind(),

@@ -66,12 +66,14 @@ pub fn registration() -> Registration {
         let pods = Arc::new(Pods {
             config: config.clone(),
             images: images.clone(),
-            containers: ctx.get_by_id::<ContainersService>(types::SERVICE, "containers-service")?,
+            container_service: ctx
+                .get_by_id::<ContainersService>(types::SERVICE, "containers-service")?,
             tasks: ctx.get_by_id::<TasksService>(types::SERVICE, "tasks-service")?,
             snapshots: ctx.get_by_id::<SnapshotsService>(types::SERVICE, "snapshots-service")?,
             root: ctx.root()?,
             state: ctx.state()?,
             sandboxes: Default::default(),
+            containers: Default::default(),
             names: Default::default(),
         });
         let runtime = Arc::new(CriRuntime::new(

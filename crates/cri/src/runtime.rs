@@ -213,6 +213,75 @@ impl RuntimeService for CriRuntime {
         }))
     }
 
+    async fn create_container(
+        &self,
+        request: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let request = request.into_inner();
+        let config = request
+            .config
+            .ok_or_else(|| Status::invalid_argument("a container config is required"))?;
+        let container_id = self
+            .pods
+            .create_container(&request.pod_sandbox_id, config)
+            .await?;
+        Ok(Response::new(cri::CreateContainerResponse { container_id }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        self.pods
+            .start_container(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        self.pods
+            .stop_container(&request.container_id, request.timeout)
+            .await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        self.pods
+            .remove_container(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        Ok(Response::new(cri::ListContainersResponse {
+            containers: self.pods.list_containers(request.into_inner().filter),
+        }))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        let status = self
+            .pods
+            .container_status(&request.into_inner().container_id)
+            .map_err(|e| crated_services::edge::status(&e))?;
+        Ok(Response::new(cri::ContainerStatusResponse {
+            status: Some(status),
+            ..Default::default()
+        }))
+    }
+
     type GetContainerEventsStream = ContainerEvents;
 
     async fn get_container_events(
@@ -220,48 +289,6 @@ impl RuntimeService for CriRuntime {
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         Err(not_yet("GetContainerEvents"))
-    }
-
-    async fn create_container(
-        &self,
-        _request: Request<cri::CreateContainerRequest>,
-    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        Err(not_yet("CreateContainer"))
-    }
-
-    async fn start_container(
-        &self,
-        _request: Request<cri::StartContainerRequest>,
-    ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        Err(not_yet("StartContainer"))
-    }
-
-    async fn stop_container(
-        &self,
-        _request: Request<cri::StopContainerRequest>,
-    ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        Err(not_yet("StopContainer"))
-    }
-
-    async fn remove_container(
-        &self,
-        _request: Request<cri::RemoveContainerRequest>,
-    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        Err(not_yet("RemoveContainer"))
-    }
-
-    async fn list_containers(
-        &self,
-        _request: Request<cri::ListContainersRequest>,
-    ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        Err(not_yet("ListContainers"))
-    }
-
-    async fn container_status(
-        &self,
-        _request: Request<cri::ContainerStatusRequest>,
-    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        Err(not_yet("ContainerStatus"))
     }
 
     async fn update_container_resources(

@@ -110,13 +110,14 @@ impl NameIndex {
 pub struct Pods {
     pub config: Arc<CriConfig>,
     pub images: Arc<CriImages>,
-    pub containers: Arc<ContainersService>,
+    pub container_service: Arc<ContainersService>,
     pub tasks: Arc<TasksService>,
     pub snapshots: Arc<SnapshotsService>,
     /// `<root>/io.containerd.grpc.v1.cri` and `<state>/io.containerd.grpc.v1.cri`.
     pub root: PathBuf,
     pub state: PathBuf,
     pub sandboxes: RwLock<HashMap<String, Arc<Sandbox>>>,
+    pub containers: RwLock<HashMap<String, Arc<crate::container::CriContainer>>>,
     pub names: NameIndex,
 }
 
@@ -167,7 +168,7 @@ fn sandbox_oom_score_adj(restrict: bool) -> i32 {
 }
 
 impl Pods {
-    fn sandbox(&self, id: &str) -> Result<Arc<Sandbox>, CriError> {
+    pub(crate) fn sandbox(&self, id: &str) -> Result<Arc<Sandbox>, CriError> {
         let sandboxes = self
             .sandboxes
             .read()
@@ -364,7 +365,7 @@ impl Pods {
             )]),
             ..Default::default()
         };
-        self.containers
+        self.container_service
             .create(in_namespace(containers_api::CreateContainerRequest {
                 container: Some(container),
             }))
@@ -539,6 +540,9 @@ impl Pods {
         let sandbox = self
             .sandbox(id)
             .map_err(|e| crated_services::edge::status(&e))?;
+        for container in self.containers_of(&sandbox.id) {
+            self.stop_container(&container.id, 0).await?;
+        }
         self.stop_task(&sandbox.id).await?;
         if let Some(shm) = &sandbox.shm {
             unmount(shm).await;
@@ -555,6 +559,9 @@ impl Pods {
             Err(e) => return Err(crated_services::edge::status(&e)),
         };
         self.stop(&sandbox.id).await?;
+        for container in self.containers_of(&sandbox.id) {
+            self.remove_container(&container.id).await?;
+        }
         let undo = Undo {
             dirs: vec![
                 self.root.join("sandboxes").join(&sandbox.id),
@@ -679,7 +686,7 @@ impl Undo {
         }
         if self.container {
             let deleted = pods
-                .containers
+                .container_service
                 .delete(in_namespace(containers_api::DeleteContainerRequest {
                     id: id.to_owned(),
                 }))
