@@ -50,7 +50,7 @@ pub fn run(address: &str, namespace: &str, topic: &str) -> anyhow::Result<()> {
             event: Some(event),
         });
         req.metadata_mut().insert(
-            crated_services::edge::NAMESPACE_HEADER,
+            crated_services::request::NAMESPACE_HEADER,
             namespace
                 .parse()
                 .context("namespace is not valid header text")?,

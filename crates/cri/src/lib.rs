@@ -111,7 +111,7 @@ pub fn registration() -> Registration {
 pub(crate) fn in_namespace<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
-        crated_services::edge::NAMESPACE_HEADER,
+        crated_services::request::NAMESPACE_HEADER,
         tonic::metadata::MetadataValue::from_static(NAMESPACE),
     );
     request

@@ -197,7 +197,7 @@ impl RuntimeService for CriRuntime {
         let status = self
             .pods
             .status(&request.into_inner().pod_sandbox_id)
-            .map_err(|e| crated_services::edge::status(&e))?;
+            .map_err(|e| crated_services::status::status(&e))?;
         Ok(Response::new(cri::PodSandboxStatusResponse {
             status: Some(status),
             ..Default::default()
@@ -275,7 +275,7 @@ impl RuntimeService for CriRuntime {
         let status = self
             .pods
             .container_status(&request.into_inner().container_id)
-            .map_err(|e| crated_services::edge::status(&e))?;
+            .map_err(|e| crated_services::status::status(&e))?;
         Ok(Response::new(cri::ContainerStatusResponse {
             status: Some(status),
             ..Default::default()

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Status};
 
 use crated_services::containers::ContainersService;
-use crated_services::edge::NAMESPACE_HEADER;
+use crated_services::request::NAMESPACE_HEADER;
 use crated_services::snapshots::SnapshotsService;
 use crated_services::tasks::TasksService;
 

@@ -14,8 +14,10 @@ use crated_metadata::{AnyValue, ContainerRecord, MetadataStore, RuntimeInfo};
 use crated_plugin::{types as plugin_types, Instance, Registration};
 use tonic::{Request, Response, Status};
 
-use crate::edge::{blocking, filters, namespace, timestamp, BoxStream};
 use crate::message_limits::limited;
+use crate::request::namespace;
+use crate::status::{blocking, filters};
+use crate::wire::{timestamp, BoxStream};
 use crate::GrpcService;
 
 pub struct ContainersService {

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::edge::{lease, namespace, status};
 use crate::message_limits::limited;
+use crate::request::{lease, namespace};
+use crate::status::status;
 use crate::GrpcService;
 
 /// containerd's keys for the diff service.

@@ -15,8 +15,10 @@ use crated_plugin::{types as plugin_types, Instance, Registration};
 use crated_runtime::wire::{any_from_shim, time_from_shim};
 use tonic::{Request, Response, Status};
 
-use crate::edge::{filters, namespace, status, timestamp, BoxStream};
 use crate::message_limits::limited;
+use crate::request::namespace;
+use crate::status::{filters, status};
+use crate::wire::{timestamp, BoxStream};
 use crate::GrpcService;
 
 pub fn registrations() -> Vec<Registration> {

@@ -13,9 +13,11 @@ use crated_metadata::{Descriptor, ImageRecord, MetadataStore};
 use crated_plugin::{types as plugin_types, Instance, Registration};
 use tonic::{Request, Response, Status};
 
-use crate::edge::{blocking, filters, namespace, timestamp};
 use crate::leases::collect_now;
 use crate::message_limits::limited;
+use crate::request::namespace;
+use crate::status::{blocking, filters};
+use crate::wire::timestamp;
 use crate::GrpcService;
 
 pub struct ImagesService {

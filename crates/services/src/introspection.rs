@@ -16,8 +16,8 @@ use crated_plugin::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::edge::{code, filter_status};
 use crate::message_limits::limited;
+use crate::status::{code, filter_status};
 use crate::GrpcService;
 
 pub struct IntrospectionService {

@@ -8,8 +8,10 @@ use crated_metadata::{Lease, LeaseResource, MetadataStore};
 use crated_plugin::{types, Instance, Registration};
 use tonic::{Request, Response, Status};
 
-use crate::edge::{blocking, filters, namespace, status, timestamp};
 use crate::message_limits::limited;
+use crate::request::namespace;
+use crate::status::{blocking, filters, status};
+use crate::wire::timestamp;
 use crate::GrpcService;
 use crated_gc::Scheduler;
 

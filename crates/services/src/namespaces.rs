@@ -12,8 +12,9 @@ use crated_metadata::{MetadataError, MetadataStore, Namespace};
 use crated_plugin::{types, Instance, Registration};
 use tonic::{Request, Response, Status};
 
-use crate::edge::{blocking, caller_namespace, filter_status, status};
 use crate::message_limits::limited;
+use crate::request::caller_namespace;
+use crate::status::{blocking, filter_status, status};
 use crate::GrpcService;
 
 /// The namespaces service: containerd's semantics over the metadata store.

@@ -20,8 +20,9 @@ use crated_runtime::{CreateRequest, RuntimeError, Task, TaskManager};
 use tonic::{Request, Response, Status};
 
 use crate::containers::any_to_api;
-use crate::edge::{blocking, filters, namespace, status};
 use crate::message_limits::limited;
+use crate::request::namespace;
+use crate::status::{blocking, filters, status};
 use crate::GrpcService;
 
 pub struct TasksService {
@@ -450,7 +451,7 @@ impl Tasks for TasksService {
                     Err(e) => return Err(err(e)),
                 };
             metrics.push(types::Metric {
-                timestamp: Some(crate::edge::timestamp(crated_metadata::now_nanos())),
+                timestamp: Some(crate::wire::timestamp(crated_metadata::now_nanos())),
                 id: task.id.clone(),
                 data: stats.stats.as_ref().map(any_from_shim),
             });

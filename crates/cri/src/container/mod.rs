@@ -102,7 +102,7 @@ fn now_nanos() -> i64 {
 }
 
 fn edge(e: CriError) -> Status {
-    crated_services::edge::status(&e)
+    crated_services::status::status(&e)
 }
 
 /// A signal as images and CRI name it: `SIGTERM`, `TERM` or a number.

@@ -89,7 +89,7 @@ impl CriImages {
         image: &str,
         auth: Option<cri::AuthConfig>,
     ) -> Result<String, Status> {
-        let edge = |e: CriError| crated_services::edge::status(&e);
+        let edge = |e: CriError| crated_services::status::status(&e);
         let Some(puller) = &self.puller else {
             return Err(Status::failed_precondition(
                 "the transfer plugin is not loaded: cannot pull",
@@ -130,7 +130,7 @@ impl CriImages {
         let pulled = puller
             .pull(NAMESPACE, None, request, Progress::default())
             .await
-            .map_err(|e| crated_services::edge::status(&e))?;
+            .map_err(|e| crated_services::status::status(&e))?;
         let resolved = self.resolver.resolve(&pulled.target).await.map_err(edge)?;
         let id = resolved.config_digest.clone();
         let mut names = vec![id.clone()];

@@ -203,7 +203,7 @@ impl Pods {
         config: cri::PodSandboxConfig,
         handler: String,
     ) -> Result<String, Status> {
-        let edge = |e: CriError| crated_services::edge::status(&e);
+        let edge = |e: CriError| crated_services::status::status(&e);
         let metadata = config.metadata.clone().unwrap_or_default();
         if metadata.name.is_empty() || metadata.namespace.is_empty() || metadata.uid.is_empty() {
             return Err(edge(CriError::InvalidArgument(
@@ -244,7 +244,7 @@ impl Pods {
         handler: String,
         undo: &mut Undo,
     ) -> Result<Arc<Sandbox>, Status> {
-        let edge = |e: CriError| crated_services::edge::status(&e);
+        let edge = |e: CriError| crated_services::status::status(&e);
         let Some((handler_name, runtime)) = self.config.runtime(&handler) else {
             return Err(edge(CriError::NotFound(format!(
                 "no runtime for {handler:?} is configured"
@@ -539,7 +539,7 @@ impl Pods {
     pub async fn stop(&self, id: &str) -> Result<(), Status> {
         let sandbox = self
             .sandbox(id)
-            .map_err(|e| crated_services::edge::status(&e))?;
+            .map_err(|e| crated_services::status::status(&e))?;
         for container in self.containers_of(&sandbox.id) {
             self.stop_container(&container.id, 0).await?;
         }
@@ -556,7 +556,7 @@ impl Pods {
         let sandbox = match self.sandbox(id) {
             Ok(sandbox) => sandbox,
             Err(CriError::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(crated_services::edge::status(&e)),
+            Err(e) => return Err(crated_services::status::status(&e)),
         };
         self.stop(&sandbox.id).await?;
         for container in self.containers_of(&sandbox.id) {

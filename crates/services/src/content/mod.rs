@@ -10,11 +10,13 @@ use crated_metadata::{ContentRecord, ContentStoreError, NamespacedContentStore, 
 use crated_plugin::{types, InitContext, Instance, PluginError, Registration};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::edge::{filters, lease, namespace, status, timestamp};
 use crate::message_limits::limited;
+use crate::request::{lease, namespace};
+use crate::status::{filters, status};
+use crate::wire::timestamp;
 use crate::GrpcService;
 
-use crate::edge::BoxStream;
+use crate::wire::BoxStream;
 
 mod raw;
 mod write;

@@ -10,8 +10,8 @@ use crated_content::{ContentError, ContentStore, ContentWriter, Info};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{list_stream, read_stream, status_to_api, write, BoxStream};
-use crate::edge::{filters, status};
 use crate::message_limits::{limited, MessageLimits};
+use crate::status::{filters, status};
 
 #[derive(Clone)]
 pub struct BareContentServer {

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::{Status, Streaming};
 
-use crate::edge::status;
+use crate::status::status;
 
 /// What a Write stream does around the backend's writer: the namespaced service records
 /// ingests and blobs in the metadata store, a bare store server does not.
@@ -51,7 +51,7 @@ async fn finish(write: PendingWrite) -> Result<Box<dyn ContentWriter>, Status> {
 pub(crate) fn serve<I: Ingest + 'static>(
     mut inbound: Streaming<api::WriteContentRequest>,
     make: impl FnOnce(&api::WriteContentRequest) -> I + Send + 'static,
-) -> super::BoxStream<api::WriteContentResponse> {
+) -> crate::wire::BoxStream<api::WriteContentResponse> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let first = match inbound.message().await {

@@ -19,8 +19,9 @@ use crated_snapshots::wire::{info_from_api, info_to_api, mounts_to_api};
 use crated_snapshots::{SnapshotError, Snapshotter, LABEL_DIFFER_ONLY};
 use tonic::{Request, Response, Status};
 
-use crate::edge::{lease, namespace, status};
 use crate::message_limits::limited;
+use crate::request::{lease, namespace};
+use crate::status::status;
 use crate::GrpcService;
 
 /// A client's labels, less [`LABEL_DIFFER_ONLY`]: only crated's own unpack may say that no

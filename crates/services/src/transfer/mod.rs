@@ -15,8 +15,9 @@ use crated_plugin::{types as plugin_types, Instance, Registration};
 use crated_transfer::{Progress, ProgressEvent, ProgressSink, PullRequest, Puller, Unpack};
 use tonic::{Request, Response, Status};
 
-use crate::edge::{lease, namespace, status};
 use crate::message_limits::limited;
+use crate::request::{lease, namespace};
+use crate::status::status;
 use crate::GrpcService;
 use streams::{from_any, to_any, type_name, ClientStream, StreamManager};
 

@@ -17,8 +17,8 @@ use crated_plugin::{types, Instance, Registration};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::edge::namespace;
 use crate::message_limits::limited;
+use crate::request::namespace;
 use crate::GrpcService;
 
 const STREAM_INIT: &str = "containerd.services.streaming.v1.StreamInit";
