@@ -282,6 +282,15 @@ impl RuntimeService for CriRuntime {
         }))
     }
 
+    async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        Ok(Response::new(
+            self.pods.exec_sync(request.into_inner()).await?,
+        ))
+    }
+
     type GetContainerEventsStream = ContainerEvents;
 
     async fn get_container_events(
@@ -303,13 +312,6 @@ impl RuntimeService for CriRuntime {
         _request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
         Err(not_yet("ReopenContainerLog"))
-    }
-
-    async fn exec_sync(
-        &self,
-        _request: Request<cri::ExecSyncRequest>,
-    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        Err(not_yet("ExecSync"))
     }
 
     async fn exec(

@@ -3,6 +3,7 @@
 //! pod's log directory in CRI's format. States follow containerd's: created, running (a
 //! start time), exited (a finish time, exit code and reason).
 
+pub mod exec;
 pub mod log;
 pub mod spec;
 
@@ -101,7 +102,7 @@ fn now_nanos() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-fn edge(e: CriError) -> Status {
+pub(crate) fn edge(e: CriError) -> Status {
     crated_services::status::status(&e)
 }
 
@@ -658,11 +659,11 @@ impl Pods {
     }
 }
 
-type FifoEnds = (tokio::net::unix::pipe::Receiver, std::fs::File);
+pub(crate) type FifoEnds = (tokio::net::unix::pipe::Receiver, std::fs::File);
 
 /// Makes a container's output FIFOs and opens their read ends. Each also gets a write end
 /// of ours, held until the shim has its own: a reader alone would see the end at once.
-async fn open_fifos(
+pub(crate) async fn open_fifos(
     dir: &Path,
     id: &str,
     streams: &[&str],
