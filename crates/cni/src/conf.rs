@@ -1,11 +1,22 @@
 //! Network configurations as libcni loads them from a directory: `*.conf`, `*.conflist` and
-//! `*.json` in name order, a single-plugin `.conf` wrapped into a list of one.
+//! `*.json` in name order, a single-plugin `.conf` wrapped into a list of one, and the bytes
+//! of each list as libcni keeps them (the result cache records them).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::result::SpecVersion;
 use crate::CniError;
+
+/// go-cni's built-in loopback list, byte for byte: its bytes go into the result cache.
+const LOOPBACK: &str = r#"{
+"cniVersion": "0.3.1",
+"name": "cni-loopback",
+"plugins": [{
+  "type": "loopback"
+}]
+}"#;
 
 /// A network: a named chain of plugins, and the bytes it was read from.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +28,9 @@ pub struct NetworkList {
     pub plugins: Vec<Value>,
     /// Where it came from (for messages).
     pub source: PathBuf,
+    /// The list as libcni holds it: a `.conflist` file's bytes, or the list a `.conf` was
+    /// wrapped into.
+    pub bytes: Vec<u8>,
 }
 
 impl NetworkList {
@@ -41,6 +55,8 @@ impl NetworkList {
         if name.is_empty() {
             return Err(invalid("no network name".into()));
         }
+        let cni_version =
+            negotiate_version(text("cniVersion"), map.get("cniVersions")).map_err(invalid)?;
         let plugins = if single {
             if text("type").is_empty() {
                 return Err(invalid("no plugin type".into()));
@@ -65,15 +81,28 @@ impl NetworkList {
             }
             plugins.clone()
         };
+        let bytes = if single {
+            // libcni's ConfListFromConf: a list of the one plugin, keys sorted as Go writes
+            // maps.
+            serde_json::to_vec(&serde_json::json!({
+                "cniVersion": text("cniVersion"),
+                "name": name,
+                "plugins": [value],
+            }))
+            .map_err(|e| invalid(format!("cannot wrap into a list: {e}")))?
+        } else {
+            bytes.to_vec()
+        };
         Ok(NetworkList {
             name,
-            cni_version: text("cniVersion"),
+            cni_version,
             disable_check: map
                 .get("disableCheck")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             plugins,
             source: source.to_path_buf(),
+            bytes,
         })
     }
 
@@ -85,8 +114,32 @@ impl NetworkList {
             disable_check: false,
             plugins: vec![serde_json::json!({"type": "loopback"})],
             source: PathBuf::new(),
+            bytes: LOOPBACK.as_bytes().to_vec(),
         }
     }
+}
+
+/// The list's version: with `cniVersions`, the highest listed (or `cniVersion`) that this
+/// library speaks, as libcni picks it; else `cniVersion`.
+fn negotiate_version(cni_version: String, versions: Option<&Value>) -> Result<String, String> {
+    let Some(versions) = versions else {
+        return Ok(cni_version);
+    };
+    let Value::Array(versions) = versions else {
+        return Err("cniVersions is not a list".into());
+    };
+    let mut best: Option<(SpecVersion, String)> = None;
+    let listed = versions.iter().map(|v| v.as_str().map(str::to_owned));
+    let candidates = listed.chain((!cni_version.is_empty()).then(|| Some(cni_version.clone())));
+    for candidate in candidates {
+        let text = candidate.ok_or("cniVersions has a non-string entry")?;
+        let version = SpecVersion::parse(&text)
+            .ok_or_else(|| format!("invalid cniVersions entry {text:?}"))?;
+        if version <= SpecVersion::CURRENT && best.as_ref().is_none_or(|(b, _)| version > *b) {
+            best = Some((version, text));
+        }
+    }
+    Ok(best.map(|(_, text)| text).unwrap_or(cni_version))
 }
 
 /// The networks of `dir` in file-name order, at most `max` of them (0: all). Files that do not
@@ -160,6 +213,46 @@ mod tests {
         let first = load_dir(dir.path(), 1).unwrap();
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].name, "a");
+    }
+
+    #[test]
+    fn lists_keep_the_bytes_libcni_caches() {
+        let text = br#"{"cniVersion":"0.4.0", "name":"b","plugins":[{"type":"bridge"}]}"#;
+        let list = NetworkList::parse(text, false, Path::new("b.conflist")).unwrap();
+        assert_eq!(list.bytes, text, "a conflist as written");
+        let conf = NetworkList::parse(
+            br#"{"type":"bridge", "name":"a","cniVersion":"0.3.1"}"#,
+            true,
+            Path::new("a.conf"),
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(conf.bytes).unwrap(),
+            r#"{"cniVersion":"0.3.1","name":"a","plugins":[{"cniVersion":"0.3.1","name":"a","type":"bridge"}]}"#,
+            "a conf wrapped as ConfListFromConf does, keys sorted"
+        );
+        let lo = NetworkList::loopback();
+        assert_eq!(
+            NetworkList::parse(&lo.bytes, false, Path::new("lo"))
+                .unwrap()
+                .plugins,
+            lo.plugins
+        );
+    }
+
+    #[test]
+    fn cni_versions_pick_the_highest_supported() {
+        let parse = |text: &str| NetworkList::parse(text.as_bytes(), false, Path::new("x"));
+        let list = parse(
+            r#"{"cniVersion":"0.3.1","cniVersions":["0.4.0","1.0.0","9.9.9"],"name":"n","plugins":[{"type":"t"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(list.cni_version, "1.0.0");
+        let list =
+            parse(r#"{"cniVersions":["0.4.0"],"name":"n","plugins":[{"type":"t"}]}"#).unwrap();
+        assert_eq!(list.cni_version, "0.4.0");
+        assert!(parse(r#"{"cniVersions":[1],"name":"n","plugins":[{"type":"t"}]}"#).is_err());
+        assert!(parse(r#"{"cniVersions":"1.0.0","name":"n","plugins":[{"type":"t"}]}"#).is_err());
     }
 
     #[test]
