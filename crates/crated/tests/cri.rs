@@ -839,3 +839,190 @@ fn containerd_runs_containers_in_pods_the_same() {
     let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
     containers_run_log_stop_and_go(&daemon, &ctr);
 }
+
+/// A pod on a bridge network (Debian's CNI plugins): it gets an address of the subnet, the
+/// host reaches a server in one of its containers there, and after stop and remove its
+/// address is free again, its namespace and CNI cache gone.
+fn bridged_pods_get_an_address_and_give_it_back(
+    daemon: &Daemon,
+    ctr: &Path,
+    net_d: &Path,
+    bridge: &str,
+    subnet_prefix: &str,
+) {
+    let ipam = tempfile::tempdir().unwrap();
+    std::fs::write(
+        net_d.join("10-bridge.conflist"),
+        format!(
+            r#"{{"cniVersion":"0.4.0","name":"{bridge}","plugins":[{{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet_prefix}.0/24"}}]],"dataDir":"{}"}}}},{{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#,
+            ipam.path().display()
+        ),
+    )
+    .unwrap();
+    let _bridge = BridgeGone(bridge.to_owned());
+    import_pause(daemon, ctr);
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("busybox.tar");
+    crated_testsupport::oci::busybox_as_user("docker.io/library/busybox:cri-user", "0")
+        .write_archive(&archive);
+    ok(daemon.client(
+        ctr,
+        &[
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    let rt = runtime();
+    let client = rt.block_on(runtime_client(&daemon.socket));
+    let mut pod = pod_config(&format!("net-{bridge}"));
+    pod.linux = None;
+    let pod_id = rt
+        .block_on(client.clone().run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        }))
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let status = rt
+        .block_on(
+            client
+                .clone()
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                    verbose: false,
+                }),
+        )
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let ip = status.network.unwrap().ip;
+    assert!(ip.starts_with(&format!("{subnet_prefix}.")), "{ip}");
+    let reserved = ipam.path().join(bridge).join(&ip);
+    assert!(reserved.exists(), "host-local holds {ip}");
+
+    let server = rt
+        .block_on(client.clone().create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(container_config(
+                "server",
+                "mkdir -p /www && echo hello-from-pod > /www/index.html && exec httpd -f -p 8080 -h /www",
+            )),
+            sandbox_config: Some(pod.clone()),
+        }))
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.block_on(client.clone().start_container(cri::StartContainerRequest {
+        container_id: server.clone(),
+    }))
+    .unwrap();
+    let mut answer = String::new();
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            use std::io::{Read, Write};
+            let Ok(mut stream) = std::net::TcpStream::connect((ip.as_str(), 8080)) else {
+                return false;
+            };
+            let _ = stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+            answer.clear();
+            let _ = stream.read_to_string(&mut answer);
+            answer.contains("hello-from-pod")
+        },
+        || format!("the pod's server never answered on {ip}:8080"),
+    );
+
+    rt.block_on(client.clone().stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    }))
+    .unwrap();
+    assert!(!reserved.exists(), "host-local still holds {ip}");
+    rt.block_on(
+        client
+            .clone()
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod_id.clone(),
+            }),
+    )
+    .unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&pod_id), "{mounts}");
+    let cached: Vec<_> = std::fs::read_dir("/var/lib/cni/results")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(&pod_id))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(cached.is_empty(), "{cached:?}");
+}
+
+/// Deletes a test's bridge when the test ends, however it ends.
+struct BridgeGone(String);
+
+impl Drop for BridgeGone {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .output();
+    }
+}
+
+fn cni_plugins() -> bool {
+    let found = Path::new("/usr/lib/cni/bridge").exists();
+    if !found {
+        assert!(
+            !crated_testsupport::on_ci(),
+            "/usr/lib/cni is empty on CI: scripts/setup.sh must install containernetworking-plugins"
+        );
+        eprintln!("SKIPPED: /usr/lib/cni/bridge not found (containernetworking-plugins)");
+    }
+    found
+}
+
+#[test]
+fn crated_puts_pods_on_a_bridge_as_containerd() {
+    let Some(ctr) = root_ctr_and_runc() else {
+        return;
+    };
+    if !cni_plugins() {
+        return;
+    }
+    let net_d = tempfile::tempdir().unwrap();
+    let daemon = common::start(Some(&cri_config(net_d.path())));
+    bridged_pods_get_an_address_and_give_it_back(
+        &daemon,
+        &ctr,
+        net_d.path(),
+        "crated-cri0",
+        "10.233.81",
+    );
+}
+
+#[test]
+fn containerd_puts_pods_on_a_bridge_the_same() {
+    let Some(ctr) = root_ctr_and_runc() else {
+        return;
+    };
+    if !cni_plugins() {
+        return;
+    }
+    let Some(containerd) = tool("containerd", "containerd") else {
+        return;
+    };
+    let net_d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
+    bridged_pods_get_an_address_and_give_it_back(
+        &daemon,
+        &ctr,
+        net_d.path(),
+        "ctrd-cri0",
+        "10.233.82",
+    );
+}

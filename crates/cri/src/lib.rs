@@ -72,6 +72,18 @@ pub fn registration() -> Registration {
             snapshots: ctx.get_by_id::<SnapshotsService>(types::SERVICE, "snapshots-service")?,
             root: ctx.root()?,
             state: ctx.state()?,
+            cni: Arc::new(crated_cni::Cni::new(crated_cni::CniOptions {
+                conf_dir: config.cni.conf_dir.clone().into(),
+                bin_dirs: vec![config.cni.bin_dir.clone().into()],
+                max_conf_num: usize::try_from(config.cni.max_conf_num.max(0)).unwrap_or(1),
+                ip_pref: crated_cni::IpPreference::from_config(&config.cni.ip_pref),
+                ..Default::default()
+            })),
+            netns_dir: if config.netns_mounts_under_state_dir {
+                ctx.state()?.join("netns")
+            } else {
+                std::path::PathBuf::from(crated_cni::DEFAULT_NETNS_DIR)
+            },
             sandboxes: Default::default(),
             containers: Default::default(),
             names: Default::default(),

@@ -50,6 +50,10 @@ pub struct Sandbox {
     pub additional_ips: Vec<String>,
     pub pid: u32,
     pub shm: Option<PathBuf>,
+    /// The pod's own network namespace; None on the host's network.
+    pub netns: Option<PathBuf>,
+    /// Whether its network still needs tearing down.
+    network_up: Mutex<bool>,
 }
 
 impl Sandbox {
@@ -116,6 +120,9 @@ pub struct Pods {
     /// `<root>/io.containerd.grpc.v1.cri` and `<state>/io.containerd.grpc.v1.cri`.
     pub root: PathBuf,
     pub state: PathBuf,
+    pub cni: Arc<crated_cni::Cni>,
+    /// Where pods' network namespaces are pinned.
+    pub netns_dir: PathBuf,
     pub sandboxes: RwLock<HashMap<String, Arc<Sandbox>>>,
     pub containers: RwLock<HashMap<String, Arc<crate::container::CriContainer>>>,
     pub names: NameIndex,
@@ -251,11 +258,6 @@ impl Pods {
             ))));
         };
         let (handler_name, runtime) = (handler_name.to_owned(), runtime.clone());
-        if !spec::host_network(&config) {
-            return Err(Status::unimplemented(
-                "pods with their own network namespace are not implemented by crated yet: use host network",
-            ));
-        }
         let image = match self
             .images
             .find(&self.config.sandbox_image)
@@ -292,6 +294,47 @@ impl Pods {
             .map_err(edge)?;
         undo.shm = files.shm.clone();
 
+        // The pod's network: a namespace of its own, set up by the CNI plugins.
+        let mut network = PodNetwork::default();
+        if !spec::host_network(&config) {
+            let netns = crated_cni::create_netns(&self.netns_dir).map_err(|e| {
+                edge(CriError::Internal(format!(
+                    "failed to create network namespace: {e}"
+                )))
+            })?;
+            undo.netns = Some(netns.clone());
+            self.cni.load().map_err(|e| {
+                edge(CriError::Internal(format!(
+                    "failed to load CNI config: {e}"
+                )))
+            })?;
+            self.cni.status().map_err(|e| {
+                edge(CriError::FailedPrecondition(format!(
+                    "failed to setup network for sandbox {id:?}: {e}"
+                )))
+            })?;
+            undo.network = Some(pod_network_args(&config));
+            let set_up = self
+                .cni
+                .setup(id, &netns, &pod_network_args(&config))
+                .await
+                .map_err(|e| {
+                    edge(CriError::Internal(format!(
+                        "failed to setup network for sandbox {id:?}: {e}"
+                    )))
+                })?;
+            network = PodNetwork {
+                ip: set_up.ip.to_string(),
+                additional_ips: set_up
+                    .additional_ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect(),
+                result: serde_json::to_value(&set_up.result).unwrap_or_default(),
+                netns: Some(netns),
+            };
+        }
+
         let cgroup_parent = config
             .linux
             .as_ref()
@@ -309,7 +352,7 @@ impl Pods {
             files: &files,
             cgroups_path,
             oom_score_adj: sandbox_oom_score_adj(self.config.restrict_oom_score_adj),
-            netns: None,
+            netns: network.netns.as_deref(),
             runtime_handler: &handler_name,
         })
         .map_err(edge)?;
@@ -329,11 +372,11 @@ impl Pods {
                 "ID": id,
                 "Name": name,
                 "Config": &config,
-                "NetNSPath": "",
-                "IP": "",
-                "AdditionalIPs": null,
+                "NetNSPath": network.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                "IP": network.ip,
+                "AdditionalIPs": network.additional_ips,
                 "RuntimeHandler": handler_name,
-                "CNIResult": null,
+                "CNIResult": network.result,
                 "ProcessLabel": "",
             }
         });
@@ -412,10 +455,12 @@ impl Pods {
             runtime_handler: handler_name,
             created_at,
             state: Mutex::new(State::Ready),
-            ip: String::new(),
-            additional_ips: Vec::new(),
+            ip: network.ip,
+            additional_ips: network.additional_ips,
             pid,
             shm: files.shm,
+            network_up: Mutex::new(network.netns.is_some()),
+            netns: network.netns,
         });
         self.watch_exit(sandbox.clone());
         Ok(sandbox)
@@ -547,8 +592,33 @@ impl Pods {
         if let Some(shm) = &sandbox.shm {
             unmount(shm).await;
         }
+        self.tear_down_network(&sandbox).await;
         sandbox.set_state(State::NotReady);
         Ok(())
+    }
+
+    /// Runs the CNI DELs and removes the network namespace, once. A failure is logged, not
+    /// returned: a pod whose plugin is gone or keeps failing can still be stopped and removed.
+    async fn tear_down_network(&self, sandbox: &Sandbox) {
+        let Some(netns) = &sandbox.netns else {
+            return;
+        };
+        let up = std::mem::take(
+            &mut *sandbox
+                .network_up
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if !up {
+            return;
+        }
+        let args = pod_network_args(&sandbox.config);
+        if let Err(e) = self.cni.remove(&sandbox.id, netns, &args).await {
+            tracing::warn!(id = %sandbox.id, "tearing down the pod's network (left as it is): {e}");
+        }
+        if let Err(e) = crated_cni::remove_netns(netns) {
+            tracing::warn!(id = %sandbox.id, "removing the pod's network namespace: {e}");
+        }
     }
 
     /// RemovePodSandbox: stops it first when needed; an unknown pod is no error.
@@ -568,6 +638,8 @@ impl Pods {
                 self.state.join("sandboxes").join(&sandbox.id),
             ],
             shm: None,
+            netns: None,
+            network: None,
             container: true,
             snapshot: Some(self.config.containerd.snapshotter.clone()),
             task: false,
@@ -654,11 +726,57 @@ async fn unmount(path: &Path) {
     .await;
 }
 
+/// What CNI made of a pod's network.
+#[derive(Default)]
+struct PodNetwork {
+    ip: String,
+    additional_ips: Vec<String>,
+    result: serde_json::Value,
+    netns: Option<PathBuf>,
+}
+
+/// The pod as its CNI plugins see it.
+fn pod_network_args(config: &cri::PodSandboxConfig) -> crated_cni::PodNetworkArgs {
+    let metadata = config.metadata.clone().unwrap_or_default();
+    crated_cni::PodNetworkArgs {
+        namespace: metadata.namespace,
+        name: metadata.name,
+        uid: metadata.uid,
+        port_mappings: config
+            .port_mappings
+            .iter()
+            .map(|p| crated_cni::PortMapping {
+                host_port: p.host_port,
+                container_port: p.container_port,
+                protocol: cri::Protocol::try_from(p.protocol)
+                    .unwrap_or(cri::Protocol::Tcp)
+                    .as_str_name()
+                    .to_ascii_lowercase(),
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
+        bandwidth: None,
+        dns: config.dns_config.as_ref().map(|d| crated_cni::DnsConfig {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
+        annotations: config
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
 /// What a half-made (or removed) sandbox leaves to undo, in reverse order of making.
 #[derive(Default)]
 struct Undo {
     dirs: Vec<PathBuf>,
     shm: Option<PathBuf>,
+    netns: Option<PathBuf>,
+    /// The pod's network was (perhaps partly) set up: its DELs are due.
+    network: Option<crated_cni::PodNetworkArgs>,
     container: bool,
     /// The snapshotter holding the snapshot made.
     snapshot: Option<String>,
@@ -693,6 +811,16 @@ impl Undo {
                 .await;
             if let Err(e) = deleted.map(drop).or_else(not_found_ok) {
                 tracing::warn!(%id, "cleaning up a sandbox's container: {e}");
+            }
+        }
+        if let Some(netns) = &self.netns {
+            if let Some(args) = &self.network {
+                if let Err(e) = pods.cni.remove(id, netns, args).await {
+                    tracing::warn!(%id, "cleaning up a sandbox's network: {e}");
+                }
+            }
+            if let Err(e) = crated_cni::remove_netns(netns) {
+                tracing::warn!(%id, "cleaning up a sandbox's network namespace: {e}");
             }
         }
         if let Some(shm) = &self.shm {
