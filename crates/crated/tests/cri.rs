@@ -468,6 +468,26 @@ fn import_pause(daemon: &Daemon, ctr: &Path) {
     ));
 }
 
+/// Imports busybox (user root) as `docker.io/library/busybox:cri-user` into `k8s.io`; the
+/// directory returned holds the test's other files.
+fn import_cri_busybox(daemon: &Daemon, ctr: &Path) -> tempfile::TempDir {
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("busybox.tar");
+    crated_testsupport::oci::busybox_as_user("docker.io/library/busybox:cri-user", "0")
+        .write_archive(&archive);
+    ok(daemon.client(
+        ctr,
+        &[
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    work
+}
+
 fn sandbox_state(daemon: &Daemon, id: &str) -> Result<i32, tonic::Status> {
     runtime().block_on(async {
         runtime_client(&daemon.socket)
@@ -675,20 +695,7 @@ fn container_status(daemon: &Daemon, id: &str) -> cri::ContainerStatus {
 /// removed with their records.
 fn containers_run_log_stop_and_go(daemon: &Daemon, ctr: &Path) {
     import_pause(daemon, ctr);
-    let work = tempfile::tempdir().unwrap();
-    let archive = work.path().join("busybox.tar");
-    crated_testsupport::oci::busybox_as_user("docker.io/library/busybox:cri-user", "0")
-        .write_archive(&archive);
-    ok(daemon.client(
-        ctr,
-        &[
-            "-n",
-            "k8s.io",
-            "images",
-            "import",
-            archive.to_str().unwrap(),
-        ],
-    ));
+    let work = import_cri_busybox(daemon, ctr);
     let logs = work.path().join("pod-logs");
     let mut pod = pod_config("logs");
     pod.log_directory = logs.display().to_string();
@@ -772,6 +779,52 @@ fn containers_run_log_stop_and_go(daemon: &Daemon, ctr: &Path) {
     );
     let slow = exec(&["/bin/sh", "-c", "sleep 30"], 1).unwrap_err();
     assert_eq!(slow.code(), tonic::Code::DeadlineExceeded, "{slow:?}");
+
+    // New limits reach the running container's cgroup.
+    rt.block_on(
+        client().update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: sleeps.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let limit = [
+        format!("/sys/fs/cgroup/memory/k8s.io/{sleeps}/memory.limit_in_bytes"),
+        format!("/sys/fs/cgroup/k8s.io/{sleeps}/memory.max"),
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .expect("the container's memory cgroup");
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+
+    // A rotated log: the output goes on into a new file after ReopenContainerLog.
+    let talker = create(container_config(
+        "talker",
+        "while true; do echo tick; sleep 0.1; done",
+    ));
+    start(&talker);
+    let talker_log = logs.join("talker/0.log");
+    wait_until(
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&talker_log).is_ok_and(|l| !l.is_empty()),
+        || "the talker never logged".into(),
+    );
+    std::fs::rename(&talker_log, logs.join("talker/0.log.1")).unwrap();
+    rt.block_on(
+        client().reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: talker.clone(),
+        }),
+    )
+    .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&talker_log).is_ok_and(|l| l.contains(" stdout F tick")),
+        || "the talker's output never reached the reopened log".into(),
+    );
     let listed = rt
         .block_on(client().list_containers(cri::ListContainersRequest {
             filter: Some(cri::ContainerFilter {
@@ -785,7 +838,11 @@ fn containers_run_log_stop_and_go(daemon: &Daemon, ctr: &Path) {
         .unwrap()
         .into_inner()
         .containers;
-    assert_eq!(listed.iter().map(|c| &c.id).collect::<Vec<_>>(), [&sleeps]);
+    let mut running: Vec<&String> = listed.iter().map(|c| &c.id).collect();
+    running.sort();
+    let mut expected = vec![&sleeps, &talker];
+    expected.sort();
+    assert_eq!(running, expected);
     rt.block_on(client().stop_container(cri::StopContainerRequest {
         container_id: sleeps.clone(),
         timeout: 2,
@@ -796,7 +853,7 @@ fn containers_run_log_stop_and_go(daemon: &Daemon, ctr: &Path) {
     assert_ne!(stopped.exit_code, 0);
 
     let records = ok(daemon.client(ctr, &["-n", "k8s.io", "containers", "ls", "-q"]));
-    assert_eq!(records.lines().count(), 3, "{records}");
+    assert_eq!(records.lines().count(), 4, "{records}");
     rt.block_on(client().remove_container(cri::RemoveContainerRequest {
         container_id: exits.clone(),
     }))
@@ -861,20 +918,7 @@ fn bridged_pods_get_an_address_and_give_it_back(
     .unwrap();
     let _bridge = BridgeGone(bridge.to_owned());
     import_pause(daemon, ctr);
-    let work = tempfile::tempdir().unwrap();
-    let archive = work.path().join("busybox.tar");
-    crated_testsupport::oci::busybox_as_user("docker.io/library/busybox:cri-user", "0")
-        .write_archive(&archive);
-    ok(daemon.client(
-        ctr,
-        &[
-            "-n",
-            "k8s.io",
-            "images",
-            "import",
-            archive.to_str().unwrap(),
-        ],
-    ));
+    let _work = import_cri_busybox(daemon, ctr);
     let rt = runtime();
     let client = rt.block_on(runtime_client(&daemon.socket));
     let mut pod = pod_config(&format!("net-{bridge}"));
@@ -1025,4 +1069,177 @@ fn containerd_puts_pods_on_a_bridge_the_same() {
         "ctrd-cri0",
         "10.233.82",
     );
+}
+
+/// `kill -9` of crated under a running pod and its containers, one of which exits while crated
+/// is down: after the restart the pod is ready with the same IP, the running container still
+/// runs and its output still reaches the log, the one that exited shows its exit, names are
+/// still held, and stop and remove leave nothing.
+#[test]
+fn pods_and_containers_survive_a_sigkill_of_crated() {
+    let Some(ctr) = root_ctr_and_runc() else {
+        return;
+    };
+    if !cni_plugins() {
+        return;
+    }
+    let net_d = tempfile::tempdir().unwrap();
+    let ipam = tempfile::tempdir().unwrap();
+    let bridge = "crated-cri9";
+    std::fs::write(
+        net_d.path().join("10-bridge.conflist"),
+        format!(
+            r#"{{"cniVersion":"0.4.0","name":"{bridge}","plugins":[{{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.233.89.0/24"}}]],"dataDir":"{}"}}}}]}}"#,
+            ipam.path().display()
+        ),
+    )
+    .unwrap();
+    let _bridge = BridgeGone(bridge.to_owned());
+    let mut daemon = common::start(Some(&cri_config(net_d.path())));
+    import_pause(&daemon, &ctr);
+    let work = import_cri_busybox(&daemon, &ctr);
+    let logs = work.path().join("logs");
+    let mut pod = pod_config("survivor");
+    pod.linux = None;
+    pod.log_directory = logs.display().to_string();
+    let (pod_id, ip, ticker, ender) = {
+        let rt = runtime();
+        let client = rt.block_on(runtime_client(&daemon.socket));
+        let pod_id = rt
+            .block_on(client.clone().run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod.clone()),
+                runtime_handler: String::new(),
+            }))
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        let ip = rt
+            .block_on(
+                client
+                    .clone()
+                    .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                        pod_sandbox_id: pod_id.clone(),
+                        verbose: false,
+                    }),
+            )
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+            .network
+            .unwrap()
+            .ip;
+        let mut started = Vec::new();
+        for (name, script) in [
+            ("ticker", "while true; do echo tick; sleep 0.2; done"),
+            ("ender", "while [ ! -e /end ]; do sleep 0.1; done; exit 7"),
+        ] {
+            let id = rt
+                .block_on(
+                    client
+                        .clone()
+                        .create_container(cri::CreateContainerRequest {
+                            pod_sandbox_id: pod_id.clone(),
+                            config: Some(container_config(name, script)),
+                            sandbox_config: Some(pod.clone()),
+                        }),
+                )
+                .unwrap()
+                .into_inner()
+                .container_id;
+            rt.block_on(client.clone().start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            }))
+            .unwrap();
+            started.push(id);
+        }
+        let ender = started.pop().unwrap();
+        let ticker = started.pop().unwrap();
+        (pod_id, ip, ticker, ender)
+    };
+
+    daemon
+        .restart_after_sigkill(&common::crated())
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The ender is told to end once crated is back: the restarted daemon must see its exit.
+    ok(daemon.client(
+        &ctr,
+        &[
+            "-n",
+            "k8s.io",
+            "tasks",
+            "exec",
+            "--exec-id",
+            "end",
+            &ender,
+            "/bin/sh",
+            "-c",
+            "echo > /end",
+        ],
+    ));
+    let rt = runtime();
+    let client = rt.block_on(runtime_client(&daemon.socket));
+    let status = rt
+        .block_on(
+            client
+                .clone()
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                    verbose: false,
+                }),
+        )
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(status.network.unwrap().ip, ip);
+    assert_eq!(
+        container_status(&daemon, &ticker).state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    wait_until(
+        Duration::from_secs(20),
+        || container_status(&daemon, &ender).state == cri::ContainerState::ContainerExited as i32,
+        || "the ender's exit was never seen".into(),
+    );
+    assert_eq!(container_status(&daemon, &ender).exit_code, 7);
+    let log = logs.join("ticker/0.log");
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+    wait_until(
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&log).unwrap().lines().count() > before + 2,
+        || "the ticker's output no longer reaches its log".into(),
+    );
+    let again = rt
+        .block_on(client.clone().run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        }))
+        .unwrap_err();
+    assert!(
+        again.message().contains("failed to reserve sandbox name"),
+        "{again:?}"
+    );
+
+    rt.block_on(client.clone().stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    }))
+    .unwrap();
+    rt.block_on(
+        client
+            .clone()
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod_id.clone(),
+            }),
+    )
+    .unwrap();
+    let records = ok(daemon.client(&ctr, &["-n", "k8s.io", "containers", "ls", "-q"]));
+    assert_eq!(records.trim(), "", "{records}");
+    assert!(
+        !ipam.path().join(bridge).join(&ip).exists(),
+        "{ip} still held"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&pod_id), "{mounts}");
 }

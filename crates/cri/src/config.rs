@@ -226,6 +226,13 @@ impl Default for ImageDecryption {
 }
 
 impl CriConfig {
+    /// The longest log record, None for no limit (`max_container_log_line_size` of -1).
+    pub fn max_log_line(&self) -> Option<usize> {
+        usize::try_from(self.max_container_log_line_size)
+            .ok()
+            .filter(|max| *max > 0)
+    }
+
     /// The handler a request names, the default one for "".
     pub fn runtime(&self, handler: &str) -> Option<(&str, &Runtime)> {
         let name = if handler.is_empty() {

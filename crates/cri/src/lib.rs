@@ -88,6 +88,8 @@ pub fn registration() -> Registration {
             containers: Default::default(),
             names: Default::default(),
         });
+        // As containerd's CRI: pods and containers are back before the first call.
+        pods.recover().await;
         let runtime = Arc::new(CriRuntime::new(
             config.clone(),
             pods,

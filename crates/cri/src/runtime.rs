@@ -291,6 +291,27 @@ impl RuntimeService for CriRuntime {
         ))
     }
 
+    async fn reopen_container_log(
+        &self,
+        request: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        self.pods
+            .reopen_container_log(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        let request = request.into_inner();
+        self.pods
+            .update_container_resources(&request.container_id, request.linux)
+            .await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
+    }
+
     type GetContainerEventsStream = ContainerEvents;
 
     async fn get_container_events(
@@ -298,20 +319,6 @@ impl RuntimeService for CriRuntime {
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         Err(not_yet("GetContainerEvents"))
-    }
-
-    async fn update_container_resources(
-        &self,
-        _request: Request<cri::UpdateContainerResourcesRequest>,
-    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(not_yet("UpdateContainerResources"))
-    }
-
-    async fn reopen_container_log(
-        &self,
-        _request: Request<cri::ReopenContainerLogRequest>,
-    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        Err(not_yet("ReopenContainerLog"))
     }
 
     async fn exec(

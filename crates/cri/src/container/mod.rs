@@ -5,6 +5,7 @@
 
 pub mod exec;
 pub mod log;
+mod recover;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -69,6 +70,10 @@ pub struct CriContainer {
     status: Mutex<ContainerStatus>,
     /// True once the container's exit is recorded.
     exited: watch::Sender<bool>,
+    /// `<root>/io.containerd.grpc.v1.cri/containers/<id>/status`: what a restart reads back.
+    checkpoint: PathBuf,
+    /// Where the running task's output is written, swapped by ReopenContainerLog.
+    log: Mutex<Option<log::LogSink>>,
 }
 
 impl CriContainer {
@@ -79,13 +84,19 @@ impl CriContainer {
             .clone()
     }
 
-    fn update(&self, change: impl FnOnce(&mut ContainerStatus)) {
-        change(
-            &mut self
+    /// Changes the status and writes its checkpoint (atomically: a crash leaves the old one).
+    async fn update(&self, change: impl FnOnce(&mut ContainerStatus)) {
+        let now = {
+            let mut status = self
                 .status
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            change(&mut status);
+            status.clone()
+        };
+        if let Err(e) = save_checkpoint(&self.checkpoint, self.created_at, &now).await {
+            tracing::warn!(id = %self.id, "writing the container's status: {e}");
+        }
     }
 
     async fn wait_exited(&self, timeout: Duration) -> bool {
@@ -96,7 +107,7 @@ impl CriContainer {
     }
 }
 
-fn now_nanos() -> i64 {
+pub(crate) fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
@@ -219,17 +230,7 @@ impl Pods {
             })?;
         let process = ImageProcess::from_config(&image.resolved.config);
         let files_dir = self.root.join("sandboxes").join(&sandbox.id);
-        let cgroup_parent = sandbox
-            .config
-            .linux
-            .as_ref()
-            .map(|l| l.cgroup_parent.clone())
-            .unwrap_or_default();
-        let cgroups_path = if cgroup_parent.is_empty() {
-            format!("/{}/{id}", crate::NAMESPACE)
-        } else {
-            format!("{}/{id}", cgroup_parent.trim_end_matches('/'))
-        };
+        let cgroups_path = crate::sandbox::spec::cgroups_path(&sandbox.config, id);
         let spec = spec::container_spec(&ContainerSpecInput {
             id,
             config: &config,
@@ -335,7 +336,7 @@ impl Pods {
             }))
             .await?;
         let (exited, _) = watch::channel(false);
-        Ok(Arc::new(CriContainer {
+        let container = Arc::new(CriContainer {
             id: id.to_owned(),
             name: name.to_owned(),
             sandbox_id: sandbox.id.clone(),
@@ -346,7 +347,17 @@ impl Pods {
             stop_signal,
             status: Mutex::new(ContainerStatus::default()),
             exited,
-        }))
+            checkpoint: self.root.join("containers").join(id).join("status"),
+            log: Mutex::new(None),
+        });
+        save_checkpoint(
+            &container.checkpoint,
+            created_at,
+            &ContainerStatus::default(),
+        )
+        .await
+        .map_err(|e| Status::internal(format!("writing the container's status: {e}")))?;
+        Ok(container)
     }
 
     /// The container's record and snapshot, and its directories; each may be absent.
@@ -404,12 +415,14 @@ impl Pods {
             Ok(()) => Ok(()),
             Err(e) => {
                 // As containerd: a start that fails leaves an exited container, code 128.
-                container.update(|s| {
-                    s.finished_at = now_nanos();
-                    s.exit_code = 128;
-                    s.reason = "StartError".into();
-                    s.message = e.message().to_owned();
-                });
+                container
+                    .update(|s| {
+                        s.finished_at = now_nanos();
+                        s.exit_code = 128;
+                        s.reason = "StartError".into();
+                        s.message = e.message().to_owned();
+                    })
+                    .await;
                 container.exited.send_replace(true);
                 let _ = self
                     .tasks
@@ -438,9 +451,11 @@ impl Pods {
         };
         let (paths, ends) = open_fifos(&io_dir, id, streams).await.map_err(edge)?;
         let sink = open_log(&container.log_path).await.map_err(edge)?;
-        let max_line = usize::try_from(self.config.max_container_log_line_size)
-            .ok()
-            .filter(|_| self.config.max_container_log_line_size > 0);
+        *container
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sink.clone());
+        let max_line = self.config.max_log_line();
         let mounts = self
             .snapshots
             .mounts(in_namespace(snapshots_api::MountsRequest {
@@ -483,15 +498,17 @@ impl Pods {
             .await?
             .into_inner()
             .pid;
-        container.update(|s| {
-            s.pid = pid;
-            s.started_at = now_nanos();
-        });
+        container
+            .update(|s| {
+                s.pid = pid;
+                s.started_at = now_nanos();
+            })
+            .await;
         self.watch_container_exit(container.clone(), copies);
         Ok(())
     }
 
-    fn watch_container_exit(
+    pub(crate) fn watch_container_exit(
         &self,
         container: Arc<CriContainer>,
         copies: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -534,13 +551,15 @@ impl Pods {
             if let Err(e) = deleted.map(drop).or_else(not_found_ok) {
                 tracing::warn!(%id, "deleting an exited container's task: {e}");
             }
-            container.update(|s| {
-                s.finished_at = finished;
-                s.exit_code = code;
-                if s.reason.is_empty() {
-                    s.reason = if code == 0 { "Completed" } else { "Error" }.into();
-                }
-            });
+            container
+                .update(|s| {
+                    s.finished_at = finished;
+                    s.exit_code = code;
+                    if s.reason.is_empty() {
+                        s.reason = if code == 0 { "Completed" } else { "Error" }.into();
+                    }
+                })
+                .await;
             container.exited.send_replace(true);
         });
     }
@@ -594,6 +613,61 @@ impl Pods {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&container.id);
         self.names.release(&container.name);
+        Ok(())
+    }
+
+    /// ReopenContainerLog: the running container's output goes to a newly opened log file
+    /// (the kubelet has rotated the old one away).
+    pub async fn reopen_container_log(&self, id: &str) -> Result<(), Status> {
+        let container = self.container(id).map_err(edge)?;
+        if container.status().state() != cri::ContainerState::ContainerRunning {
+            return Err(edge(CriError::FailedPrecondition(format!(
+                "container {:?} is not running",
+                container.id
+            ))));
+        }
+        let sink = container
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let (Some(sink), false) = (sink, container.log_path.is_empty()) else {
+            return Ok(());
+        };
+        let fresh = open_log(&container.log_path).await.map_err(edge)?;
+        let file = std::mem::replace(&mut *fresh.lock().await, Box::new(tokio::io::sink()));
+        let mut current = sink.lock().await;
+        use tokio::io::AsyncWriteExt;
+        let _ = current.flush().await;
+        *current = file;
+        Ok(())
+    }
+
+    /// UpdateContainerResources: the new limits reach the running task.
+    pub async fn update_container_resources(
+        &self,
+        id: &str,
+        resources: Option<cri::LinuxContainerResources>,
+    ) -> Result<(), Status> {
+        let container = self.container(id).map_err(edge)?;
+        let Some(resources) = resources else {
+            return Ok(());
+        };
+        if container.status().state() != cri::ContainerState::ContainerRunning {
+            return Ok(());
+        }
+        let limits = spec::linux_resources(&resources);
+        self.tasks
+            .update(in_namespace(tasks_api::UpdateTaskRequest {
+                container_id: container.id.clone(),
+                resources: Some(prost_types::Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+                        .into(),
+                    value: serde_json::to_vec(&limits).unwrap_or_default(),
+                }),
+                ..Default::default()
+            }))
+            .await?;
         Ok(())
     }
 
@@ -659,6 +733,48 @@ impl Pods {
     }
 }
 
+/// containerd's status checkpoint: `{"Version":"v1","Pid",...}`, rewritten whole.
+async fn save_checkpoint(
+    path: &Path,
+    created_at: i64,
+    status: &ContainerStatus,
+) -> std::io::Result<()> {
+    let json = serde_json::json!({
+        "Version": "v1",
+        "Pid": status.pid,
+        "CreatedAt": created_at,
+        "StartedAt": status.started_at,
+        "FinishedAt": status.finished_at,
+        "ExitCode": status.exit_code,
+        "Reason": status.reason,
+        "Message": status.message,
+    });
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let staged = path.with_extension("new");
+    tokio::fs::write(&staged, json.to_string()).await?;
+    tokio::fs::rename(&staged, path).await
+}
+
+/// A status checkpoint read back; None when it is missing or unreadable.
+pub(crate) fn load_checkpoint(path: &Path) -> Option<(i64, ContainerStatus)> {
+    let bytes = std::fs::read(path).ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let int = |key: &str| json[key].as_i64().unwrap_or(0);
+    Some((
+        int("CreatedAt"),
+        ContainerStatus {
+            pid: u32::try_from(int("Pid")).unwrap_or(0),
+            started_at: int("StartedAt"),
+            finished_at: int("FinishedAt"),
+            exit_code: i32::try_from(int("ExitCode")).unwrap_or(0),
+            reason: json["Reason"].as_str().unwrap_or_default().to_owned(),
+            message: json["Message"].as_str().unwrap_or_default().to_owned(),
+        },
+    ))
+}
+
 pub(crate) type FifoEnds = (tokio::net::unix::pipe::Receiver, std::fs::File);
 
 /// Makes a container's output FIFOs and opens their read ends. Each also gets a write end
@@ -702,7 +818,7 @@ pub(crate) async fn open_fifos(
 }
 
 /// The container's log file, appended to (its directory made); None discards output.
-async fn open_log(path: &str) -> Result<log::LogSink, CriError> {
+pub(crate) async fn open_log(path: &str) -> Result<log::LogSink, CriError> {
     if path.is_empty() {
         return Ok(Arc::new(tokio::sync::Mutex::new(Box::new(
             tokio::io::sink(),

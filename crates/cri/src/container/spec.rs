@@ -41,7 +41,8 @@ pub struct ContainerSpecInput<'a> {
     pub restrict_oom_score_adj: bool,
 }
 
-fn bind(source: &Path, destination: &str, read_only: bool, propagation: &str) -> Mount {
+/// A bind mount of `source` at `destination`.
+pub fn bind(source: &Path, destination: &str, read_only: bool, propagation: &str) -> Mount {
     let mut mount = Mount::default();
     mount.set_destination(PathBuf::from(destination));
     mount.set_typ(Some("bind".into()));
@@ -68,6 +69,34 @@ fn capability(name: &str) -> Result<Capability, CriError> {
         .unwrap_or(name)
         .parse::<Capability>()
         .map_err(|_| CriError::InvalidArgument(format!("unknown capability {name:?}")))
+}
+
+/// CRI's resources as the OCI spec's: CPU period, quota, shares and sets, memory limit.
+pub fn linux_resources(resources: &cri::LinuxContainerResources) -> LinuxResources {
+    let mut limits = LinuxResources::default();
+    let mut cpu = LinuxCpu::default();
+    if resources.cpu_period > 0 {
+        cpu.set_period(Some(resources.cpu_period as u64));
+    }
+    if resources.cpu_quota > 0 {
+        cpu.set_quota(Some(resources.cpu_quota));
+    }
+    if resources.cpu_shares > 0 {
+        cpu.set_shares(Some(resources.cpu_shares as u64));
+    }
+    if !resources.cpuset_cpus.is_empty() {
+        cpu.set_cpus(Some(resources.cpuset_cpus.clone()));
+    }
+    if !resources.cpuset_mems.is_empty() {
+        cpu.set_mems(Some(resources.cpuset_mems.clone()));
+    }
+    limits.set_cpu(Some(cpu));
+    if resources.memory_limit_in_bytes > 0 {
+        let mut memory = LinuxMemory::default();
+        memory.set_limit(Some(resources.memory_limit_in_bytes));
+        limits.set_memory(Some(memory));
+    }
+    limits
 }
 
 /// Raises a score below the daemon's own to it, when the host forbids going lower.
@@ -302,28 +331,9 @@ pub fn container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, CriError> 
         .collect();
     spec_linux.set_namespaces(Some(namespaces));
     spec_linux.set_cgroups_path(Some(PathBuf::from(&input.cgroups_path)));
-    let mut limits = spec_linux.resources().clone().unwrap_or_default();
-    let mut cpu = LinuxCpu::default();
-    if resources.cpu_period > 0 {
-        cpu.set_period(Some(resources.cpu_period as u64));
-    }
-    if resources.cpu_quota > 0 {
-        cpu.set_quota(Some(resources.cpu_quota));
-    }
-    if resources.cpu_shares > 0 {
-        cpu.set_shares(Some(resources.cpu_shares as u64));
-    }
-    if !resources.cpuset_cpus.is_empty() {
-        cpu.set_cpus(Some(resources.cpuset_cpus.clone()));
-    }
-    if !resources.cpuset_mems.is_empty() {
-        cpu.set_mems(Some(resources.cpuset_mems.clone()));
-    }
-    limits.set_cpu(Some(cpu));
-    if resources.memory_limit_in_bytes > 0 {
-        let mut memory = LinuxMemory::default();
-        memory.set_limit(Some(resources.memory_limit_in_bytes));
-        limits.set_memory(Some(memory));
+    let mut limits = linux_resources(&resources);
+    if let Some(defaults) = spec_linux.resources() {
+        limits.set_devices(defaults.devices().clone());
     }
     spec_linux.set_resources(Some::<LinuxResources>(limits));
     if !security.masked_paths.is_empty() {

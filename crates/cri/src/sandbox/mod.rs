@@ -2,6 +2,7 @@
 //! containerd's labels, its metadata extension and its files (hostname, hosts, resolv.conf,
 //! `/dev/shm`). Kept in memory by id and by name; the records are what a restart reads.
 
+pub mod recover;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -335,16 +336,7 @@ impl Pods {
             };
         }
 
-        let cgroup_parent = config
-            .linux
-            .as_ref()
-            .map(|l| l.cgroup_parent.clone())
-            .unwrap_or_default();
-        let cgroups_path = if cgroup_parent.is_empty() {
-            format!("/{}/{id}", crate::NAMESPACE)
-        } else {
-            format!("{}/{id}", cgroup_parent.trim_end_matches('/'))
-        };
+        let cgroups_path = spec::cgroups_path(&config, id);
         let spec = spec::sandbox_spec(&SandboxSpecInput {
             id,
             config: &config,
@@ -613,6 +605,10 @@ impl Pods {
             return;
         }
         let args = pod_network_args(&sandbox.config);
+        // The networks as configured now: a restart may not have loaded them yet.
+        if let Err(e) = self.cni.load() {
+            tracing::warn!("loading the CNI config: {e}");
+        }
         if let Err(e) = self.cni.remove(&sandbox.id, netns, &args).await {
             tracing::warn!(id = %sandbox.id, "tearing down the pod's network (left as it is): {e}");
         }
@@ -815,6 +811,9 @@ impl Undo {
         }
         if let Some(netns) = &self.netns {
             if let Some(args) = &self.network {
+                if let Err(e) = pods.cni.load() {
+                    tracing::warn!("loading the CNI config: {e}");
+                }
                 if let Err(e) = pods.cni.remove(id, netns, args).await {
                     tracing::warn!(%id, "cleaning up a sandbox's network: {e}");
                 }

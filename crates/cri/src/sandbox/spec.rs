@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use k8s_cri::v1 as cri;
 use oci_spec::runtime::{LinuxCpu, LinuxNamespaceType, LinuxResources, Mount, Spec, User};
 
+use crate::container::spec::bind;
 use crate::CriError;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -77,6 +78,21 @@ fn namespace_options(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
         .unwrap_or_default()
 }
 
+/// The cgroup of a pod's container `id` (its pause container's too): under the pod's
+/// `cgroup_parent`, or containerd's default for the namespace.
+pub fn cgroups_path(config: &cri::PodSandboxConfig, id: &str) -> String {
+    let parent = config
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.as_str())
+        .unwrap_or_default();
+    if parent.is_empty() {
+        format!("/{}/{id}", crate::NAMESPACE)
+    } else {
+        format!("{}/{id}", parent.trim_end_matches('/'))
+    }
+}
+
 /// Whether the pod uses the host's network.
 pub fn host_network(config: &cri::PodSandboxConfig) -> bool {
     namespace_options(config).network == cri::NamespaceMode::Node as i32
@@ -85,17 +101,6 @@ pub fn host_network(config: &cri::PodSandboxConfig) -> bool {
 /// Whether the pod uses the host's IPC namespace (and so its `/dev/shm`).
 pub fn host_ipc(config: &cri::PodSandboxConfig) -> bool {
     namespace_options(config).ipc == cri::NamespaceMode::Node as i32
-}
-
-fn bind(source: &Path, destination: &str, read_only: bool) -> Mount {
-    let mut mount = Mount::default();
-    mount.set_destination(PathBuf::from(destination));
-    mount.set_typ(Some("bind".into()));
-    mount.set_source(Some(source.to_path_buf()));
-    let mut options = vec!["rbind".to_owned(), "rprivate".to_owned()];
-    options.push(if read_only { "ro" } else { "rw" }.to_owned());
-    mount.set_options(Some(options));
-    mount
 }
 
 pub fn sandbox_spec(input: &SandboxSpecInput<'_>) -> Result<Spec, CriError> {
@@ -185,10 +190,15 @@ pub fn sandbox_spec(input: &SandboxSpecInput<'_>) -> Result<Spec, CriError> {
         })
         .collect();
     match &input.files.shm {
-        Some(shm) => mounts.push(bind(shm, "/dev/shm", false)),
-        None => mounts.push(bind(Path::new("/dev/shm"), "/dev/shm", false)),
+        Some(shm) => mounts.push(bind(shm, "/dev/shm", false, "rprivate")),
+        None => mounts.push(bind(Path::new("/dev/shm"), "/dev/shm", false, "rprivate")),
     }
-    mounts.push(bind(&input.files.resolv_conf, "/etc/resolv.conf", true));
+    mounts.push(bind(
+        &input.files.resolv_conf,
+        "/etc/resolv.conf",
+        true,
+        "rprivate",
+    ));
     spec.set_mounts(Some(mounts));
 
     let mut linux = spec.linux().clone().unwrap_or_default();
