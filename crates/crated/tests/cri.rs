@@ -801,6 +801,50 @@ fn containers_run_log_stop_and_go(daemon: &Daemon, ctr: &Path) {
     .expect("the container's memory cgroup");
     assert_eq!(limit.trim(), (64u64 << 20).to_string());
 
+    // Stats of a running container: its cgroup's CPU and memory, its writable layer.
+    let stats = rt
+        .block_on(client().container_stats(cri::ContainerStatsRequest {
+            container_id: sleeps.clone(),
+        }))
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(stats.attributes.as_ref().unwrap().id, sleeps);
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.is_some());
+    assert!(
+        stats.memory.unwrap().working_set_bytes.unwrap().value > 0,
+        "a running shell uses memory"
+    );
+    let layer = stats.writable_layer.unwrap();
+    assert!(
+        layer
+            .fs_id
+            .as_ref()
+            .unwrap()
+            .mountpoint
+            .ends_with("io.containerd.snapshotter.v1.overlayfs"),
+        "{layer:?}"
+    );
+    let listed_stats = rt
+        .block_on(
+            client().list_container_stats(cri::ListContainerStatsRequest {
+                filter: Some(cri::ContainerStatsFilter {
+                    pod_sandbox_id: pod_id.clone(),
+                    ..Default::default()
+                }),
+            }),
+        )
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert!(
+        listed_stats
+            .iter()
+            .any(|s| s.attributes.as_ref().unwrap().id == sleeps && s.cpu.is_some()),
+        "{listed_stats:?}"
+    );
+
     // A rotated log: the output goes on into a new file after ReopenContainerLog.
     let talker = create(container_config(
         "talker",

@@ -86,6 +86,7 @@ pub fn registration() -> Registration {
             },
             sandboxes: Default::default(),
             containers: Default::default(),
+            stats: Default::default(),
             names: Default::default(),
         });
         // As containerd's CRI: pods and containers are back before the first call.

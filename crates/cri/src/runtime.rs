@@ -312,6 +312,31 @@ impl RuntimeService for CriRuntime {
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
+    async fn container_stats(
+        &self,
+        request: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let stats = self
+            .pods
+            .container_stats(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        Ok(Response::new(cri::ListContainerStatsResponse {
+            stats: self
+                .pods
+                .list_container_stats(request.into_inner().filter)
+                .await,
+        }))
+    }
+
     type GetContainerEventsStream = ContainerEvents;
 
     async fn get_container_events(
@@ -340,20 +365,6 @@ impl RuntimeService for CriRuntime {
         _request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
         Err(not_yet("PortForward"))
-    }
-
-    async fn container_stats(
-        &self,
-        _request: Request<cri::ContainerStatsRequest>,
-    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(not_yet("ContainerStats"))
-    }
-
-    async fn list_container_stats(
-        &self,
-        _request: Request<cri::ListContainerStatsRequest>,
-    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Err(not_yet("ListContainerStats"))
     }
 
     async fn pod_sandbox_stats(

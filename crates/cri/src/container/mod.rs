@@ -7,6 +7,7 @@ pub mod exec;
 pub mod log;
 mod recover;
 pub mod spec;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -86,6 +86,11 @@ impl CriImages {
         });
     }
 
+    /// The image filesystem's mountpoint: the snapshotter's directory.
+    pub fn snapshotter_root(&self) -> &std::path::Path {
+        &self.snapshotter_root
+    }
+
     /// Every CRI image now, from the records of namespace `k8s.io`.
     pub async fn list(&self) -> Result<Vec<CriImage>, CriError> {
         let db = self.db.clone();

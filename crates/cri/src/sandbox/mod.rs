@@ -127,6 +127,7 @@ pub struct Pods {
     pub sandboxes: RwLock<HashMap<String, Arc<Sandbox>>>,
     pub containers: RwLock<HashMap<String, Arc<crate::container::CriContainer>>>,
     pub names: NameIndex,
+    pub stats: crate::container::stats::StatsCache,
 }
 
 fn now_nanos() -> i64 {
