@@ -1287,3 +1287,88 @@ fn pods_and_containers_survive_a_sigkill_of_crated() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&pod_id), "{mounts}");
 }
+
+/// crictl runs a pod the way its users do: runp, create, start, ps, logs (crictl parses the
+/// CRI log format itself), exec --sync, inspect, stop, rm, stopp, rmp.
+#[test]
+fn crictl_runs_a_pod_on_crated() {
+    let Some(crictl) = crated_testsupport::cri_tool("crictl") else {
+        return;
+    };
+    let Some(ctr) = root_ctr_and_runc() else {
+        return;
+    };
+    let net_d = tempfile::tempdir().unwrap();
+    let daemon = common::start(Some(&cri_config(net_d.path())));
+    import_pause(&daemon, &ctr);
+    let work = import_cri_busybox(&daemon, &ctr);
+    let logs = work.path().join("logs");
+    let pod = work.path().join("pod.json");
+    std::fs::write(
+        &pod,
+        serde_json::json!({
+            "metadata": {"name": "crictl-pod", "namespace": "default", "uid": "crictl-uid", "attempt": 0},
+            "log_directory": logs,
+            "linux": {"security_context": {"namespace_options": {"network": 2}}}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let container = work.path().join("container.json");
+    std::fs::write(
+        &container,
+        serde_json::json!({
+            "metadata": {"name": "app"},
+            "image": {"image": "busybox:cri-user"},
+            "command": ["/bin/sh", "-c", "echo started; exec sleep 1000"],
+            "log_path": "app.log"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let endpoint = format!("unix://{}", daemon.socket.display());
+    let crictl = |args: &[&str]| {
+        let out = std::process::Command::new(&crictl)
+            .args([
+                "--runtime-endpoint",
+                &endpoint,
+                "--image-endpoint",
+                &endpoint,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        ok(out)
+    };
+    let pod_id = crictl(&["runp", pod.to_str().unwrap()]).trim().to_owned();
+    let id = crictl(&[
+        "create",
+        &pod_id,
+        container.to_str().unwrap(),
+        pod.to_str().unwrap(),
+    ])
+    .trim()
+    .to_owned();
+    crictl(&["start", &id]);
+    let ps = crictl(&["ps", "-q"]);
+    assert!(ps.lines().any(|l| l == id), "{ps}");
+    wait_until(
+        Duration::from_secs(10),
+        || crictl(&["logs", &id]).contains("started"),
+        || "crictl logs never showed the output".into(),
+    );
+    let exec = crictl(&["exec", "--sync", &id, "/bin/sh", "-c", "echo from-exec"]);
+    assert_eq!(exec.trim(), "from-exec");
+    let inspected: serde_json::Value = serde_json::from_str(&crictl(&["inspect", &id])).unwrap();
+    assert_eq!(
+        inspected["status"]["state"], "CONTAINER_RUNNING",
+        "{inspected}"
+    );
+    let pods: serde_json::Value = serde_json::from_str(&crictl(&["inspectp", &pod_id])).unwrap();
+    assert_eq!(pods["status"]["state"], "SANDBOX_READY", "{pods}");
+    crictl(&["stop", &id]);
+    crictl(&["rm", &id]);
+    crictl(&["stopp", &pod_id]);
+    crictl(&["rmp", &pod_id]);
+    assert_eq!(crictl(&["pods", "-q"]).trim(), "");
+}
