@@ -13,6 +13,7 @@ use clap::Parser;
 use crated_testsupport::tool;
 
 use rows::ingest::ingest;
+use rows::pods::pods;
 use rows::pull::{pull, serve_image};
 use rows::run::run_latency;
 use rows::snapshots::snapshots;
@@ -22,7 +23,7 @@ use table::print;
 #[derive(Parser)]
 #[command(about = "crated vs containerd benchmarks")]
 struct Args {
-    /// Rows to run (default: all): startup, ingest, snapshots, pull, run; or `serve-image`,
+    /// Rows to run (default: all): startup, ingest, snapshots, pull, run, pods; or `serve-image`,
     /// which only serves the pull bench's image from a local registry until stdin closes
     rows: Vec<String>,
     /// Counted runs per daemon and row.
@@ -78,6 +79,9 @@ fn main() -> anyhow::Result<()> {
         let (run_rows, note) = run_latency(args.runs * 3, &crated, containerd.as_deref())?;
         rows.extend(run_rows);
         notes.push(note);
+    }
+    if all || args.rows.iter().any(|r| r == "pods") {
+        rows.extend(pods(args.runs, &crated, containerd.as_deref())?);
     }
     println!(
         "runs per daemon: {}; daemons alternate, each on a fresh private root",

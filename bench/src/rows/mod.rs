@@ -1,6 +1,7 @@
 //! The benchmark rows, one module each, and what they share.
 
 pub mod ingest;
+pub mod pods;
 pub mod pull;
 pub mod run;
 pub mod snapshots;
