@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use crate::sandbox::spec::ImageProcess;
-use crate::sandbox::{generate_id, Pods, KIND_LABEL};
+use crate::sandbox::{by_id_or_prefix, generate_id, Pods, KIND_LABEL};
 use crate::{in_namespace, CriError};
 use spec::{ContainerSpecInput, PodParts};
 
@@ -134,7 +134,7 @@ pub fn parse_signal(name: &str) -> Option<i32> {
         .map(|s| s as i32)
 }
 
-fn not_found_ok(e: Status) -> Result<(), Status> {
+pub(crate) fn not_found_ok(e: Status) -> Result<(), Status> {
     if e.code() == tonic::Code::NotFound {
         Ok(())
     } else {
@@ -148,16 +148,11 @@ impl Pods {
             .containers
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(found) = containers.get(id) {
-            return Ok(found.clone());
-        }
-        let mut matching = containers.values().filter(|c| c.id.starts_with(id));
-        match (id.is_empty(), matching.next(), matching.next()) {
-            (false, Some(found), None) => Ok(found.clone()),
-            _ => Err(CriError::NotFound(format!(
+        by_id_or_prefix(&containers, id).ok_or_else(|| {
+            CriError::NotFound(format!(
                 "an error occurred when try to find container {id:?}"
-            ))),
-        }
+            ))
+        })
     }
 
     /// The containers of a pod.

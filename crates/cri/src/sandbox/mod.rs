@@ -22,6 +22,7 @@ use k8s_cri::v1 as cri;
 use tonic::Status;
 
 use crate::config::CriConfig;
+use crate::container::{not_found_ok, now_nanos};
 use crate::images::CriImages;
 use crate::{in_namespace, CriError};
 use spec::{ImageProcess, SandboxFiles, SandboxSpecInput};
@@ -130,10 +131,17 @@ pub struct Pods {
     pub stats: crate::container::stats::StatsCache,
 }
 
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
+/// The entry named by `id`, or by a unique prefix of its id, as containerd's CRI finds pods
+/// and containers.
+pub(crate) fn by_id_or_prefix<T>(entries: &HashMap<String, Arc<T>>, id: &str) -> Option<Arc<T>> {
+    if let Some(found) = entries.get(id) {
+        return Some(found.clone());
+    }
+    let mut matching = entries.iter().filter(|(key, _)| key.starts_with(id));
+    match (id.is_empty(), matching.next(), matching.next()) {
+        (false, Some((_, found)), None) => Some(found.clone()),
+        _ => None,
+    }
 }
 
 /// A 64-hex id, as containerd's `util.GenerateID`.
@@ -164,35 +172,15 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> CriError {
     CriError::Internal(format!("{what} {}: {e}", path.display()))
 }
 
-/// The pause process's score: containerd's own when it may not go lower.
-fn sandbox_oom_score_adj(restrict: bool) -> i32 {
-    if !restrict {
-        return spec::SANDBOX_OOM_SCORE_ADJ;
-    }
-    let own = std::fs::read_to_string("/proc/self/oom_score_adj")
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .unwrap_or(0);
-    spec::SANDBOX_OOM_SCORE_ADJ.max(own)
-}
-
 impl Pods {
     pub(crate) fn sandbox(&self, id: &str) -> Result<Arc<Sandbox>, CriError> {
         let sandboxes = self
             .sandboxes
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(found) = sandboxes.get(id) {
-            return Ok(found.clone());
-        }
-        // A unique prefix of an id names it too.
-        let mut matching = sandboxes.values().filter(|s| s.id.starts_with(id));
-        match (id.is_empty(), matching.next(), matching.next()) {
-            (false, Some(found), None) => Ok(found.clone()),
-            _ => Err(CriError::NotFound(format!(
-                "an error occurred when try to find sandbox {id:?}"
-            ))),
-        }
+        by_id_or_prefix(&sandboxes, id).ok_or_else(|| {
+            CriError::NotFound(format!("an error occurred when try to find sandbox {id:?}"))
+        })
     }
 
     /// RunPodSandbox. Runs to its end (its cleanup included) even when the caller goes away.
@@ -344,7 +332,10 @@ impl Pods {
             image: &process,
             files: &files,
             cgroups_path,
-            oom_score_adj: sandbox_oom_score_adj(self.config.restrict_oom_score_adj),
+            oom_score_adj: crate::container::spec::restrict_oom_score_adj(
+                spec::SANDBOX_OOM_SCORE_ADJ,
+                self.config.restrict_oom_score_adj,
+            ),
             netns: network.netns.as_deref(),
             runtime_handler: &handler_name,
         })
@@ -836,14 +827,6 @@ impl Undo {
                 }
             }
         }
-    }
-}
-
-fn not_found_ok(e: Status) -> Result<(), Status> {
-    if e.code() == tonic::Code::NotFound {
-        Ok(())
-    } else {
-        Err(e)
     }
 }
 
