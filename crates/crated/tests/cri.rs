@@ -25,6 +25,19 @@ fn cri_config(net_d: &Path) -> String {
     )
 }
 
+/// crated, or Debian's containerd (None, after saying why, when it is missing), with the
+/// tests' CRI section; beside it the directory its CNI configs come from.
+fn daemon_with_cri(containerd: bool) -> Option<(Daemon, tempfile::TempDir)> {
+    let net_d = tempfile::tempdir().unwrap();
+    let config = cri_config(net_d.path());
+    let daemon = if containerd {
+        Daemon::containerd(&tool("containerd", "containerd")?, Some(&config)).unwrap()
+    } else {
+        common::start(Some(&config))
+    };
+    Some((daemon, net_d))
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -92,8 +105,7 @@ fn version_and_status_as_the_kubelet_reads_them(daemon: &Daemon, net_d: &Path) {
 
 #[test]
 fn crated_answers_version_and_status_as_containerd() {
-    let net_d = tempfile::tempdir().unwrap();
-    let daemon = common::start(Some(&cri_config(net_d.path())));
+    let (daemon, net_d) = daemon_with_cri(false).unwrap();
     version_and_status_as_the_kubelet_reads_them(&daemon, net_d.path());
 
     // Beyond containerd 1.6: the cgroup driver, which kubelets from 1.36 require.
@@ -242,8 +254,7 @@ fn crated_shows_ctr_images_in_cri_as_containerd() {
     let Some(ctr) = root_and_ctr() else {
         return;
     };
-    let net_d = tempfile::tempdir().unwrap();
-    let daemon = common::start(Some(&cri_config(net_d.path())));
+    let (daemon, _net_d) = daemon_with_cri(false).unwrap();
     images_imported_with_ctr_show_in_cri_and_go_whole(&daemon, &ctr);
 }
 
@@ -252,11 +263,9 @@ fn containerd_shows_ctr_images_in_cri_the_same() {
     let Some(ctr) = root_and_ctr() else {
         return;
     };
-    let Some(containerd) = tool("containerd", "containerd") else {
+    let Some((daemon, _net_d)) = daemon_with_cri(true) else {
         return;
     };
-    let net_d = tempfile::tempdir().unwrap();
-    let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
     images_imported_with_ctr_show_in_cri_and_go_whole(&daemon, &ctr);
 }
 
@@ -270,8 +279,7 @@ fn crictl_reads_crated() {
     let Some(ctr) = root_and_ctr() else {
         return;
     };
-    let net_d = tempfile::tempdir().unwrap();
-    let daemon = common::start(Some(&cri_config(net_d.path())));
+    let (daemon, _net_d) = daemon_with_cri(false).unwrap();
     let endpoint = format!("unix://{}", daemon.socket.display());
     let crictl = |args: &[&str]| {
         let out = std::process::Command::new(&crictl)
@@ -408,8 +416,7 @@ fn crated_pulls_for_cri_as_containerd() {
     let Some(registry) = registry_with_busybox() else {
         return;
     };
-    let net_d = tempfile::tempdir().unwrap();
-    let daemon = common::start(Some(&cri_config(net_d.path())));
+    let (daemon, _net_d) = daemon_with_cri(false).unwrap();
     pulls_make_containerds_three_records(&daemon, &ctr, &registry);
 }
 
@@ -418,14 +425,12 @@ fn containerd_pulls_for_cri_the_same() {
     let Some(ctr) = root_and_ctr() else {
         return;
     };
-    let Some(containerd) = tool("containerd", "containerd") else {
-        return;
-    };
     let Some(registry) = registry_with_busybox() else {
         return;
     };
-    let net_d = tempfile::tempdir().unwrap();
-    let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
+    let Some((daemon, _net_d)) = daemon_with_cri(true) else {
+        return;
+    };
     pulls_make_containerds_three_records(&daemon, &ctr, &registry);
 }
 
@@ -639,8 +644,7 @@ fn crated_runs_host_network_pods_as_containerd() {
     let Some(ctr) = root_ctr_and_runc() else {
         return;
     };
-    let net_d = tempfile::tempdir().unwrap();
-    let daemon = common::start(Some(&cri_config(net_d.path())));
+    let (daemon, _net_d) = daemon_with_cri(false).unwrap();
     host_network_pods_run_stop_and_go(&daemon, &ctr);
 }
 
@@ -649,11 +653,9 @@ fn containerd_runs_host_network_pods_the_same() {
     let Some(ctr) = root_ctr_and_runc() else {
         return;
     };
-    let Some(containerd) = tool("containerd", "containerd") else {
+    let Some((daemon, _net_d)) = daemon_with_cri(true) else {
         return;
     };
-    let net_d = tempfile::tempdir().unwrap();
-    let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
     host_network_pods_run_stop_and_go(&daemon, &ctr);
 }
 
@@ -923,8 +925,7 @@ fn crated_runs_containers_in_pods_as_containerd() {
     let Some(ctr) = root_ctr_and_runc() else {
         return;
     };
-    let net_d = tempfile::tempdir().unwrap();
-    let daemon = common::start(Some(&cri_config(net_d.path())));
+    let (daemon, _net_d) = daemon_with_cri(false).unwrap();
     containers_run_log_stop_and_go(&daemon, &ctr);
 }
 
@@ -933,11 +934,9 @@ fn containerd_runs_containers_in_pods_the_same() {
     let Some(ctr) = root_ctr_and_runc() else {
         return;
     };
-    let Some(containerd) = tool("containerd", "containerd") else {
+    let Some((daemon, _net_d)) = daemon_with_cri(true) else {
         return;
     };
-    let net_d = tempfile::tempdir().unwrap();
-    let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
     containers_run_log_stop_and_go(&daemon, &ctr);
 }
 
@@ -1082,8 +1081,7 @@ fn crated_puts_pods_on_a_bridge_as_containerd() {
     if !cni_plugins() {
         return;
     }
-    let net_d = tempfile::tempdir().unwrap();
-    let daemon = common::start(Some(&cri_config(net_d.path())));
+    let (daemon, net_d) = daemon_with_cri(false).unwrap();
     bridged_pods_get_an_address_and_give_it_back(
         &daemon,
         &ctr,
@@ -1101,11 +1099,9 @@ fn containerd_puts_pods_on_a_bridge_the_same() {
     if !cni_plugins() {
         return;
     }
-    let Some(containerd) = tool("containerd", "containerd") else {
+    let Some((daemon, net_d)) = daemon_with_cri(true) else {
         return;
     };
-    let net_d = tempfile::tempdir().unwrap();
-    let daemon = Daemon::containerd(&containerd, Some(&cri_config(net_d.path()))).unwrap();
     bridged_pods_get_an_address_and_give_it_back(
         &daemon,
         &ctr,
@@ -1298,8 +1294,7 @@ fn crictl_runs_a_pod_on_crated() {
     let Some(ctr) = root_ctr_and_runc() else {
         return;
     };
-    let net_d = tempfile::tempdir().unwrap();
-    let daemon = common::start(Some(&cri_config(net_d.path())));
+    let (daemon, _net_d) = daemon_with_cri(false).unwrap();
     import_pause(&daemon, &ctr);
     let work = import_cri_busybox(&daemon, &ctr);
     let logs = work.path().join("logs");
